@@ -1,0 +1,21 @@
+# The Inventory API for docker-compose.yml: uvicorn with two workers on port 8000.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /srv
+RUN useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home inventory
+
+# Requirements first: code changes then reuse the installed-packages layer.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY app/ app/
+COPY schema.sql .
+
+USER inventory
+EXPOSE 8000
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]

@@ -1,0 +1,37 @@
+-- Roles of the Inventory API; idempotent. Roles are cluster-wide, the schema privilege is per
+-- database: apply as a superuser into database inventory, before schema.sql, with the psql
+-- variable app_password (the password of the service's login role):
+--   psql -v ON_ERROR_STOP=1 -v app_password=... -d inventory -f db/roles.sql
+-- db/cluster.sh and the compose service migrate both run it on every start.
+
+\if :{?app_password}
+\else
+DO $$ BEGIN RAISE EXCEPTION 'db/roles.sql needs the psql variable app_password'; END $$;
+\endif
+
+-- inventory_rw holds the table privileges (schema.sql grants them); nobody logs in as it.
+-- inventory_app is the service's login and gets its rights only through inventory_rw.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'inventory_rw') THEN
+        CREATE ROLE inventory_rw NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'inventory_app') THEN
+        CREATE ROLE inventory_app LOGIN;
+    END IF;
+END
+$$;
+
+-- psql does not interpolate variables inside a DO body, so the statement is built with format()
+-- (%L quotes the literal) and run by \gexec. The server stores a SCRAM hash, not the text.
+SELECT format(
+    'ALTER ROLE inventory_app WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE'
+    ' NOREPLICATION NOBYPASSRLS PASSWORD %L',
+    :'app_password'
+) \gexec
+
+GRANT inventory_rw TO inventory_app;
+
+-- No DDL for the service: nobody but the owner creates objects in schema public. This is
+-- PostgreSQL 15's default; explicit so that an older cluster or a changed default holds too.
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;

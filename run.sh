@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# The Inventory API's one entry point.
+#
+#   ./run.sh [serve]         the API on http://127.0.0.1:8000: docker compose when a Docker engine
+#                            answers (and INVENTORY_NO_DOCKER is unset), else uvicorn on an embedded
+#                            PostgreSQL cluster (db/cluster.sh) in .data/
+#   ./run.sh test [args]     the test suite; args go to pytest
+#   ./run.sh lint            ruff format --check, ruff check, mypy
+#   ./run.sh psql [args]     psql as the superuser on the database
+#   ./run.sh stop            stop what ./run.sh started: the API, the database
+#
+# Environment: HOST, PORT, WEB_CONCURRENCY (uvicorn); DATABASE_URL (serve against that database
+# instead of the embedded one); INVENTORY_DATA_DIR, INVENTORY_PG_PORT (see db/cluster.sh).
+set -euo pipefail
+
+# Relative to the caller's directory, before we cd to the repo.
+if [[ -n ${INVENTORY_DATA_DIR:-} && $INVENTORY_DATA_DIR != /* ]]; then
+  export INVENTORY_DATA_DIR=$PWD/$INVENTORY_DATA_DIR
+fi
+cd "$(dirname "${BASH_SOURCE[0]}")"
+REPO=$PWD
+VENV=$REPO/.venv
+DATA_DIR=${INVENTORY_DATA_DIR:-$REPO/.data}
+UVICORN_PID=$DATA_DIR/uvicorn.pid
+
+say() { printf 'run.sh: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+usage() {
+  cat >&2 <<'MSG'
+usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /docs)
+       ./run.sh test [args]    run the tests (args go to pytest)
+       ./run.sh lint           ruff format --check, ruff check, mypy
+       ./run.sh psql [args]    psql on the database, as superuser
+       ./run.sh stop           stop the API and the database
+MSG
+  exit "${1:-2}"
+}
+
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then cat "$@" | sha256sum; else cat "$@" | shasum -a 256; fi |
+    cut -d' ' -f1
+}
+
+# Makes .venv hold the packages of requirements file $1; files it pulls in with -r follow it.
+# pip runs only when the files changed since the last install: a stamp in .venv holds their hash.
+ensure_venv() {
+  local req=$1 hash stamp
+  if [[ ! -x $VENV/bin/python ]]; then
+    command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3.11 or newer"
+    python_ok python3 || die "Python 3.11 or newer is needed; python3 is $(python3 -V 2>&1)"
+    say "creating .venv"
+    python3 -m venv "$VENV" || die "could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)"
+  fi
+  python_ok "$VENV/bin/python" ||
+    die ".venv has $("$VENV/bin/python" -V 2>&1), Python 3.11 or newer is needed: remove .venv and run again"
+  hash=$(sha256 "$@")
+  stamp=$VENV/.stamp-${req%.txt}
+  [[ -f $stamp && $(cat "$stamp") == "$hash" ]] && return 0
+  say "installing $req into .venv"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q -r "$req" ||
+    die "pip install -r $req failed (see above)"
+  echo "$hash" >"$stamp"
+}
+
+serve_requirements() { ensure_venv requirements.txt; }
+dev_requirements() {
+  ensure_venv requirements-dev.txt requirements.txt
+  # requirements-dev.txt pulls in requirements.txt, so the serve set is in too.
+  sha256 requirements.txt >"$VENV/.stamp-requirements"
+}
+
+# docker compose when an engine answers; INVENTORY_NO_DOCKER=1 forces the embedded path.
+use_docker() {
+  [[ -z ${INVENTORY_NO_DOCKER:-} ]] && command -v docker >/dev/null 2>&1 &&
+    docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1
+}
+
+cmd_serve() {
+  local host=${HOST:-127.0.0.1} port=${PORT:-8000} env_lines
+  if use_docker; then
+    say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, ./run.sh stop to stop"
+    exec docker compose up --build
+  fi
+  serve_requirements
+  if [[ -z ${DATABASE_URL:-} ]]; then
+    env_lines=$(db/cluster.sh start) || die "the embedded PostgreSQL did not start (see above)"
+    DATABASE_URL=$(printf '%s\n' "$env_lines" | sed -n 's/^DATABASE_URL=//p' | tail -n 1)
+    export DATABASE_URL
+  fi
+  say "the API on http://$host:$port (docs: http://$host:$port/docs); ./run.sh psql for SQL, ./run.sh stop to stop"
+  # exec keeps this PID, so it is uvicorn's: ./run.sh stop finds it here.
+  mkdir -p "$DATA_DIR"
+  echo $$ >"$UVICORN_PID"
+  exec "$VENV/bin/uvicorn" app.main:app --host "$host" --port "$port" --workers "${WEB_CONCURRENCY:-2}"
+}
+
+cmd_psql() {
+  if use_docker; then
+    local tty=()
+    [[ -t 0 ]] || tty=(-T) # no terminal (a pipe, CI): no pseudo-TTY either
+    exec docker compose exec ${tty[@]+"${tty[@]}"} db psql -U postgres inventory "$@"
+  fi
+  db/cluster.sh status >/dev/null 2>&1 || db/cluster.sh start >/dev/null ||
+    die "the embedded PostgreSQL did not start (see above)"
+  exec db/cluster.sh psql "$@"
+}
+
+# True when $1 is a live process whose command line names uvicorn (a stale pid file may point at
+# a PID that now belongs to something else).
+is_uvicorn() {
+  local args
+  kill -0 "$1" 2>/dev/null || return 1
+  if [[ -r /proc/$1/cmdline ]]; then args=$(tr '\0' ' ' <"/proc/$1/cmdline"); else args=$(ps -p "$1" -o args=); fi
+  [[ $args == *uvicorn* ]]
+}
+
+cmd_stop() {
+  local pid
+  if [[ -f $UVICORN_PID ]]; then
+    pid=$(cat "$UVICORN_PID")
+    if is_uvicorn "$pid"; then
+      say "stopping the API (pid $pid)"
+      kill -TERM "$pid"
+      for _ in $(seq 50); do is_uvicorn "$pid" || break; sleep 0.2; done
+      if is_uvicorn "$pid"; then say "warning: uvicorn (pid $pid) is still shutting down"; fi
+    fi
+    rm -f "$UVICORN_PID"
+  fi
+  db/cluster.sh stop
+  if use_docker; then docker compose down; fi # no -v: the data volume stays
+}
+
+cmd_test() {
+  dev_requirements
+  # The tests start a throwaway cluster through db/cluster.sh: make sure the server is installed.
+  db/cluster.sh bindir >/dev/null
+  exec "$VENV/bin/python" -m pytest "$@"
+}
+
+cmd_lint() {
+  dev_requirements
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/mypy"
+}
+
+cmd=${1:-serve}
+[[ $# -gt 0 ]] && shift
+case $cmd in
+  serve) cmd_serve ;;
+  test) cmd_test "$@" ;;
+  lint) cmd_lint ;;
+  psql) cmd_psql "$@" ;;
+  stop) cmd_stop ;;
+  -h | --help | help) usage 0 ;;
+  *) usage ;;
+esac
