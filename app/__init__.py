@@ -1,0 +1,1 @@
+"""Inventory API: a PostgreSQL-first product and stock service."""

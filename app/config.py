@@ -1,0 +1,24 @@
+"""Settings read from the environment (see README "Configuration")."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; environment names are INVENTORY_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="INVENTORY_", frozen=True, extra="ignore")
+
+    # A libpq URL. None means the embedded default: a private cluster under data_dir.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("database_url", "DATABASE_URL")
+    )
+    data_dir: str | None = None
+    # One fixed size: a pool that never shrinks never pays for a connect on the hot path.
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    # How long a request waits for a connection before it is answered 503.
+    pool_timeout: float = Field(default=5.0, gt=0)
+    # How long a lost connection is retried with backoff before the slot is given up and
+    # re-requested from scratch; keeps recovery after a long outage within seconds.
+    pool_reconnect_timeout: float = Field(default=10.0, gt=0)
+    retry_after_seconds: int = Field(default=1, ge=0)

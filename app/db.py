@@ -1,0 +1,101 @@
+"""One psycopg connection pool per process, shared by raw queries and SQLAlchemy."""
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from app.config import Settings
+
+logger = logging.getLogger("app.db")
+
+
+class PooledConnection(AsyncConnection[Any]):
+    """An AsyncConnection that SQLAlchemy can check out many times without leaking.
+
+    SQLAlchemy's psycopg dialect adds its notice handler on every checkout; on a pooled
+    connection the handler list would grow without bound. Removing it first keeps one.
+    """
+
+    def add_notice_handler(self, callback: Callable[..., Any]) -> None:
+        with suppress(ValueError):
+            self.remove_notice_handler(callback)
+        super().add_notice_handler(callback)
+
+
+async def _reset(conn: AsyncConnection[Any]) -> None:
+    # Raw queries expect autocommit (one round trip per statement); SQLAlchemy switches a
+    # connection to transactional mode when it checks one out. Undo that on the way back.
+    await conn.set_autocommit(True)
+    await conn.set_isolation_level(None)
+
+
+@dataclass(frozen=True)
+class Database:
+    """The open pool, the engine on top of it, and a session factory bound to it."""
+
+    pool: AsyncConnectionPool[PooledConnection]
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+
+@asynccontextmanager
+async def open_database(dsn: str, settings: Settings) -> AsyncIterator[Database]:
+    """Open the pool (waiting up to pool_timeout for the first connections) and yield it.
+
+    A database that is down at start-up does not stop the service: the pool keeps
+    connecting in the background, requests get 503 and /readyz says not ready meanwhile.
+    The pool is closed on exit; engine.dispose() alone would not close it.
+    """
+    pool = AsyncConnectionPool(
+        dsn,
+        connection_class=PooledConnection,
+        kwargs={"autocommit": True},
+        min_size=settings.pool_size,
+        max_size=settings.pool_size,
+        timeout=settings.pool_timeout,
+        reconnect_timeout=settings.pool_reconnect_timeout,
+        # A connection the server dropped (restart, failover) is caught at checkout and
+        # replaced, instead of failing the request that happened to draw it.
+        check=AsyncConnectionPool.check_connection,
+        reset=_reset,
+        # close_returns: SQLAlchemy "closes" connections; the pool takes them back.
+        close_returns=True,
+        open=False,
+        name="inventory",
+    )
+    try:
+        await pool.open(wait=True, timeout=settings.pool_timeout)
+    except PoolTimeout:
+        logger.warning("database not reachable at start-up; serving 503 until it is (see /readyz)")
+    engine = create_async_engine(
+        "postgresql+psycopg://",
+        poolclass=NullPool,
+        async_creator=pool.getconn,
+        isolation_level="READ COMMITTED",
+    )
+    try:
+        yield Database(pool, engine, async_sessionmaker(engine, expire_on_commit=False))
+    finally:
+        await engine.dispose()
+        await pool.close()
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.state.database
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]

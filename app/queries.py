@@ -1,0 +1,59 @@
+"""One async function per database operation. Rows leave PostgreSQL as API-ready JSON text."""
+
+from typing import Any
+
+from psycopg import AsyncConnection, errors
+from psycopg_pool import AsyncConnectionPool
+
+from app.errors import ApiError
+from app.schemas import ProductCreate
+
+# product_json() is defined in schema.sql, so psql users see exactly what the API returns.
+_INSERT_PRODUCT = """
+    INSERT INTO products AS p (sku, name, description, price, quantity)
+    VALUES (%(sku)s, %(name)s, %(description)s, %(price)s, %(quantity)s)
+    RETURNING product_json(p)::text
+"""
+_GET_PRODUCT = "SELECT product_json(p)::text FROM products p WHERE lower(p.sku) = lower(%s)"
+LIST_PRODUCTS = "SELECT product_json(p)::text FROM products p ORDER BY p.created_at, p.id"
+
+
+async def create_product(pool: AsyncConnectionPool[Any], *, new: ProductCreate) -> str:
+    """Insert one product and return its JSON.
+
+    Raises ApiError duplicate_sku when the SKU exists in any letter case: the unique index
+    on lower(sku) decides, so concurrent inserts of one SKU cannot both succeed.
+    """
+    async with pool.connection() as conn:
+        try:
+            cur = await conn.execute(_INSERT_PRODUCT, new.model_dump())
+        except errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != "products_sku_lower_key":
+                raise
+            raise ApiError(
+                409, "duplicate_sku", f"A product with SKU '{new.sku}' already exists."
+            ) from None
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def get_product(pool: AsyncConnectionPool[Any], *, sku: str) -> str | None:
+    """The product's JSON, matched ignoring case, or None."""
+    async with pool.connection() as conn:
+        row = await _fetch_one(conn, _GET_PRODUCT, (sku,))
+    return None if row is None else str(row[0])
+
+
+async def _fetch_one(conn: AsyncConnection[Any], sql: str, params: Any) -> Any:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchone()
+
+
+async def schema_ready(pool: AsyncConnectionPool[Any], *, tables: list[str]) -> bool:
+    """True when the database answers and every table of the models exists."""
+    async with pool.connection() as conn:
+        row = await _fetch_one(
+            conn, "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t", (tables,)
+        )
+    return bool(row and row[0])

@@ -1,0 +1,9 @@
+"""HTTP routes, one module per resource; handlers stay thin and call app.queries."""
+
+from fastapi import APIRouter
+
+from app.routes import operations, products
+
+router = APIRouter()
+router.include_router(products.router)
+router.include_router(operations.router)

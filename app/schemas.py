@@ -1,0 +1,119 @@
+"""Request and response bodies: the contract's field rules, checked before the database."""
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+MAX_PRICE = Decimal("9999999999.99")
+CENT = Decimal("0.01")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in the driver.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _parse_price(value: Any) -> Decimal:
+    # JSON numbers arrive as int or float; str(float) is the shortest text that reads back
+    # as the same float, so 19.99 stays 19.99 and 1.005 stays three decimals (refused).
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError("must be a decimal number or a string holding one")
+    try:
+        price = Decimal(str(value).strip()) if isinstance(value, str) else Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError("must be a decimal number such as 19.99") from None
+    if not price.is_finite():
+        raise ValueError("must be a finite decimal number")
+    return price
+
+
+def _check_price(price: Decimal) -> Decimal:
+    if price < 0 or price > MAX_PRICE:
+        raise ValueError("must be between 0 and 9999999999.99")
+    if price != price.quantize(CENT):
+        raise ValueError("must have at most 2 decimal places (it is not rounded)")
+    return price.quantize(CENT)
+
+
+Sku = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=SKU_PATTERN),
+    Field(examples=["ABC-1"]),
+]
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+    AfterValidator(_not_blank),
+    Field(examples=["Blue mug"]),
+]
+Description = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_no_nul)]
+Price = Annotated[
+    Decimal,
+    BeforeValidator(_parse_price),
+    AfterValidator(_check_price),
+    Field(
+        description="0 to 9999999999.99, at most 2 decimals; a JSON number or a string",
+        examples=["19.99"],
+    ),
+]
+Quantity = Annotated[int, Field(ge=0, le=2_147_483_647)]
+
+
+class ProductCreate(BaseModel):
+    """POST /products body. Unknown fields and wrong types are refused, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sku: Sku
+    name: Name
+    description: Description | None = None
+    price: Price
+    quantity: Quantity = 0
+
+
+class ProductRead(BaseModel):
+    """A product as the API returns it (built by PostgreSQL's product_json)."""
+
+    id: int
+    sku: str
+    name: str
+    description: str | None
+    price: Annotated[str, Field(examples=["19.99"], pattern=r"^\d{1,10}\.\d{2}$")]
+    quantity: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; `code` is the stable machine-readable part."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    code: str
+    detail: str
+    errors: list[FieldError] | None = None
