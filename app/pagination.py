@@ -1,0 +1,53 @@
+"""Keyset pagination: opaque cursors and RFC 8288 `Link: rel="next"` headers."""
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import Query, Request
+
+from app.errors import ApiError
+
+# Shared by every paged listing (API.md: limit 1-1000, after an opaque cursor).
+Limit = Annotated[int | None, Query(ge=1, le=1000, description="Page size; omit for everything")]
+After = Annotated[
+    str | None,
+    Query(max_length=512, description="Opaque cursor from a previous page's Link header"),
+]
+
+
+def encode_cursor(*key: str | int) -> str:
+    """The position after a row, from its sort key: opaque to clients, stable for us."""
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
+    """The sort key of a cursor made by encode_cursor, checked against the expected types.
+
+    Raises ApiError 422 (field `after`) for anything else: a client's cursor is input.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error):
+        key = None
+    if (
+        not isinstance(key, list)
+        or len(key) != len(types)
+        or not all(type(v) is t for v, t in zip(key, types, strict=True))
+    ):
+        raise ApiError(
+            422,
+            "validation_failed",
+            "The cursor is not one this service issued.",
+            errors=[{"field": "after", "message": "is not a valid cursor"}],
+        )
+    return tuple(key)
+
+
+def next_link(request: Request, cursor: str) -> str:
+    """A Link header value pointing at the next page: same URL, `after` replaced."""
+    url = request.url.include_query_params(after=cursor)
+    return f'<{url.path}?{url.query}>; rel="next"'
