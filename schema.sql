@@ -127,3 +127,142 @@ GRANT USAGE ON SCHEMA public TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON products TO inventory_rw;
 GRANT USAGE ON TYPE product_api TO inventory_rw;
 GRANT EXECUTE ON FUNCTION product_json(products) TO inventory_rw;
+
+-- ---------------------------------------------------------------------------------------
+-- ETags, the stock movement ledger and idempotency keys (PATCH/DELETE, adjustments).
+-- ---------------------------------------------------------------------------------------
+
+-- The ETag is a hash of the representation itself rather than a version column: it changes
+-- whenever anything a client can see changes (stock included), whoever writes the row
+-- (the API, psql, a migration), because product_json carries updated_at, which the trigger
+-- moves on every UPDATE; and identical bytes give an identical tag, which is what a strong
+-- validator means (RFC 9110 8.8.1). Computed here, so a conditional UPDATE can compare it
+-- in its WHERE clause and the check and the write are one statement. md5 is no security
+-- control here: whoever could craft two colliding product states could simply PATCH.
+CREATE OR REPLACE FUNCTION product_etag(p products) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT '"' || md5(product_json(p)::text) || '"'
+$$;
+
+COMMENT ON FUNCTION product_etag(products) IS
+    'The strong ETag of a product: a quoted md5 of product_json(p); changes with every change.';
+
+-- The ledger: one row per stock adjustment, written by the same statement that changes
+-- products.quantity. For any product, quantity = initial quantity + sum(delta), and
+-- quantity_after is the quantity that adjustment left. Append-only for the service.
+CREATE TABLE IF NOT EXISTS stock_movements (
+    id             bigint      GENERATED ALWAYS AS IDENTITY
+                               CONSTRAINT stock_movements_pkey PRIMARY KEY,
+    product_id     bigint      NOT NULL
+                               CONSTRAINT stock_movements_product_id_fkey
+                               REFERENCES products (id) ON DELETE CASCADE,
+    delta          integer     NOT NULL
+                               CONSTRAINT stock_movements_delta_check CHECK (delta <> 0),
+    -- A CHECKed set rather than an enum: adding a reason is one guarded ALTER of a named
+    -- constraint, and the name is what the API maps to a field.
+    reason         text        NOT NULL
+                               CONSTRAINT stock_movements_reason_check
+                               CHECK (reason IN ('received', 'sold', 'returned', 'damaged',
+                                                 'correction')),
+    note           text
+                               CONSTRAINT stock_movements_note_length_check
+                               CHECK (char_length(note) <= 500),
+    quantity_after integer     NOT NULL
+                               CONSTRAINT stock_movements_quantity_after_check
+                               CHECK (quantity_after >= 0),
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Per-product history in id order (the keyset of GET /products/{sku}/movements); also
+-- serves the foreign key, so deleting a product finds its movements without a scan.
+CREATE INDEX IF NOT EXISTS stock_movements_product_id_id_idx
+    ON stock_movements (product_id, id);
+
+DO $$
+BEGIN
+    IF to_regtype('movement_api') IS NULL THEN
+        CREATE TYPE movement_api AS (
+            id             bigint,
+            delta          integer,
+            reason         text,
+            note           text,
+            quantity_after integer,
+            created_at     text
+        );
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION movement_json(m stock_movements) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        m.id,
+        m.delta,
+        m.reason,
+        m.note,
+        m.quantity_after,
+        to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::movement_api)
+$$;
+
+COMMENT ON TABLE stock_movements IS
+    'Stock ledger: one row per adjustment; quantity = initial quantity + sum(delta) per product.';
+COMMENT ON COLUMN stock_movements.id IS
+    'Identity; per product, id order is commit order (assigned under the product''s row lock).';
+COMMENT ON COLUMN stock_movements.product_id IS
+    'The product; its movements are deleted with it (ON DELETE CASCADE).';
+COMMENT ON COLUMN stock_movements.delta IS 'Units added (positive) or removed (negative); never 0.';
+COMMENT ON COLUMN stock_movements.reason IS
+    'Why: received, sold, returned, damaged or correction.';
+COMMENT ON COLUMN stock_movements.note IS 'Optional free text, at most 500 characters.';
+COMMENT ON COLUMN stock_movements.quantity_after IS 'The product''s quantity right after this movement.';
+COMMENT ON COLUMN stock_movements.created_at IS 'When the movement was recorded (set by the database).';
+COMMENT ON TYPE movement_api IS 'The fields of a movement as the API returns them (see movement_json).';
+COMMENT ON FUNCTION movement_json(stock_movements) IS
+    'The API representation of a stock movement, with an RFC 3339 UTC timestamp.';
+
+-- Idempotency-Key: the first response to a (scope, key), written in the same transaction as
+-- the work it describes, so a key is stored exactly when its effect is. Rows older than the
+-- TTL (24 h) are ignored and purged in batches by the service (app/idempotency.py).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope          text        NOT NULL
+                               CONSTRAINT idempotency_keys_scope_check
+                               CHECK (char_length(scope) BETWEEN 1 AND 200),
+    key            text        NOT NULL
+                               CONSTRAINT idempotency_keys_key_check
+                               CHECK (key ~ '^[\x20-\x7e]{1,255}$'),
+    request_hash   bytea       NOT NULL,
+    status         smallint
+                               CONSTRAINT idempotency_keys_status_check
+                               CHECK (status BETWEEN 100 AND 599),
+    headers        jsonb,
+    body           bytea,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT idempotency_keys_pkey PRIMARY KEY (scope, key)
+);
+
+-- The purge deletes the oldest rows first, in batches.
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_at_idx
+    ON idempotency_keys (created_at);
+
+COMMENT ON TABLE idempotency_keys IS
+    'First responses to requests carrying an Idempotency-Key; kept 24 h, then purged.';
+COMMENT ON COLUMN idempotency_keys.scope IS 'The operation: method and path template.';
+COMMENT ON COLUMN idempotency_keys.key IS 'The client''s Idempotency-Key: 1-255 printable ASCII characters.';
+COMMENT ON COLUMN idempotency_keys.request_hash IS
+    'SHA-256 of the request (target and canonical body); another body with the key is refused.';
+COMMENT ON COLUMN idempotency_keys.status IS
+    'The response status; NULL only inside the transaction that is still doing the work.';
+COMMENT ON COLUMN idempotency_keys.headers IS 'Response headers to replay (Content-Type, Location, ETag).';
+COMMENT ON COLUMN idempotency_keys.body IS 'The response body, replayed byte for byte.';
+COMMENT ON COLUMN idempotency_keys.created_at IS 'When the key was first used; it expires 24 h later.';
+
+-- The ledger is append-only for the service: no UPDATE or DELETE on stock_movements (the
+-- cascade from products runs with the owner's rights). Identity columns need no sequence grant.
+GRANT SELECT, INSERT ON stock_movements TO inventory_rw;
+GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO inventory_rw;
+GRANT USAGE ON TYPE movement_api TO inventory_rw;
+GRANT EXECUTE ON FUNCTION product_etag(products) TO inventory_rw;
+GRANT EXECUTE ON FUNCTION movement_json(stock_movements) TO inventory_rw;

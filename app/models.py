@@ -7,14 +7,18 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
+    SmallInteger,
     Text,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -59,4 +63,51 @@ class Product(Base):
             postgresql_ops={"lower(sku)": "text_pattern_ops"},
         ),
         Index("products_created_at_id_idx", created_at, id),
+    )
+
+
+class StockMovement(Base):
+    __tablename__ = "stock_movements"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    product_id: Mapped[int] = mapped_column(
+        BigInteger,
+        ForeignKey("products.id", ondelete="CASCADE", name="stock_movements_product_id_fkey"),
+    )
+    delta: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    quantity_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("delta <> 0", name="stock_movements_delta_check"),
+        CheckConstraint(
+            "reason IN ('received', 'sold', 'returned', 'damaged', 'correction')",
+            name="stock_movements_reason_check",
+        ),
+        CheckConstraint("char_length(note) <= 500", name="stock_movements_note_length_check"),
+        CheckConstraint("quantity_after >= 0", name="stock_movements_quantity_after_check"),
+        Index("stock_movements_product_id_id_idx", product_id, id),
+    )
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    request_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[int | None] = mapped_column(SmallInteger)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "char_length(scope) BETWEEN 1 AND 200", name="idempotency_keys_scope_check"
+        ),
+        CheckConstraint("key ~ '^[\\x20-\\x7e]{1,255}$'", name="idempotency_keys_key_check"),
+        CheckConstraint("status BETWEEN 100 AND 599", name="idempotency_keys_status_check"),
+        Index("idempotency_keys_created_at_idx", created_at),
     )
