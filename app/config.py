@@ -22,3 +22,14 @@ class Settings(BaseSettings):
     # re-requested from scratch; keeps recovery after a long outage within seconds.
     pool_reconnect_timeout: float = Field(default=10.0, gt=0)
     retry_after_seconds: int = Field(default=1, ge=0)
+
+    # Idempotency-Key (API.md, README "Idempotency keys"). Keys are honoured for at least
+    # 24 h: the TTL cannot be set lower than the contract promises.
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
+    # How often each worker deletes expired keys (batched; several workers do not collide).
+    idempotency_purge_interval_seconds: float = Field(default=600.0, gt=0)
+    # How long a repeat waits for the first request with its key to finish (then replays)
+    # before it gets 409 request_in_progress.
+    idempotency_wait_seconds: float = Field(default=2.0, gt=0)
+    # Attempts for a unit of work that hits a serialization failure or deadlock before 503.
+    conflict_attempts: int = Field(default=4, ge=1, le=20)

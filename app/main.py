@@ -11,6 +11,7 @@ from app import errors
 from app.config import Settings
 from app.db import open_database
 from app.embedded import start_embedded
+from app.idempotency import Idempotency
 from app.routes import router
 
 logger = logging.getLogger("app")
@@ -24,7 +25,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         dsn = settings.database_url or await start_embedded(settings.data_dir)
         async with open_database(dsn, settings) as database:
-            yield {"database": database}
+            idempotency = Idempotency(
+                database.pool,
+                ttl_seconds=settings.idempotency_ttl_seconds,
+                wait_seconds=settings.idempotency_wait_seconds,
+                attempts=settings.conflict_attempts,
+                retry_after=settings.retry_after_seconds,
+            )
+            # Expired Idempotency-Keys are deleted in the background; cancelled on shutdown.
+            async with idempotency.purging(settings.idempotency_purge_interval_seconds):
+                yield {"database": database, "idempotency": idempotency}
 
     app = FastAPI(
         title="Inventory API",

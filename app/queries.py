@@ -1,6 +1,6 @@
 """One async function per database operation. Rows leave PostgreSQL as API-ready JSON text."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
@@ -12,37 +12,46 @@ from app.schemas import ProductCreate
 _INSERT_PRODUCT = """
     INSERT INTO products AS p (sku, name, description, price, quantity)
     VALUES (%(sku)s, %(name)s, %(description)s, %(price)s, %(quantity)s)
-    RETURNING product_json(p)::text
+    RETURNING product_json(p)::text, product_etag(p)
 """
-_GET_PRODUCT = "SELECT product_json(p)::text FROM products p WHERE lower(p.sku) = lower(%s)"
+# One round trip for the hot path: the body and its ETag (product_etag(), schema.sql).
+_GET_PRODUCT = (
+    "SELECT product_json(p)::text, product_etag(p) FROM products p WHERE lower(p.sku) = lower(%s)"
+)
 LIST_PRODUCTS = "SELECT product_json(p)::text FROM products p ORDER BY p.created_at, p.id"
 
 
-async def create_product(pool: AsyncConnectionPool[Any], *, new: ProductCreate) -> str:
-    """Insert one product and return its JSON.
+class Product(NamedTuple):
+    """One product as the API sends it: its JSON text and its strong ETag."""
+
+    json: str
+    etag: str
+
+
+async def create_product(conn: AsyncConnection[Any], *, new: ProductCreate) -> Product:
+    """Insert one product on `conn` and return it.
 
     Raises ApiError duplicate_sku when the SKU exists in any letter case: the unique index
     on lower(sku) decides, so concurrent inserts of one SKU cannot both succeed.
     """
-    async with pool.connection() as conn:
-        try:
-            cur = await conn.execute(_INSERT_PRODUCT, new.model_dump())
-        except errors.UniqueViolation as exc:
-            if exc.diag.constraint_name != "products_sku_lower_key":
-                raise
-            raise ApiError(
-                409, "duplicate_sku", f"A product with SKU '{new.sku}' already exists."
-            ) from None
-        row = await cur.fetchone()
+    try:
+        cur = await conn.execute(_INSERT_PRODUCT, new.model_dump())
+    except errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "products_sku_lower_key":
+            raise
+        raise ApiError(
+            409, "duplicate_sku", f"A product with SKU '{new.sku}' already exists."
+        ) from None
+    row = await cur.fetchone()
     assert row is not None
-    return str(row[0])
+    return Product(*row)
 
 
-async def get_product(pool: AsyncConnectionPool[Any], *, sku: str) -> str | None:
-    """The product's JSON, matched ignoring case, or None."""
+async def get_product(pool: AsyncConnectionPool[Any], *, sku: str) -> Product | None:
+    """The product matched ignoring case, or None."""
     async with pool.connection() as conn:
         row = await _fetch_one(conn, _GET_PRODUCT, (sku,))
-    return None if row is None else str(row[0])
+    return None if row is None else Product(*row)
 
 
 async def _fetch_one(conn: AsyncConnection[Any], sql: str, params: Any) -> Any:

@@ -1,8 +1,9 @@
 """Request and response bodies: the contract's field rules, checked before the database."""
 
+import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -12,6 +13,7 @@ from pydantic import (
     Field,
     StringConstraints,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 MAX_PRICE = Decimal("9999999999.99")
@@ -117,3 +119,88 @@ class Problem(BaseModel):
     code: str
     detail: str
     errors: list[FieldError] | None = None
+
+
+# --- Changing products and stock (PATCH, adjustments, movements) -------------------------
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("cannot be null")
+    return value
+
+
+def _refuse_fixed(value: Any) -> Any:
+    raise ValueError("cannot be changed")
+
+
+def _refuse_quantity(value: Any) -> Any:
+    raise ValueError("cannot be patched: change stock with POST /products/{sku}/adjustments")
+
+
+# Known to the model so that the refusal names the field and says why; absent from the docs.
+_Fixed = Annotated[Any, BeforeValidator(_refuse_fixed), SkipJsonSchema()]
+_Stock = Annotated[Any, BeforeValidator(_refuse_quantity), SkipJsonSchema()]
+
+
+class ProductUpdate(BaseModel):
+    """PATCH /products/{sku} body, a JSON merge patch (RFC 7396) of name, description, price.
+
+    A field left out stays as it is; `description: null` clears it; `name` and `price`
+    cannot be null. Everything else is refused (422), stock included.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
+
+    # Defaults are never validated, so None here means "not sent"; a null sent is refused.
+    name: Annotated[Name | None, BeforeValidator(_not_null)] = None
+    description: Description | None = None
+    price: Annotated[Price | None, BeforeValidator(_not_null)] = None
+    sku: _Fixed = None
+    id: _Fixed = None
+    created_at: _Fixed = None
+    updated_at: _Fixed = None
+    quantity: _Stock = None
+
+
+def _non_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
+
+
+Reason = Literal["received", "sold", "returned", "damaged", "correction"]
+
+
+class AdjustmentCreate(BaseModel):
+    """POST /products/{sku}/adjustments body: a relative change of stock."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    delta: Annotated[
+        int,
+        Field(ge=-2_147_483_648, le=2_147_483_647, examples=[5, -1]),
+        AfterValidator(_non_zero),
+    ]
+    reason: Reason
+    note: Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)] | None = None
+
+
+def could_be_sku(value: str) -> bool:
+    """False for a path segment that cannot name a product: it gets 404 without a query."""
+    return len(value) <= 64 and _SKU.match(value) is not None
+
+
+_SKU = re.compile(SKU_PATTERN)
+
+
+class MovementRead(BaseModel):
+    """One row of a product's stock ledger (built by PostgreSQL's movement_json)."""
+
+    id: int
+    delta: int
+    reason: Reason
+    note: str | None
+    quantity_after: int
+    created_at: datetime

@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from app.routes import operations, products
+from app.routes import operations, products, stock
 
 router = APIRouter()
 router.include_router(products.router)
+router.include_router(stock.router)
 router.include_router(operations.router)

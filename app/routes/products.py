@@ -1,20 +1,27 @@
-"""/products: add, list and look up products."""
+"""/products: add, list, look up, change and delete products."""
 
-import re
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
+from psycopg import AsyncConnection
 
-from app import queries
+from app import changes, etags, queries
 from app.db import DatabaseDep
 from app.errors import product_not_found
+from app.idempotency import IdempotencyDep, IdempotencyKeyHeader, canonical_json, request_hash
 from app.routes.docs import problems
-from app.schemas import SKU_PATTERN, ProductCreate, ProductRead
+from app.schemas import ProductCreate, ProductRead, ProductUpdate, could_be_sku
 from app.streaming import JsonArrayStream
 
-_SKU = re.compile(SKU_PATTERN)
-
-
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
+
+IfNoneMatch = Annotated[
+    str | None, Header(alias="If-None-Match", description="ETags you hold: 304 if current")
+]
+IfMatch = Annotated[
+    str | None,
+    Header(alias="If-Match", description="Change only if the product still has this ETag"),
+]
 
 
 def _json(text: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -28,9 +35,19 @@ def _json(text: str, status_code: int = 200, headers: dict[str, str] | None = No
     responses=problems(409, 422),
     summary="Add a product",
 )
-async def create_product(body: ProductCreate, database: DatabaseDep) -> Response:
-    product = await queries.create_product(database.pool, new=body)
-    return _json(product, 201, {"Location": f"/products/{body.sku}"})
+async def create_product(
+    body: ProductCreate, idempotency: IdempotencyDep, idempotency_key: IdempotencyKeyHeader = None
+) -> Response:
+    async def operation(conn: AsyncConnection[Any]) -> Response:
+        product = await queries.create_product(conn, new=body)
+        return _json(product.json, 201, {"Location": f"/products/{body.sku}", "ETag": product.etag})
+
+    return await idempotency.run(
+        operation,
+        scope="POST /products",
+        key=idempotency_key,
+        request_hash=request_hash(canonical_json(body)),
+    )
 
 
 @router.get(
@@ -45,16 +62,59 @@ async def list_products(database: DatabaseDep) -> Response:
 @router.get(
     "/{sku}",
     response_model=ProductRead,
-    responses=problems(404),
+    responses={**problems(404), 304: {"description": "Not modified: your ETag is current"}},
     summary="Look up one product by SKU, ignoring case",
 )
-async def get_product(sku: str, database: DatabaseDep) -> Response:
+async def get_product(
+    sku: str, database: DatabaseDep, if_none_match: IfNoneMatch = None
+) -> Response:
     # A string that cannot be a SKU names no product; no need to ask the database.
-    product = (
-        await queries.get_product(database.pool, sku=sku)
-        if _SKU.match(sku) and len(sku) <= 64
-        else None
-    )
+    product = await queries.get_product(database.pool, sku=sku) if could_be_sku(sku) else None
     if product is None:
         raise product_not_found(sku)
-    return _json(product)
+    if etags.none_match(if_none_match, product.etag):
+        return Response(status_code=304, headers={"ETag": product.etag})
+    return _json(product.json, headers={"ETag": product.etag})
+
+
+# --- Changing and deleting (optimistic concurrency with If-Match) ------------------------
+
+
+@router.patch(
+    "/{sku}",
+    response_model=ProductRead,
+    responses=problems(404, 412, 422),
+    summary="Change name, description or price (JSON merge patch)",
+)
+async def patch_product(
+    sku: str, body: ProductUpdate, idempotency: IdempotencyDep, if_match: IfMatch = None
+) -> Response:
+    if not could_be_sku(sku):
+        raise product_not_found(sku)
+    accepted = etags.if_match_tags(if_match)
+
+    async def operation(conn: AsyncConnection[Any]) -> Response:
+        product = await changes.patch_product(conn, sku=sku, patch=body, etags=accepted)
+        return _json(product.json, headers={"ETag": product.etag})
+
+    return await idempotency.run(operation)
+
+
+@router.delete(
+    "/{sku}",
+    status_code=204,
+    responses=problems(404, 412),
+    summary="Delete a product and its movement history",
+)
+async def delete_product(
+    sku: str, idempotency: IdempotencyDep, if_match: IfMatch = None
+) -> Response:
+    if not could_be_sku(sku):
+        raise product_not_found(sku)
+    accepted = etags.if_match_tags(if_match)
+
+    async def operation(conn: AsyncConnection[Any]) -> Response:
+        await changes.delete_product(conn, sku=sku, etags=accepted)
+        return Response(status_code=204)
+
+    return await idempotency.run(operation)
