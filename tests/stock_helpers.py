@@ -1,0 +1,94 @@
+"""Helpers for the stock, PATCH and idempotency tests: the ledger check, overlap sampling."""
+
+import threading
+from typing import Any
+
+import psycopg
+from httpx import AsyncClient, Response
+from psycopg import Connection
+
+
+async def adjust(
+    client: AsyncClient, sku: str, delta: int, reason: str = "received", **extra: Any
+) -> Response:
+    headers = extra.pop("headers", None)
+    return await client.post(
+        f"/products/{sku}/adjustments",
+        json={"delta": delta, "reason": reason, **extra},
+        headers=headers,
+    )
+
+
+def assert_ledger_consistent(db: Connection[Any], sku: str, initial: int) -> list[int]:
+    """quantity == initial + sum(deltas), and each quantity_after is the running total.
+
+    Returns the deltas in ledger order.
+    """
+    row = db.execute(
+        "SELECT id, quantity FROM products WHERE lower(sku) = lower(%s)", (sku,)
+    ).fetchone()
+    assert row is not None, sku
+    product_id, quantity = row
+    running = initial
+    deltas = []
+    for delta, after in db.execute(
+        "SELECT delta, quantity_after FROM stock_movements WHERE product_id = %s ORDER BY id",
+        (product_id,),
+    ):
+        running += delta
+        deltas.append(delta)
+        assert after == running, (deltas, after)
+        assert after >= 0
+    assert quantity == running == initial + sum(deltas)
+    return deltas
+
+
+def widen_race(db: Connection[Any], seconds: float = 0.01) -> None:
+    """In this test's database only: every UPDATE of a product sleeps inside its row lock.
+
+    The window between reading a quantity and writing it back becomes long enough that a
+    read-modify-write or a check-then-write would lose updates in every run.
+    """
+    db.execute(
+        "CREATE FUNCTION widen_race() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$; "
+        "CREATE TRIGGER widen_race BEFORE UPDATE ON products "
+        "FOR EACH ROW EXECUTE FUNCTION widen_race()"
+    )
+
+
+class Overlap:
+    """Samples pg_stat_activity from a thread: proof that requests ran at once in PostgreSQL.
+
+    `most_active` is the largest number of the app's backends seen running a statement at
+    the same moment; `lock_waits` how many samples saw one of them waiting for a lock.
+    """
+
+    def __init__(self, dsn: str, dbname: str) -> None:
+        self._dsn = dsn
+        self._dbname = dbname
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.most_active = 0
+        self.lock_waits = 0
+
+    def _sample(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                active, waiting = conn.execute(
+                    "SELECT count(*) FILTER (WHERE state = 'active'), "
+                    "count(*) FILTER (WHERE wait_event_type = 'Lock') "
+                    "FROM pg_stat_activity WHERE datname = %s AND usename = 'inventory_app'",
+                    (self._dbname,),
+                ).fetchone() or (0, 0)
+                self.most_active = max(self.most_active, active)
+                self.lock_waits += bool(waiting)
+                self._stop.wait(0.002)
+
+    def __enter__(self) -> "Overlap":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

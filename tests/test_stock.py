@@ -1,0 +1,444 @@
+"""Stock adjustments, the movement ledger and its rules in the database."""
+
+from typing import Any
+
+import psycopg
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from psycopg import Connection, errors
+
+from app.config import Settings
+from app.main import create_app
+from tests.cluster import Cluster
+from tests.conftest import SCHEMA
+from tests.helpers import RFC3339_UTC, assert_problem, product
+from tests.stock_helpers import adjust, assert_ledger_consistent
+
+MOVEMENT_CHECKS = {
+    "stock_movements_delta_check",
+    "stock_movements_reason_check",
+    "stock_movements_note_length_check",
+    "stock_movements_quantity_after_check",
+}
+
+
+async def _create(client: AsyncClient, sku: str = "ABC-1", quantity: int = 0) -> None:
+    response = await client.post("/products", json=product(sku, quantity=quantity))
+    assert response.status_code == 201, response.text
+
+
+# --- Adjustments -------------------------------------------------------------------------
+
+
+async def test_adjustment_changes_stock_and_returns_the_product_with_its_etag(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=5)
+
+    response = await adjust(client, "abc-1", 3, "received", note="PO 17")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert (body["sku"], body["quantity"]) == ("ABC-1", 8)
+    current = await client.get("/products/ABC-1")
+    assert current.json() == body
+    assert current.headers["etag"] == response.headers["etag"]
+    assert db.execute(
+        "SELECT delta, reason, note, quantity_after FROM stock_movements"
+    ).fetchall() == [(3, "received", "PO 17", 8)]
+
+
+@pytest.mark.parametrize("reason", ["received", "sold", "returned", "damaged", "correction"])
+async def test_every_reason_is_accepted(client: AsyncClient, reason: str) -> None:
+    await _create(client, quantity=1)
+
+    assert (await adjust(client, "ABC-1", -1, reason)).status_code == 200
+
+
+async def test_a_sequence_of_adjustments_keeps_the_ledger_consistent(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=10)
+    for delta, reason in [(5, "received"), (-3, "sold"), (1, "returned"), (-13, "damaged")]:
+        assert (await adjust(client, "ABC-1", delta, reason)).status_code == 200
+    assert (await adjust(client, "ABC-1", -1, "sold")).status_code == 409
+    assert (await adjust(client, "ABC-1", 2, "correction")).status_code == 200
+
+    assert assert_ledger_consistent(db, "ABC-1", initial=10) == [5, -3, 1, -13, 2]
+
+
+async def test_removing_more_than_in_stock_is_409_with_available_and_changes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=3)
+    before = await client.get("/products/ABC-1")
+
+    response = await adjust(client, "ABC-1", -4, "sold")
+
+    body = assert_problem(response, 409, "insufficient_stock")
+    assert body["available"] == 3
+    after = await client.get("/products/ABC-1")
+    assert after.json() == before.json()
+    assert after.headers["etag"] == before.headers["etag"]
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+
+
+async def test_removing_exactly_the_stock_leaves_zero(client: AsyncClient) -> None:
+    await _create(client, quantity=3)
+
+    response = await adjust(client, "ABC-1", -3, "sold")
+
+    assert response.json()["quantity"] == 0
+
+
+async def test_adjusting_a_missing_product_is_404(client: AsyncClient) -> None:
+    assert_problem(await adjust(client, "NOPE", 1), 404, "product_not_found")
+    assert_problem(await adjust(client, "not%20a%20sku", 1), 404, "product_not_found")
+
+
+async def test_quantity_beyond_the_integer_range_is_422_and_changes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=2_147_483_000)
+
+    response = await adjust(client, "ABC-1", 1000)
+
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"][0]["field"] == "delta"
+    assert (await client.get("/products/ABC-1")).json()["quantity"] == 2_147_483_000
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+    assert (await adjust(client, "ABC-1", 647)).json()["quantity"] == 2_147_483_647
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"delta": 0, "reason": "sold"}, "delta"),
+        ({"delta": 1.0, "reason": "sold"}, "delta"),
+        ({"delta": 1.5, "reason": "sold"}, "delta"),
+        ({"delta": "1", "reason": "sold"}, "delta"),
+        ({"delta": True, "reason": "sold"}, "delta"),
+        ({"delta": 2**31, "reason": "sold"}, "delta"),
+        ({"delta": -(2**31) - 1, "reason": "sold"}, "delta"),
+        ({"delta": 10**30, "reason": "sold"}, "delta"),
+        ({"reason": "sold"}, "delta"),
+        ({"delta": 1}, "reason"),
+        ({"delta": 1, "reason": "stolen"}, "reason"),
+        ({"delta": 1, "reason": "Sold"}, "reason"),
+        ({"delta": 1, "reason": "sold", "note": "n" * 501}, "note"),
+        ({"delta": 1, "reason": "sold", "note": 5}, "note"),
+        ({"delta": 1, "reason": "sold", "quantity": 5}, "quantity"),
+    ],
+)
+async def test_invalid_adjustments_are_422_and_change_nothing(
+    client: AsyncClient, db: Connection[Any], body: dict[str, Any], field: str
+) -> None:
+    await _create(client, quantity=5)
+
+    response = await client.post("/products/ABC-1/adjustments", json=body)
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert field in {e["field"] for e in problem["errors"]}
+    assert (await client.get("/products/ABC-1")).json()["quantity"] == 5
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+
+
+async def test_a_note_of_500_characters_is_kept(client: AsyncClient) -> None:
+    await _create(client)
+
+    assert (await adjust(client, "ABC-1", 1, note="n" * 500)).status_code == 200
+    movements = (await client.get("/products/ABC-1/movements")).json()
+    assert movements[0]["note"] == "n" * 500
+
+
+# --- Movements ---------------------------------------------------------------------------
+
+
+async def test_movements_are_listed_oldest_first_with_their_fields(client: AsyncClient) -> None:
+    await _create(client, quantity=1)
+    await adjust(client, "ABC-1", 4, "received", note="first")
+    await adjust(client, "ABC-1", -2, "sold")
+
+    response = await client.get("/products/abc-1/movements")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    rows = response.json()
+    assert [set(r) for r in rows] == [
+        {"id", "delta", "reason", "note", "quantity_after", "created_at"}
+    ] * 2
+    assert [(r["delta"], r["reason"], r["note"], r["quantity_after"]) for r in rows] == [
+        (4, "received", "first", 5),
+        (-2, "sold", None, 3),
+    ]
+    assert rows[0]["id"] < rows[1]["id"]
+    assert all(RFC3339_UTC.match(r["created_at"]) for r in rows)
+
+
+async def test_movements_of_a_product_without_any_is_an_empty_list(client: AsyncClient) -> None:
+    await _create(client)
+
+    assert (await client.get("/products/ABC-1/movements")).json() == []
+    assert (await client.get("/products/ABC-1/movements?limit=5")).json() == []
+
+
+async def test_movements_of_a_missing_product_is_404(client: AsyncClient) -> None:
+    for url in (
+        "/products/NOPE/movements",
+        "/products/NOPE/movements?limit=2",
+        "/products/a%20b/movements",
+    ):
+        assert_problem(await client.get(url), 404, "product_not_found")
+
+
+async def test_movements_only_show_the_products_own(client: AsyncClient) -> None:
+    await _create(client, "A-1")
+    await _create(client, "B-1")
+    await adjust(client, "A-1", 1)
+    await adjust(client, "B-1", 2)
+
+    assert [m["delta"] for m in (await client.get("/products/B-1/movements")).json()] == [2]
+
+
+async def test_movement_pages_follow_link_next_to_the_whole_history(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client)
+    product_id = db.execute("SELECT id FROM products").fetchone()
+    # 23 movements written directly: the API reads a ledger it did not write the same way.
+    db.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+        "SELECT %s, 1, 'received', i FROM generate_series(1, 23) i",
+        product_id,
+    )
+    everything = (await client.get("/products/ABC-1/movements")).json()
+
+    pages = []
+    url: str | None = "/products/ABC-1/movements?limit=10"
+    while url is not None:
+        response = await client.get(url)
+        assert response.status_code == 200
+        pages.append(response.json())
+        link = response.headers.get("link")
+        url = None
+        if link is not None:
+            assert link.endswith('>; rel="next"')
+            url = link[1 : link.index(">")]
+
+    assert [len(p) for p in pages] == [10, 10, 3]
+    assert [m for p in pages for m in p] == everything
+    assert [m["quantity_after"] for m in everything] == list(range(1, 24))
+
+
+async def test_a_page_that_ends_exactly_at_the_last_movement_has_no_next_link(
+    client: AsyncClient,
+) -> None:
+    await _create(client)
+    for _ in range(4):
+        await adjust(client, "ABC-1", 1)
+
+    response = await client.get("/products/ABC-1/movements?limit=4")
+
+    assert len(response.json()) == 4
+    assert "link" not in response.headers
+
+
+async def test_after_without_limit_streams_the_rest(client: AsyncClient) -> None:
+    await _create(client)
+    for _ in range(3):
+        await adjust(client, "ABC-1", 1)
+    first = await client.get("/products/ABC-1/movements?limit=1")
+    link = first.headers["link"]
+    after = link[link.index("after=") + 6 : link.index(">")]
+
+    rest = await client.get(f"/products/ABC-1/movements?after={after}")
+
+    assert [m["quantity_after"] for m in rest.json()] == [2, 3]
+
+
+@pytest.mark.parametrize("query", ["after=bogus", "after=WyJ4Il0", "limit=0", "limit=1001"])
+async def test_bad_paging_parameters_are_422(client: AsyncClient, query: str) -> None:
+    await _create(client)
+
+    response = await client.get(f"/products/ABC-1/movements?{query}")
+
+    assert_problem(response, 422, "validation_failed")
+
+
+# --- Conflict retries --------------------------------------------------------------------
+
+
+def _fail_movements(db: Connection[Any], sqlstate: str, times: int) -> None:
+    """The first `times` movement inserts fail with `sqlstate`, as a real conflict would.
+
+    A sequence counts the attempts: nextval is not rolled back with the failed transaction.
+    """
+    db.execute(
+        "CREATE SEQUENCE attempts; "
+        "CREATE FUNCTION conflict() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF nextval('attempts') <= {times} THEN "
+        f"RAISE EXCEPTION 'injected conflict' USING ERRCODE = '{sqlstate}'; END IF; "
+        "RETURN NEW; END $$; "
+        "CREATE TRIGGER conflict BEFORE INSERT ON stock_movements "
+        "FOR EACH ROW EXECUTE FUNCTION conflict(); "
+        "GRANT USAGE ON SEQUENCE attempts TO inventory_rw"
+    )
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_a_conflict_is_retried_and_the_adjustment_applied_once(
+    client: AsyncClient, db: Connection[Any], sqlstate: str
+) -> None:
+    await _create(client, quantity=5)
+    _fail_movements(db, sqlstate, times=2)
+
+    response = await adjust(client, "ABC-1", -1, "sold")
+
+    assert response.status_code == 200
+    assert response.json()["quantity"] == 4
+    assert db.execute("SELECT last_value FROM attempts").fetchone() == (3,)
+    assert assert_ledger_consistent(db, "ABC-1", initial=5) == [-1]
+
+
+async def test_conflicts_that_outlast_the_retries_are_503_conflict_retry(
+    client: AsyncClient, db: Connection[Any], settings: Settings
+) -> None:
+    await _create(client, quantity=5)
+    _fail_movements(db, "40001", times=1000)
+
+    response = await adjust(client, "ABC-1", -1, "sold")
+
+    assert_problem(response, 503, "conflict_retry")
+    assert response.headers["retry-after"] == str(settings.retry_after_seconds)
+    assert db.execute("SELECT last_value FROM attempts").fetchone() == (settings.conflict_attempts,)
+    assert (await client.get("/products/ABC-1")).json()["quantity"] == 5
+    assert assert_ledger_consistent(db, "ABC-1", initial=5) == []
+
+
+# --- The rules in the database -----------------------------------------------------------
+
+
+def test_a_direct_update_making_quantity_negative_fails_with_23514(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A', 'n', 1, 2)")
+
+    with pytest.raises(errors.CheckViolation) as raised:
+        db.execute("UPDATE products SET quantity = quantity - 3")
+
+    assert raised.value.sqlstate == "23514"
+    assert raised.value.diag.constraint_name == "products_quantity_check"
+    assert db.execute("SELECT quantity FROM products").fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    ("values", "constraint"),
+    [
+        ("(%s, 0, 'sold', NULL, 1)", "stock_movements_delta_check"),
+        ("(%s, 1, 'stolen', NULL, 1)", "stock_movements_reason_check"),
+        ("(%s, 1, 'sold', repeat('n', 501), 1)", "stock_movements_note_length_check"),
+        ("(%s, 1, 'sold', NULL, -1)", "stock_movements_quantity_after_check"),
+    ],
+)
+def test_a_direct_movement_insert_breaking_a_rule_fails_with_its_constraint(
+    db: Connection[Any], values: str, constraint: str
+) -> None:
+    (product_id,) = db.execute(
+        "INSERT INTO products (sku, name, price) VALUES ('A', 'n', 1) RETURNING id"
+    ).fetchone() or (None,)
+
+    with pytest.raises(errors.CheckViolation) as raised:
+        db.execute(
+            "INSERT INTO stock_movements (product_id, delta, reason, note, quantity_after) "  # type: ignore[arg-type]
+            f"VALUES {values}",
+            (product_id,),
+        )
+
+    assert raised.value.sqlstate == "23514"
+    assert raised.value.diag.constraint_name == constraint
+
+
+def test_a_movement_needs_an_existing_product_and_every_required_value(
+    db: Connection[Any],
+) -> None:
+    with pytest.raises(errors.ForeignKeyViolation) as raised:
+        db.execute(
+            "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+            "VALUES (424242, 1, 'sold', 1)"
+        )
+    assert raised.value.diag.constraint_name == "stock_movements_product_id_fkey"
+    with pytest.raises(errors.NotNullViolation):
+        db.execute("INSERT INTO stock_movements (product_id, delta) VALUES (1, 1)")
+
+
+def test_ledger_schema_is_named_indexed_documented_and_applies_twice(
+    db: Connection[Any],
+) -> None:
+    def catalog() -> list[Any]:
+        return [
+            db.execute(
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                "FROM pg_constraint WHERE conrelid IN "
+                "('stock_movements'::regclass, 'idempotency_keys'::regclass) ORDER BY 1, 2"
+            ).fetchall(),
+            db.execute(
+                "SELECT indexname, indexdef FROM pg_indexes "
+                "WHERE tablename IN ('stock_movements', 'idempotency_keys') ORDER BY 1"
+            ).fetchall(),
+            db.execute(
+                "SELECT objoid::regclass::text, objsubid, description FROM pg_description "
+                "WHERE objoid IN ('stock_movements'::regclass, 'idempotency_keys'::regclass) "
+                "ORDER BY 1, 2"
+            ).fetchall(),
+        ]
+
+    before = catalog()
+    constraints = {name for _, name, _ in before[0]}
+    assert constraints >= MOVEMENT_CHECKS | {
+        "stock_movements_pkey",
+        "stock_movements_product_id_fkey",
+        "idempotency_keys_pkey",
+        "idempotency_keys_key_check",
+    }
+    fkey = next(d for _, n, d in before[0] if n == "stock_movements_product_id_fkey")
+    assert fkey.endswith("REFERENCES products(id) ON DELETE CASCADE")
+    indexes = dict(before[1])
+    assert indexes["stock_movements_product_id_id_idx"].endswith("(product_id, id)")
+    assert indexes["idempotency_keys_created_at_idx"].endswith("(created_at)")
+    assert len([d for d in before[2] if d[0] == "stock_movements"]) == 1 + 7
+
+    db.execute(SCHEMA.read_text())  # type: ignore[arg-type]  # a file, not user input
+
+    assert catalog() == before
+
+
+def test_the_service_may_append_to_the_ledger_but_not_rewrite_it(
+    postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
+) -> None:
+    with psycopg.connect(pg_server.app_dsn(postgresql.info.dbname), autocommit=True) as app_db:
+        (product_id,) = app_db.execute(
+            "INSERT INTO products (sku, name, price) VALUES ('A', 'n', 1) RETURNING id"
+        ).fetchone() or (None,)
+        app_db.execute(
+            "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+            "VALUES (%s, 1, 'received', 1)",
+            (product_id,),
+        )
+        for statement in ("UPDATE stock_movements SET delta = 5", "DELETE FROM stock_movements"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                app_db.execute(statement)  # type: ignore[arg-type]
+        # Deleting the product still takes its history with it (the cascade).
+        app_db.execute("DELETE FROM products")
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+
+
+async def test_readiness_needs_the_ledger_tables(
+    postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any], settings: Settings
+) -> None:
+    db.execute("DROP TABLE stock_movements CASCADE")
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
+    ):
+        assert (await client.get("/readyz")).status_code == 503
