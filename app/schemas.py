@@ -154,9 +154,9 @@ class ProductUpdate(BaseModel):
     PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
 
     # Defaults are never validated, so None here means "not sent"; a null sent is refused.
-    name: Annotated[Name | None, BeforeValidator(_not_null)] = None
+    name: Annotated[Name | SkipJsonSchema[None], BeforeValidator(_not_null)] = None
     description: Description | None = None
-    price: Annotated[Price | None, BeforeValidator(_not_null)] = None
+    price: Annotated[Price | SkipJsonSchema[None], BeforeValidator(_not_null)] = None
     sku: _Fixed = None
     id: _Fixed = None
     created_at: _Fixed = None
