@@ -12,6 +12,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -130,6 +132,10 @@ def _not_null(value: Any) -> Any:
     return value
 
 
+def _documented_as(kind: Any) -> WithJsonSchema:
+    return WithJsonSchema(TypeAdapter(kind).json_schema())
+
+
 def _refuse_fixed(value: Any) -> Any:
     raise ValueError("cannot be changed")
 
@@ -154,9 +160,10 @@ class ProductUpdate(BaseModel):
     PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
 
     # Defaults are never validated, so None here means "not sent"; a null sent is refused.
-    name: Annotated[Name | SkipJsonSchema[None], BeforeValidator(_not_null)] = None
+    # Documented as the plain type: null is refused, so the docs do not offer it.
+    name: Annotated[Name | None, BeforeValidator(_not_null), _documented_as(Name)] = None
     description: Description | None = None
-    price: Annotated[Price | SkipJsonSchema[None], BeforeValidator(_not_null)] = None
+    price: Annotated[Price | None, BeforeValidator(_not_null), _documented_as(Price)] = None
     sku: _Fixed = None
     id: _Fixed = None
     created_at: _Fixed = None

@@ -1,9 +1,11 @@
 """Helpers for the stock, PATCH and idempotency tests: the ledger check, overlap sampling."""
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 from httpx import AsyncClient, Response
 from psycopg import Connection
 
@@ -92,3 +94,27 @@ class Overlap:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+# Every product's ledger chains: each quantity_after is the previous one plus its delta, and
+# the last one is the product's quantity now. Lists the SKUs where that does not hold.
+_BROKEN_LEDGERS = """
+    SELECT p.sku
+    FROM products p
+    JOIN LATERAL (
+        SELECT s.delta, s.quantity_after,
+               lag(s.quantity_after) OVER (ORDER BY s.id) AS previous,
+               row_number() OVER (ORDER BY s.id DESC) AS from_last
+        FROM stock_movements s WHERE s.product_id = p.id
+    ) m ON true
+    WHERE (m.previous IS NOT NULL AND m.quantity_after <> m.previous + m.delta)
+       OR (m.from_last = 1 AND m.quantity_after <> p.quantity)
+"""
+
+
+@pytest.fixture
+def ledgers_consistent(db: Connection[Any]) -> Iterator[None]:
+    """After the test: whatever sequence of requests it made, every ledger still adds up."""
+    yield
+    if db.execute("SELECT to_regclass('stock_movements') IS NOT NULL").fetchone() == (True,):
+        assert db.execute(_BROKEN_LEDGERS).fetchall() == []

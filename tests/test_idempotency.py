@@ -16,9 +16,12 @@ from app.config import Settings
 from app.idempotency import Idempotency
 from app.main import create_app
 from tests.helpers import assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent
+from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
 
 KEY = {"Idempotency-Key": "4f0c1b7e-retry-me"}
+
+# Every sequence of requests in this module leaves consistent ledgers (checked after each test).
+pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
 
 
 def _same_response(first: Response, again: Response) -> None:

@@ -7,7 +7,10 @@ from httpx import AsyncClient
 from psycopg import Connection
 
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust
+from tests.stock_helpers import adjust, ledgers_consistent
+
+# Every sequence of requests in this module leaves consistent ledgers (checked after each test).
+pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
 
 
 async def _create(client: AsyncClient, sku: str = "ABC-1", **fields: Any) -> dict[str, Any]:
@@ -39,12 +42,24 @@ async def test_etag_changes_after_patch_and_after_adjustment_and_after_psql(
 
     patched = await client.patch("/products/ABC-1", json={"name": "Red mug"})
     adjusted = await adjust(client, "ABC-1", 5)
-    db.execute("UPDATE products SET quantity = 7")
+    db.execute("UPDATE products SET description = %s", ("set with psql",))
     after_psql = (await client.get("/products/ABC-1")).headers["etag"]
 
     etags = [first, patched.headers["etag"], adjusted.headers["etag"], after_psql]
     assert len(set(etags)) == 4
     assert (await client.get("/products/ABC-1")).headers["etag"] == after_psql
+
+
+async def test_etag_changes_when_psql_changes_the_stock(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    before = (await client.post("/products", json=product("ABC-1"))).headers["etag"]
+
+    db.execute("UPDATE products SET quantity = 7")
+
+    response = await client.get("/products/ABC-1", headers={"If-None-Match": before})
+    assert response.status_code == 200
+    assert response.headers["etag"] != before
 
 
 async def test_if_none_match_with_the_current_etag_is_304_with_etag_and_no_body(

@@ -13,7 +13,7 @@ from app.main import create_app
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent
+from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
 
 MOVEMENT_CHECKS = {
     "stock_movements_delta_check",
@@ -21,6 +21,9 @@ MOVEMENT_CHECKS = {
     "stock_movements_note_length_check",
     "stock_movements_quantity_after_check",
 }
+
+# Every sequence of requests in this module leaves consistent ledgers (checked after each test).
+pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
 
 
 async def _create(client: AsyncClient, sku: str = "ABC-1", quantity: int = 0) -> None:
@@ -213,6 +216,7 @@ async def test_movement_pages_follow_link_next_to_the_whole_history(
         "SELECT %s, 1, 'received', i FROM generate_series(1, 23) i",
         product_id,
     )
+    db.execute("UPDATE products SET quantity = 23")
     everything = (await client.get("/products/ABC-1/movements")).json()
 
     pages = []

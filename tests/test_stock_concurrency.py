@@ -16,9 +16,18 @@ from app.config import Settings
 from app.main import create_app
 from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
-from tests.stock_helpers import Overlap, adjust, assert_ledger_consistent, widen_race
+from tests.stock_helpers import (
+    Overlap,
+    adjust,
+    assert_ledger_consistent,
+    ledgers_consistent,
+    widen_race,
+)
 
 ROUNDS = 3
+
+# Every sequence of requests in this module leaves consistent ledgers (checked after each test).
+pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
 
 
 @pytest.fixture
