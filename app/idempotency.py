@@ -195,6 +195,8 @@ class Idempotency:
                 if replay is not None:
                     return replay
                 await conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+                # Row locks the operation takes (an adjusted product) are held from here to
+                # COMMIT: through the one UPDATE below and nothing else, no outside awaits.
                 response = await self._outcome(conn, operation)
                 headers = {
                     name: response.headers[name]
