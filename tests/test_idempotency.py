@@ -240,6 +240,7 @@ async def test_twenty_concurrent_adjustments_with_one_key_take_effect_once(
         else:
             assert_problem(r, 409, "request_in_progress")
     assert ran[0].json()["quantity"] == 47
+    print(f"\n20 adjustments, one key (round {round_}): {len(ran)} ran, statuses {dict(statuses)}")
     assert assert_ledger_consistent(db, "ABC-1", initial=50) == [-3]
 
 

@@ -90,8 +90,10 @@ async def test_concurrent_additions_and_removals_end_at_the_arithmetic_sum(
     deltas = [3] * 25 + [-2] * 25 + [7] * 5 + [-5] * 5
     random.Random(round_).shuffle(deltas)
 
+    started = time.monotonic()
     with overlap:
         responses = await asyncio.gather(*(adjust(wide_client, "MIX-1", d) for d in deltas))
+    elapsed = time.monotonic() - started
 
     # 50 in stock covers every removal even if they all came first: all must succeed.
     assert [r.status_code for r in responses] == [200] * len(deltas)
@@ -100,6 +102,7 @@ async def test_concurrent_additions_and_removals_end_at_the_arithmetic_sum(
     assert (await wide_client.get("/products/MIX-1")).json()["quantity"] == expected
     assert sorted(assert_ledger_consistent(db, "MIX-1", initial=50)) == sorted(deltas)
     assert overlap.most_active >= 5, overlap.most_active
+    print(f"\n60 mixed +/- on 50 (round {round_}): 60x200, 50 -> {expected} in {elapsed:.2f}s")
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
@@ -132,6 +135,7 @@ async def test_concurrent_patches_with_one_if_match_let_exactly_one_through(
     # Only the winner writes; the rest queue behind its row lock for as long as it sleeps.
     widen_race(db, 0.2)
 
+    started = time.monotonic()
     with overlap:
         responses = await asyncio.gather(
             *(
@@ -142,7 +146,9 @@ async def test_concurrent_patches_with_one_if_match_let_exactly_one_through(
             )
         )
 
+    elapsed = time.monotonic() - started
     assert Counter(r.status_code for r in responses) == {200: 1, 412: 19}
+    print(f"\n20 PATCH same If-Match (round {round_}): 1x200 19x412 in {elapsed:.2f}s")
     (winner,) = [r for r in responses if r.status_code == 200]
     for r in responses:
         if r.status_code == 412:
