@@ -1,6 +1,6 @@
 """Settings read from the environment (see README "Configuration")."""
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,3 +33,14 @@ class Settings(BaseSettings):
     idempotency_wait_seconds: float = Field(default=2.0, gt=0)
     # Attempts for a unit of work that hits a serialization failure or deadlock before 503.
     conflict_attempts: int = Field(default=4, ge=1, le=20)
+
+    # --- Production readiness (API.md "Access", README "Security"). ---
+    # Comma-separated bearer tokens. Both empty: the API is open (a warning says so at start-up).
+    # SecretStr keeps them out of any repr or log line that shows the settings.
+    api_tokens: SecretStr = SecretStr("")
+    read_tokens: SecretStr = SecretStr("")
+    # Request body limits in bytes: every JSON endpoint, and the bulk import (its own, larger).
+    json_max_bytes: int = Field(default=1 << 20, ge=1)
+    import_max_bytes: int = Field(default=100 << 20, ge=1)
+    # The level of the JSON log lines on stdout (one per request at INFO).
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")

@@ -13,6 +13,8 @@ from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.observability import REQUEST_ID_KEY, Metrics, count_database_error
+
 logger = logging.getLogger("app.errors")
 
 PROBLEM_JSON = "application/problem+json"
@@ -116,6 +118,14 @@ def database_problem(exc: BaseException, *, retry_after: int) -> ApiError | None
             f"The database refused the value: {name}.",
             errors=[{"field": field, "message": f"{message} ({name})"}],
         )
+    # Refused by psycopg before sending (a NUL byte in a string, an int past bigint): bad input.
+    if not state and isinstance(exc, psycopg.DataError):
+        return ApiError(
+            422,
+            "validation_failed",
+            "A value cannot be stored in the database.",
+            errors=[{"field": "body", "message": "holds a value the database cannot store"}],
+        )
     # No SQLSTATE at all: the connection broke or could not be made.
     if state[:2] in _TRANSIENT_CLASSES or (not state and isinstance(exc, psycopg.OperationalError)):
         return _unavailable(retry_after)
@@ -161,14 +171,24 @@ def install(app: FastAPI, *, retry_after: int) -> None:
         return problem(status, code, str(exc.detail), headers=dict(exc.headers or {}))
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        _count_database_error(request, exc)
         mapped = database_problem(exc, retry_after=retry_after)
         if mapped is None:
             return await unexpected(request, exc)
         return await api_error(request, mapped)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem(500, "internal_error", "An unexpected error occurred.")
+        # Runs in ServerErrorMiddleware, outside the request-id middleware: echo the id here.
+        request_id = request.scope.get(REQUEST_ID_KEY)
+        logger.error(
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
+            exc_info=exc,
+            extra={"request_id": request_id},
+        )
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return problem(500, "internal_error", "An unexpected error occurred.", headers=headers)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -176,3 +196,14 @@ def install(app: FastAPI, *, retry_after: int) -> None:
     app.add_exception_handler(psycopg.Error, database_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _count_database_error(request: Request, exc: BaseException) -> None:
+    # inventory_db_errors_total by SQLSTATE class (app/observability.py).
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is None:
+        return
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    count_database_error(metrics, sqlstate, pool_timeout=isinstance(exc, PoolTimeout))

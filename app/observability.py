@@ -1,0 +1,248 @@
+"""What operators see: Prometheus metrics, one JSON log line per request, X-Request-ID."""
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("app.access")
+
+# Where the middleware leaves the request id for the rest of the app (errors.py reads it).
+REQUEST_ID_KEY = "inventory.request_id"
+# The route label of requests that matched no route: raw paths would make label values (and
+# so series) unbounded.
+UNMATCHED = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+
+
+# The attributes every LogRecord has; anything else on a record came in through `extra=`.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, then the record's `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    # Looks sys.stdout up on every line, so a replaced stdout (a test's capture) is honoured.
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stdout for every logger that propagates to the root (all but uvicorn's).
+
+    Idempotent: building the app again (tests do) does not add a second handler.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+    logging.getLogger("app").setLevel(level)
+    # Connection failures during an outage are worth a line; their messages carry host and
+    # port, never the password.
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+class PoolCollector(Collector):
+    """The pool's gauges, read from pool.get_stats() at scrape time (nothing to keep in sync)."""
+
+    def __init__(self) -> None:
+        self.pool: AsyncConnectionPool[Any] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.pool is None:
+            return
+        stats = self.pool.get_stats()
+        for name, key, text in (
+            ("inventory_db_pool_size", "pool_size", "Connections the pool holds (busy or idle)."),
+            ("inventory_db_pool_max", "pool_max", "The most connections the pool may hold."),
+            ("inventory_db_pool_available", "pool_available", "Idle connections, ready now."),
+            ("inventory_db_pool_waiting", "requests_waiting", "Requests queued for a connection."),
+        ):
+            yield GaugeMetricFamily(name, text, value=stats.get(key, 0))
+        yield CounterMetricFamily(
+            "inventory_db_pool_timeouts",
+            "Requests that got no connection within the pool timeout (answered 503).",
+            value=stats.get("requests_errors", 0),
+        )
+
+
+# Request latencies of an API answering from an index: most land well under 50 ms.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The app's metrics, in a registry of its own (so several apps in one process never clash).
+
+    With PROMETHEUS_MULTIPROC_DIR set (run.sh and the Dockerfile set it for several uvicorn
+    workers), prometheus_client keeps every worker's counts in files there and a scrape of any
+    worker sums them all; the pool gauges are those of the worker that answered.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("method", "route", "status")
+        self.requests = Counter(
+            "inventory_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "inventory_http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.db_errors = Counter(
+            "inventory_db_errors",
+            "Database errors by SQLSTATE class (first two characters; pool_timeout, none).",
+            ("sqlstate_class",),
+            registry=self.registry,
+        )
+        self.pool = PoolCollector()
+        self.registry.register(self.pool)
+        # labels() takes a lock and builds a key per call: cache the children per label set.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(*key))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything this app (or all its workers) counted."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(self.pool)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def count_database_error(metrics: Metrics, sqlstate: str | None, *, pool_timeout: bool) -> None:
+    label = "pool_timeout" if pool_timeout else (sqlstate[:2] if sqlstate else "none")
+    metrics.db_errors.labels(label).inc()
+
+
+# ---------------------------------------------------------------------------------------------
+# The middleware
+
+
+def _valid_request_id(value: bytes) -> bool:
+    # Up to 128 printable ASCII characters: safe in a header, a log line and a metric exemplar.
+    return 0 < len(value) <= 128 and all(0x20 <= b <= 0x7E for b in value)
+
+
+def _route_template(scope: Scope, routes: list[BaseRoute]) -> str:
+    """The template of the route that served the request, for a bounded metric label."""
+    route = scope.get("route")
+    if route is None:
+        # Answered before routing (BodyGuard's 413/415/422) or by no route at all (404):
+        # match the way the router would, so a refused POST still counts under its template.
+        route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
+    return getattr(route, "path", None) or UNMATCHED
+
+
+class ObserveRequests:
+    """Pure ASGI middleware: request id, one access log line, and the request metrics.
+
+    Pure ASGI rather than BaseHTTPMiddleware: no extra task per request, and streamed
+    responses pass through untouched (only the X-Request-ID header is added).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value
+                break
+        if not _valid_request_id(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        scope[REQUEST_ID_KEY] = rid = request_id.decode()
+        id_header = (b"x-request-id", request_id)
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            status = status or 499  # the client went away before an answer (nginx's code)
+            raise
+        except BaseException:
+            status = status or 500  # ServerErrorMiddleware, outside us, answers 500
+            raise
+        finally:
+            seconds = time.perf_counter() - started_at
+            route = _route_template(scope, self.routes)
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.observe(method, route, status, seconds)
+            access_log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "request_id": rid,
+                },
+            )
