@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -11,12 +12,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("app.access")
@@ -177,14 +179,38 @@ def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= 128 and all(0x20 <= b <= 0x7E for b in value)
 
 
-def _route_template(scope: Scope, routes: list[BaseRoute]) -> str:
-    """The template of the route that served the request, for a bounded metric label."""
-    route = scope.get("route")
-    if route is None:
+class _RouteTemplates:
+    """Route templates for metric labels, from the app's routes (built once, on first use).
+
+    FastAPI (0.16x) keeps included routers as nodes and puts the router's own route object in
+    scope["route"]; its path lacks any prefix given at include time. The effective paths come
+    from fastapi.routing.iter_route_contexts, keyed by the route object.
+    """
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self._routes = routes
+        self._by_route: dict[int, str] | None = None
+        self._patterns: list[tuple[re.Pattern[str], str]] = []
+
+    def _build(self) -> dict[int, str]:
+        by_route: dict[int, str] = {}
+        for context in iter_route_contexts(self._routes):
+            path = context.path
+            if path:
+                by_route.setdefault(id(context.original_route), path)
+                self._patterns.append((compile_path(path)[0], path))
+        self._by_route = by_route
+        return by_route
+
+    def __call__(self, scope: Scope) -> str:
+        by_route = self._by_route if self._by_route is not None else self._build()
+        route = scope.get("route")
+        if route is not None:
+            return by_route.get(id(route)) or getattr(route, "path", None) or UNMATCHED
         # Answered before routing (BodyGuard's 413/415/422) or by no route at all (404):
-        # match the way the router would, so a refused POST still counts under its template.
-        route = next((r for r in routes if r.matches(scope)[0] is not Match.NONE), None)
-    return getattr(route, "path", None) or UNMATCHED
+        # match the paths the way the router would, so a refused POST counts under its route.
+        path = scope["path"]
+        return next((t for pattern, t in self._patterns if pattern.match(path)), UNMATCHED)
 
 
 class ObserveRequests:
@@ -197,7 +223,7 @@ class ObserveRequests:
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
+        self.route_template = _RouteTemplates(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -232,7 +258,7 @@ class ObserveRequests:
             raise
         finally:
             seconds = time.perf_counter() - started_at
-            route = _route_template(scope, self.routes)
+            route = self.route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             self.metrics.observe(method, route, status, seconds)
             access_log.info(
