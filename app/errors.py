@@ -178,7 +178,7 @@ def install(app: FastAPI, *, retry_after: int) -> None:
         return await api_error(request, mapped)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Runs in ServerErrorMiddleware, outside the request-id middleware: echo the id here.
+        # The request-id middleware adds X-Request-ID to this answer too; the log line names it.
         request_id = request.scope.get(REQUEST_ID_KEY)
         logger.error(
             "unhandled error on %s %s",
@@ -187,8 +187,7 @@ def install(app: FastAPI, *, retry_after: int) -> None:
             exc_info=exc,
             extra={"request_id": request_id},
         )
-        headers = {"X-Request-ID": request_id} if request_id else None
-        return problem(500, "internal_error", "An unexpected error occurred.", headers=headers)
+        return problem(500, "internal_error", "An unexpected error occurred.")
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -17,7 +17,8 @@ def _problem(description: str) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """Replace app.openapi with a builder that adds what FastAPI cannot know by itself.
 
-    - 422 is our problem+json (FastAPI would document its own HTTPValidationError shape);
+    - every 4xx/5xx is problem+json only, with the Problem schema (FastAPI would also list
+      application/json, and its own HTTPValidationError shape for 422);
     - an operation with a body may answer 413 and 415 (app/limits.py answers them);
     - any operation may answer 500 `internal_error`.
     Applies to routes added later too, whoever adds them.
@@ -48,6 +49,10 @@ def install(app: FastAPI) -> None:
                 responses = operation.setdefault("responses", {})
                 if "422" in responses:
                     responses["422"] = _problem("Validation failed (`validation_failed`)")
+                # Every error is problem+json and nothing else (API.md "Errors").
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
                 if "requestBody" in operation:
                     responses.setdefault("413", _problem("Body too large (`payload_too_large`)"))
                     responses.setdefault(
