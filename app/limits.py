@@ -1,6 +1,7 @@
 """Request bodies checked before the app reads them: size, media type, strict JSON."""
 
 import json
+import math
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,6 +71,16 @@ def _reject_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _finite_float(text: str) -> float:
+    # float() turns 1e999999 into inf and 1e-999999 into 0.0: a price of 1e-999999 would be
+    # stored as 0.00, silently rounded. A number a float cannot hold is refused instead.
+    value = float(text)
+    mantissa = text.lower().partition("e")[0]
+    if math.isinf(value) or (value == 0 and mantissa.strip("-+0.") != ""):
+        raise ValueError(f"the number {text[:30]} is out of range")
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -109,7 +120,12 @@ def strict_json_error(body: bytes) -> tuple[str, str] | None:
     strings), else None."""
     try:
         text = body.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_reject_pairs, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_pairs,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
         _check_strings(value)
     except UnicodeDecodeError:
         return "body", "is not UTF-8"

@@ -1,0 +1,281 @@
+"""Hostile bodies and headers get a 4xx problem, never a 500, and write nothing."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+from psycopg import Connection
+from starlette.types import Message, Receive, Scope, Send
+
+from app.limits import BodyGuard
+from tests.helpers import assert_problem, product
+
+MIB = 1 << 20
+JSON = {"content-type": "application/json"}
+
+
+def body(text: str) -> bytes:
+    return text.encode()
+
+
+# (what it is, raw body, expected status, expected code)
+HOSTILE: list[tuple[str, bytes, int, str]] = [
+    ("not JSON", b"{sku: 1}", 422, "validation_failed"),
+    ("truncated", b'{"sku": "A-1", "name": ', 422, "validation_failed"),
+    ("array", b"[1, 2, 3]", 422, "validation_failed"),
+    ("string", b'"hello"', 422, "validation_failed"),
+    ("null", b"null", 422, "validation_failed"),
+    ("deep arrays", b"[" * 100_000, 422, "validation_failed"),
+    ("deep objects", b'{"a":' * 50_000 + b"1" + b"}" * 50_000, 422, "validation_failed"),
+    (
+        "deep inside a field",
+        body('{"sku":"A-1","name":"n","price":1,"description":')
+        + b"[" * 20_000
+        + b"]" * 20_000
+        + b"}",
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "NUL escaped in name",
+        body('{"sku":"A-1","name":"a\\u0000b","price":1}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "NUL escaped in an unknown field",
+        body('{"sku":"A-1","name":"n","price":1,"x":"\\u0000"}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    ("raw NUL byte", b'{"sku":"A-1","name":"a\x00b","price":1}', 422, "validation_failed"),
+    (
+        "lone surrogate",
+        body('{"sku":"A-1","name":"\\ud800","price":1}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    ("invalid UTF-8", b'{"sku":"A-1","name":"\xff\xfe","price":1}', 422, "validation_failed"),
+    ("UTF-16", '{"sku":"A-1","name":"n","price":1}'.encode("utf-16"), 422, "validation_failed"),
+    ("BOM", b'\xef\xbb\xbf{"sku":"A-1","name":"n","price":1}', 422, "validation_failed"),
+    (
+        "duplicate keys",
+        body('{"sku":"A-1","name":"n","price":1,"price":2}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    ("NaN", body('{"sku":"A-1","name":"n","price":NaN}'), 422, "validation_failed"),
+    ("Infinity", body('{"sku":"A-1","name":"n","price":-Infinity}'), 422, "validation_failed"),
+    ("huge exponent", body('{"sku":"A-1","name":"n","price":1e999999}'), 422, "validation_failed"),
+    (
+        "tiny exponent",
+        body('{"sku":"A-1","name":"n","price":1e-999999}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "5000-digit integer",
+        body('{"sku":"A-1","name":"n","price":' + "9" * 5000 + "}"),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "4000-digit integer",
+        body('{"sku":"A-1","name":"n","price":1,"quantity":' + "9" * 4000 + "}"),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "huge price string",
+        body('{"sku":"A-1","name":"n","price":"' + "9" * 500_000 + '"}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "price string exponent",
+        body('{"sku":"A-1","name":"n","price":"1e999999999"}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "overlong name",
+        body('{"sku":"A-1","price":1,"name":"' + "n" * 900_000 + '"}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "overlong sku",
+        body('{"name":"n","price":1,"sku":"' + "s" * 100_000 + '"}'),
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    (
+        "many fields",
+        b"{" + b",".join(b'"f%d":1' % i for i in range(50_000)) + b"}",
+        422,
+        "validation_failed",
+    ),  # fmt: skip
+    ("empty object", b"{}", 422, "validation_failed"),
+]
+
+
+@pytest.mark.parametrize(("what", "raw", "status", "code"), HOSTILE, ids=[h[0] for h in HOSTILE])
+async def test_hostile_body_is_a_4xx_problem_and_writes_nothing(
+    client: AsyncClient, db: Connection[Any], what: str, raw: bytes, status: int, code: str
+) -> None:
+    response = await client.post("/products", content=raw, headers=JSON)
+
+    assert_problem(response, status, code)
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+
+
+async def test_json_body_over_one_mib_is_413(client: AsyncClient, db: Connection[Any]) -> None:
+    big = product(description="d" * (MIB + 10))
+
+    response = await client.post("/products", json=big)
+
+    body = assert_problem(response, 413, "payload_too_large")
+    assert str(MIB) in body["detail"]
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+
+
+async def test_chunked_json_body_over_one_mib_is_413(client: AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"sku":"A-1","name":"n","price":1,"description":"'
+        for _ in range(20):
+            yield b"d" * 65536
+        yield b'"}'
+
+    response = await client.post("/products", content=chunks(), headers=JSON)
+
+    assert "content-length" not in response.request.headers
+    assert_problem(response, 413, "payload_too_large")
+
+
+async def test_body_just_under_the_limit_is_read(client: AsyncClient) -> None:
+    padded = b'{"sku":"A-1","name":"n","price":1}' + b" " * (MIB - 40)
+
+    response = await client.post("/products", content=padded, headers=JSON)
+
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/csv",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+        "json",
+    ],
+)
+async def test_wrong_content_type_is_415(client: AsyncClient, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+
+    response = await client.post("/products", content=b'{"sku":"A-1"}', headers=headers)
+
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON; charset=UTF-8",
+        'application/json;charset="utf-8"',
+        "application/merge-patch+json",
+        "application/vnd.inventory+json",
+    ],
+)
+async def test_json_content_types_are_accepted(client: AsyncClient, content_type: str) -> None:
+    response = await client.post(
+        "/products",
+        content=b'{"sku":"A-1","name":"n","price":1}',
+        headers={"content-type": content_type},
+    )
+
+    assert response.status_code == 201, response.text
+
+
+async def test_import_path_is_not_refused_for_csv_or_ndjson(client: AsyncClient) -> None:
+    # Whatever the import route answers (it checks its own media types), it is not our 415.
+    for content_type in ("text/csv", "application/x-ndjson"):
+        response = await client.post(
+            "/products/import", content=b"sku,name,price\n", headers={"content-type": content_type}
+        )
+        assert response.status_code != 415
+
+
+async def test_get_and_delete_bodies_are_not_inspected(client: AsyncClient) -> None:
+    response = await client.request(
+        "GET", "/products/NOPE-1", content=b"[" * 1000, headers={"content-type": "text/plain"}
+    )
+
+    assert_problem(response, 404, "product_not_found")
+
+
+# The guard on its own, around a tiny app that streams the body like the import will.
+
+
+async def _count_body(scope: Scope, receive: Receive, send: Send) -> None:
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+async def _call(
+    guard: BodyGuard, path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, int]:
+    scope: Scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    pending = list(chunks)
+    received = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal received
+        chunk = pending.pop(0)
+        received += 1
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await guard(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body, received
+
+
+async def test_declared_length_over_the_limit_is_refused_without_reading() -> None:
+    guard = BodyGuard(_count_body, json_max_bytes=100, import_max_bytes=1000)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
+
+    status, _, received = await _call(guard, "/products", [b"x" * 101], headers)
+
+    assert (status, received) == (413, 0)
+
+
+async def test_import_gets_its_own_limit_counted_as_it_streams() -> None:
+    guard = BodyGuard(_count_body, json_max_bytes=100, import_max_bytes=1000)
+    csv = [(b"content-type", b"text/csv")]
+
+    # Over the JSON limit, under the import limit: streamed through untouched.
+    assert (await _call(guard, "/products/import", [b"a" * 400] * 2, csv))[:2] == (201, b"800")
+    # Chunked past the import limit: refused at the chunk that crosses it.
+    status, body, received = await _call(guard, "/products/import", [b"a" * 400] * 10, csv)
+    assert (status, received) == (413, 3)
+    assert b"payload_too_large" in body
+    # A declared length past it: refused before the first byte is read.
+    declared = [*csv, (b"content-length", b"1001")]
+    assert (await _call(guard, "/products/import", [b"a"], declared))[::2] == (413, 0)
