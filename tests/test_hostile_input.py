@@ -36,26 +36,26 @@ HOSTILE: list[tuple[str, bytes, int, str]] = [
         + b"}",
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "NUL escaped in name",
         body('{"sku":"A-1","name":"a\\u0000b","price":1}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "NUL escaped in an unknown field",
         body('{"sku":"A-1","name":"n","price":1,"x":"\\u0000"}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     ("raw NUL byte", b'{"sku":"A-1","name":"a\x00b","price":1}', 422, "validation_failed"),
     (
         "lone surrogate",
         body('{"sku":"A-1","name":"\\ud800","price":1}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     ("invalid UTF-8", b'{"sku":"A-1","name":"\xff\xfe","price":1}', 422, "validation_failed"),
     ("UTF-16", '{"sku":"A-1","name":"n","price":1}'.encode("utf-16"), 422, "validation_failed"),
     ("BOM", b'\xef\xbb\xbf{"sku":"A-1","name":"n","price":1}', 422, "validation_failed"),
@@ -64,7 +64,7 @@ HOSTILE: list[tuple[str, bytes, int, str]] = [
         body('{"sku":"A-1","name":"n","price":1,"price":2}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     ("NaN", body('{"sku":"A-1","name":"n","price":NaN}'), 422, "validation_failed"),
     ("Infinity", body('{"sku":"A-1","name":"n","price":-Infinity}'), 422, "validation_failed"),
     ("huge exponent", body('{"sku":"A-1","name":"n","price":1e999999}'), 422, "validation_failed"),
@@ -73,49 +73,49 @@ HOSTILE: list[tuple[str, bytes, int, str]] = [
         body('{"sku":"A-1","name":"n","price":1e-999999}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "5000-digit integer",
         body('{"sku":"A-1","name":"n","price":' + "9" * 5000 + "}"),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "4000-digit integer",
         body('{"sku":"A-1","name":"n","price":1,"quantity":' + "9" * 4000 + "}"),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "huge price string",
         body('{"sku":"A-1","name":"n","price":"' + "9" * 500_000 + '"}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "price string exponent",
         body('{"sku":"A-1","name":"n","price":"1e999999999"}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "overlong name",
         body('{"sku":"A-1","price":1,"name":"' + "n" * 900_000 + '"}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "overlong sku",
         body('{"name":"n","price":1,"sku":"' + "s" * 100_000 + '"}'),
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     (
         "many fields",
         b"{" + b",".join(b'"f%d":1' % i for i in range(50_000)) + b"}",
         422,
         "validation_failed",
-    ),  # fmt: skip
+    ),
     ("empty object", b"{}", 422, "validation_failed"),
 ]
 
