@@ -35,3 +35,11 @@ GRANT inventory_rw TO inventory_app;
 -- No DDL for the service: nobody but the owner creates objects in schema public. This is
 -- PostgreSQL 15's default; explicit so that an older cluster or a changed default holds too.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
+-- No statement of the service runs unbounded: a runaway query (a missing index, a lock held
+-- by a psql session) is cut off with SQLSTATE 57014, which the API answers 503 with
+-- Retry-After. Set on the role, not per connection: it holds for every client logging in as
+-- inventory_app, costs nothing per connection, and survives PgBouncer's transaction pooling
+-- (which forbids the `options` startup parameter and leaks session SETs). A longer operation
+-- (the bulk import's COPY) raises it for its own transaction with SET LOCAL.
+ALTER ROLE inventory_app SET statement_timeout = '15s';
