@@ -18,4 +18,8 @@ COPY schema.sql .
 
 USER inventory
 EXPOSE 8000
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
+# Metrics of both workers summed (README "Metrics"); the directory is emptied on every start.
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/inventory-metrics
+# SIGTERM (docker stop) lets requests in flight finish for up to 20 s, then closes the pool;
+# give `docker stop` more than that (compose: stop_grace_period). The app logs each request.
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers 2 --timeout-graceful-shutdown 20 --no-access-log"]

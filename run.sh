@@ -94,7 +94,15 @@ cmd_serve() {
   # exec keeps this PID, so it is uvicorn's: ./run.sh stop finds it here.
   mkdir -p "$DATA_DIR"
   echo $$ >"$UVICORN_PID"
-  exec "$VENV/bin/uvicorn" app.main:app --host "$host" --port "$port" --workers "${WEB_CONCURRENCY:-2}"
+  # Metrics of all workers summed (README "Metrics"): prometheus_client's multiprocess files,
+  # emptied on every start so counters begin at zero with the new processes.
+  export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$DATA_DIR/metrics}
+  mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+  rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+  # SIGTERM (./run.sh stop) lets requests in flight finish for up to 20 s (past the 15 s
+  # statement_timeout), then closes the pool. The app logs each request itself, as JSON.
+  exec "$VENV/bin/uvicorn" app.main:app --host "$host" --port "$port" --workers "${WEB_CONCURRENCY:-2}" \
+    --timeout-graceful-shutdown 20 --no-access-log
 }
 
 cmd_psql() {
@@ -124,7 +132,7 @@ cmd_stop() {
     if is_uvicorn "$pid"; then
       say "stopping the API (pid $pid)"
       kill -TERM "$pid"
-      for _ in $(seq 50); do is_uvicorn "$pid" || break; sleep 0.2; done
+      for _ in $(seq 125); do is_uvicorn "$pid" || break; sleep 0.2; done
       if is_uvicorn "$pid"; then say "warning: uvicorn (pid $pid) is still shutting down"; fi
     fi
     rm -f "$UVICORN_PID"

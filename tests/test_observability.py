@@ -4,8 +4,10 @@ import asyncio
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
@@ -14,7 +16,9 @@ from psycopg import Connection
 
 from app.config import Settings
 from app.main import create_app
+from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
+from tests.live import live_server
 
 
 async def scrape(client: AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -193,3 +197,36 @@ async def test_database_password_is_never_logged(
     logged = "\n".join(r.getMessage() for r in caplog.records) + capsys.readouterr().out
     assert "database not reachable" in logged
     assert secret not in logged
+
+
+def test_metrics_of_several_workers_are_summed(
+    postgresql: Connection[Any], pg_server: Cluster, tmp_path: Path
+) -> None:
+    # What run.sh and the Dockerfile do: two uvicorn workers, one multiprocess directory.
+    env = {
+        "DATABASE_URL": pg_server.app_dsn(postgresql.info.dbname),
+        "INVENTORY_POOL_SIZE": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    with live_server(env, "--workers", "2") as server:
+        # A new connection per request, until both workers have answered some (each keeps
+        # its counts in files named by its pid); bounded at 500 requests.
+        sent = 0
+        while len({p.stem.rsplit("_", 1)[-1] for p in tmp_path.glob("*.db")}) < 2:
+            assert sent < 500, "one worker took every connection"
+            response = httpx.get(f"{server.url}/products/NOPE-1", headers={"Connection": "close"})
+            assert response.status_code == 404
+            sent += 1
+        key = sample(
+            "inventory_http_requests_total", method="GET", route="/products/{sku}", status="404"
+        )
+        for _ in range(10):
+            scraped = httpx.get(f"{server.url}/metrics", headers={"Connection": "close"}).text
+            families = {
+                (s.name, frozenset(s.labels.items())): s.value
+                for f in text_string_to_metric_families(scraped)
+                for s in f.samples
+            }
+            # Whichever worker answers the scrape reports the requests of both.
+            assert families[key] == sent
+        server.terminate_and_wait(timeout=20)
