@@ -42,7 +42,7 @@ def live_server(env: dict[str, str], *args: str) -> Iterator[LiveServer]:
             str(port),
             "--no-access-log",
             *args,
-        ],  # fmt: skip
+        ],
         cwd=REPO,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
