@@ -20,6 +20,8 @@ from pydantic.json_schema import SkipJsonSchema
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 MAX_PRICE = Decimal("9999999999.99")
 CENT = Decimal("0.01")
+# A price sent as a string: plain ASCII decimal notation, nothing else.
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 
 
 def _no_nul(value: str) -> str:
@@ -40,8 +42,11 @@ def _parse_price(value: Any) -> Decimal:
     # as the same float, so 19.99 stays 19.99 and 1.005 stays three decimals (refused).
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError("must be a decimal number or a string holding one")
+    # Decimal() alone would also take "1_000", "1e2", " 5", "+5" and non-ASCII digits ("١٢").
+    if isinstance(value, str) and not _DECIMAL_TEXT.match(value):
+        raise ValueError("must be a decimal number such as 19.99")
     try:
-        price = Decimal(str(value).strip()) if isinstance(value, str) else Decimal(str(value))
+        price = Decimal(value) if isinstance(value, str) else Decimal(str(value))
     except InvalidOperation:
         raise ValueError("must be a decimal number such as 19.99") from None
     if not price.is_finite():
@@ -74,6 +79,15 @@ Price = Annotated[
     Decimal,
     BeforeValidator(_parse_price),
     AfterValidator(_check_price),
+    # The documented shape, range included (pydantic alone would say "number or string").
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 9999999999.99},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            ]
+        }
+    ),
     Field(
         description="0 to 9999999999.99, at most 2 decimals; a JSON number or a string",
         examples=["19.99"],

@@ -279,3 +279,17 @@ async def test_import_gets_its_own_limit_counted_as_it_streams() -> None:
     # A declared length past it: refused before the first byte is read.
     declared = [*csv, (b"content-length", b"1001")]
     assert (await _call(guard, "/products/import", [b"a"], declared))[::2] == (413, 0)
+
+
+@pytest.mark.parametrize(
+    "price", ["1_000", "\u0661\u0662", "1e2", " 5", "5 ", "+5", ".5", "5.", "0x10", "1,00"]
+)
+async def test_price_text_must_be_plain_decimal_notation(
+    client: AsyncClient, db: Connection[Any], price: str
+) -> None:
+    # Decimal() took all of these: "1_000" was stored as 1000.00, Arabic-Indic "١٢" as 12.00.
+    response = await client.post("/products", json=product(price=price))
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert [e["field"] for e in problem["errors"]] == ["price"]
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
