@@ -110,7 +110,7 @@ async def test_outage_under_load_is_503_then_recovers_and_loses_nothing(
     assert len(load.acknowledged) > acknowledged_at_recovery
     for seconds, response in load.answers:
         assert response.status_code in (200, 201, 503), response.text
-        assert seconds < HARD_TIMEOUT
+        assert seconds < POOL_TIMEOUT + 1.0  # the pool timeout, plus slack for a busy machine
         if response.status_code == 503:
             assert_problem(response, 503, "database_unavailable")
             assert response.headers["retry-after"] == "1"
