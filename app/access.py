@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from app.config import Settings
 from app.errors import ApiError
 
-logger = logging.getLogger("app.access")
+logger = logging.getLogger("app.auth")
 
 # Methods a read-only token may use; everything else writes.
 READ_METHODS = frozenset({"GET", "HEAD"})

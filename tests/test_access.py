@@ -169,7 +169,7 @@ async def test_open_api_warns_at_start_up(
 ) -> None:
     async with LifespanManager(create_app(settings)):
         pass
-    warnings = [r for r in caplog.records if r.name == "app.access" and r.levelname == "WARNING"]
+    warnings = [r for r in caplog.records if r.name == "app.auth" and r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "no API tokens configured" in warnings[0].getMessage()
 
@@ -177,7 +177,7 @@ async def test_open_api_warns_at_start_up(
 async def test_locked_api_does_not_warn(
     locked: AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert not [r for r in caplog.records if r.name == "app.access" and r.levelname == "WARNING"]
+    assert not [r for r in caplog.records if r.name == "app.auth" and r.levelname == "WARNING"]
 
 
 async def test_openapi_documents_the_bearer_scheme(locked: AsyncClient) -> None:

@@ -3,11 +3,14 @@
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import pytest
 from httpx import AsyncClient
 from psycopg import Connection
 from starlette.types import Message, Receive, Scope, Send
 
+from app.config import Settings
+from app.errors import database_problem
 from app.limits import BodyGuard
 from tests.helpers import assert_problem, product
 
@@ -293,3 +296,35 @@ async def test_price_text_must_be_plain_decimal_notation(
     problem = assert_problem(response, 422, "validation_failed")
     assert [e["field"] for e in problem["errors"]] == ["price"]
     assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/products/%00",
+        "/products/a%00b",
+        "/products/%ff%fe",
+        "/products/%ED%A0%80",  # an encoded lone surrogate
+        "/products/" + "x" * 30_000,
+        "/products/%",
+    ],
+)
+async def test_hostile_sku_in_the_path_is_404(client: AsyncClient, path: str) -> None:
+    assert_problem(await client.get(path), 404, "product_not_found")
+
+
+async def test_path_traversal_matches_no_route(client: AsyncClient) -> None:
+    assert_problem(await client.get("/products/..%2F..%2Fetc%2Fpasswd"), 404, "not_found")
+
+
+async def test_string_psycopg_refuses_to_send_is_422_not_500(settings: Settings) -> None:
+    # The safety net behind the body guard: psycopg's client-side DataError (no SQLSTATE)
+    # for a NUL in a parameter, raised for real, maps to 422.
+    assert settings.database_url
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        with pytest.raises(psycopg.DataError) as raised:
+            await conn.execute("SELECT %s::text", ["a\x00b"])
+
+    assert raised.value.sqlstate is None
+    mapped = database_problem(raised.value, retry_after=1)
+    assert mapped is not None and (mapped.status, mapped.code) == (422, "validation_failed")
