@@ -63,11 +63,15 @@ def _is_json(content_type: bytes) -> bool:
 
 
 def _reject_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of duplicate keys silently; two values for one field are
+    # ambiguous, so they are refused.
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r}")
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key[:50]!r}")
+            seen.add(key)
     return obj
 
 
