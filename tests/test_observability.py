@@ -93,7 +93,7 @@ async def test_pool_gauges_show_size_available_and_waiting(
             asyncio.create_task(client.get("/products/HELD-1"))
             for _ in range(settings.pool_size + 2)
         ]
-        for _ in range(100):  # until the requests are in (bounded: 2 s)
+        for _ in range(250):  # until the requests are in (bounded: 5 s)
             busy = await scrape(client)
             if busy[sample("inventory_db_pool_waiting")] == 2:
                 break
