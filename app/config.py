@@ -44,3 +44,6 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=100 << 20, ge=1)
     # The level of the JSON log lines on stdout (one per request at INFO).
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # Bulk work (exports, imports): at most this many pool connections at once per process,
+    # capped below pool_size so lookups and writes always find a connection.
+    bulk_connections: int = Field(default=3, ge=1)

@@ -16,6 +16,7 @@ from app.idempotency import Idempotency
 from app.limits import BodyGuard
 from app.observability import Metrics, ObserveRequests, configure_logging
 from app.routes import router
+from app.streaming import BulkSlots
 
 logger = logging.getLogger("app")
 
@@ -41,7 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.pool.pool = database.pool
             # Expired Idempotency-Keys are deleted in the background; cancelled on shutdown.
             async with idempotency.purging(settings.idempotency_purge_interval_seconds):
-                yield {"database": database, "idempotency": idempotency}
+                yield {
+                    "database": database,
+                    "idempotency": idempotency,
+                    "bulk": _bulk_slots(settings),
+                    "settings": settings,
+                }
             metrics.pool.pool = None
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files bundled in the
@@ -69,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ObserveRequests, metrics=metrics, routes=app.router.routes)
     return app
+
+
+def _bulk_slots(settings: Settings) -> BulkSlots:
+    # One connection always stays for everything else (with pool_size 1 there is none to spare).
+    slots = max(1, min(settings.bulk_connections, settings.pool_size - 1))
+    return BulkSlots(slots, timeout=settings.pool_timeout, retry_after=settings.retry_after_seconds)
 
 
 app = create_app()

@@ -18,7 +18,6 @@ _INSERT_PRODUCT = """
 _GET_PRODUCT = (
     "SELECT product_json(p)::text, product_etag(p) FROM products p WHERE lower(p.sku) = lower(%s)"
 )
-LIST_PRODUCTS = "SELECT product_json(p)::text FROM products p ORDER BY p.created_at, p.id"
 
 
 class Product(NamedTuple):
@@ -66,3 +65,11 @@ async def schema_ready(pool: AsyncConnectionPool[Any], *, tables: list[str]) -> 
             conn, "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t", (tables,)
         )
     return bool(row and row[0])
+
+
+async def list_page(pool: AsyncConnectionPool[Any], sql: str, params: Any) -> list[tuple[Any, ...]]:
+    """All rows of a bounded query (a page of a listing: at most 1001 rows)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(sql, params)
+        rows: list[tuple[Any, ...]] = await cur.fetchall()
+        return rows

@@ -1,14 +1,76 @@
-"""Responses that stream query results from a pooled connection with flat memory."""
+"""Responses that stream a COPY ... TO STDOUT from a pooled connection with flat memory."""
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-# Rows per network write: one write per row was 8x slower than batches of ~1000.
+from app.errors import ApiError
+
+# Bytes per network write: one write per row was 8x slower than batches of ~1000 rows.
+CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How COPY rows (each without its newline) become a body: JSON array, NDJSON or CSV."""
+
+    first: bytes  # before the first chunk
+    between: bytes  # before every later chunk
+    sep: bytes  # between rows inside a chunk
+    after: bytes  # after every chunk
+    close: bytes  # after the last chunk
+    empty: bytes  # the whole body when there are no rows
+
+
+JSON_ARRAY = Framing(b"[", b",", b",", b"", b"]", b"[]")
+NDJSON = Framing(b"", b"", b"\n", b"\n", b"", b"")
+
+
+def csv_framing(header: str) -> Framing:
+    # RFC 4180 ends records with CRLF; COPY ends them with LF, which we replace per row.
+    head = header.encode() + b"\r\n"
+    return Framing(head, b"", b"\r\n", b"\r\n", b"", head)
+
+
+class BulkSlots:
+    """A share of the pool for exports and imports, so they cannot starve other requests.
+
+    Long-running bulk work holds a connection for seconds to minutes; at most `slots` of
+    them run at once per process, the rest wait up to `timeout` and then get 503.
+    """
+
+    def __init__(self, slots: int, *, timeout: float, retry_after: int) -> None:
+        self.slots = slots
+        self._semaphore = anyio.Semaphore(slots)
+        self._timeout = timeout
+        self._retry_after = retry_after
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncGenerator[None, None]:
+        with anyio.move_on_after(self._timeout) as waiting:
+            await self._semaphore.acquire()
+        if waiting.cancelled_caught:
+            raise ApiError(
+                503,
+                "database_unavailable",
+                "Too many exports and imports are running. Retry later.",
+                headers={"Retry-After": str(self._retry_after)},
+            )
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+# Rows per network write for JsonArrayStream (a query, not a COPY): one write per row was
+# 8x slower than batches of ~1000.
 BATCH_ROWS = 1000
 
 
@@ -96,3 +158,95 @@ async def _batches(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncGenerator[bytes
             await anyio.lowlevel.checkpoint()
     if batch:
         yield ",".join(batch).encode()
+
+
+class CopyStream(Response):
+    """The rows of a COPY ... TO STDOUT, framed (see Framing) and streamed in chunks.
+
+    The connection is taken in __call__ (inside a bulk slot) and given back in its finally
+    block, so it is held exactly while the body streams. The first chunk is read before
+    the status line goes out: a database that is down or a failing query still becomes a
+    problem response (503, 500) instead of a truncated 200. A client that goes away stops
+    the query: psycopg cancels the COPY and drains it, so the connection goes back clean
+    (or, if that is interrupted, the pool sees it is not idle and replaces it).
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        slots: BulkSlots,
+        sql: str,
+        params: Any,
+        *,
+        framing: Framing,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(content=None, headers=headers, media_type=media_type)
+        # The length is unknown until the end: stream with chunked transfer encoding.
+        del self.headers["content-length"]
+        self._pool = pool
+        self._slots = slots
+        self._sql = sql
+        self._params = params
+        self._framing = framing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self._slots.hold(), self._pool.connection() as conn:
+            chunks = _chunks(conn, self._sql, self._params, self._framing)
+            try:
+                first = await anext(chunks, None)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+                if first is None:
+                    await send({"type": "http.response.body", "body": self._framing.empty})
+                    return
+                async with anyio.create_task_group() as tasks:
+
+                    async def stream_body() -> None:
+                        chunk: bytes | None = first
+                        while chunk is not None:
+                            await send(
+                                {"type": "http.response.body", "body": chunk, "more_body": True}
+                            )
+                            chunk = await anext(chunks, None)
+                        await send({"type": "http.response.body", "body": self._framing.close})
+                        tasks.cancel_scope.cancel()
+
+                    async def stop_on_disconnect() -> None:
+                        while (await receive())["type"] != "http.disconnect":
+                            pass
+                        tasks.cancel_scope.cancel()
+
+                    tasks.start_soon(stream_body)
+                    tasks.start_soon(stop_on_disconnect)
+            finally:
+                # Outside the cancelled scope, so the COPY can be cancelled and drained.
+                await chunks.aclose()
+
+
+async def _chunks(
+    conn: AsyncConnection[Any], sql: str, params: Any, framing: Framing
+) -> AsyncGenerator[bytes, None]:
+    """Framed chunks of about CHUNK_BYTES; one COPY message is one row ending in LF."""
+    prefix = framing.first
+    async with conn.cursor().copy(sql, params) as copy:
+        rows: list[Any] = []
+        size = 0
+        while data := await copy.read():
+            rows.append(data[:-1])
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                yield prefix + framing.sep.join(rows) + framing.after
+                prefix = framing.between
+                rows.clear()
+                size = 0
+                # A checkpoint per chunk: lets a disconnect or shutdown be noticed mid-table.
+                await anyio.lowlevel.checkpoint()
+        if rows:
+            yield prefix + framing.sep.join(rows) + framing.after

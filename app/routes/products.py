@@ -2,16 +2,18 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from psycopg import AsyncConnection
 
-from app import changes, etags, queries
+from app import changes, etags, listing, queries
 from app.db import DatabaseDep
 from app.errors import product_not_found
 from app.idempotency import IdempotencyDep, IdempotencyKeyHeader, canonical_json, request_hash
+from app.listing import Format, negotiate
+from app.pagination import After, Limit
 from app.routes.docs import problems
 from app.schemas import ProductCreate, ProductRead, ProductUpdate, could_be_sku
-from app.streaming import JsonArrayStream
+from app.streaming import BulkSlots
 
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
 
@@ -53,10 +55,27 @@ async def create_product(
 @router.get(
     "",
     response_model=list[ProductRead],
-    summary="List every product, oldest first (streamed)",
+    responses={
+        **problems(406, 422),
+        200: {"content": {f.value: {} for f in Format if f is not Format.JSON}},
+    },
+    summary="List products oldest first: everything (streamed) or one page; JSON, CSV, NDJSON",
 )
-async def list_products(database: DatabaseDep) -> Response:
-    return JsonArrayStream(database.pool, queries.LIST_PRODUCTS)
+async def list_products(
+    request: Request,
+    database: DatabaseDep,
+    limit: Limit = None,
+    after: After = None,
+    sku_prefix: Annotated[
+        str | None, Query(max_length=64, description="Only SKUs starting with this, any case")
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    fmt = negotiate(accept)
+    bulk: BulkSlots = request.state.bulk
+    return await listing.respond(
+        database.pool, bulk, request, fmt=fmt, limit=limit, after=after, sku_prefix=sku_prefix
+    )
 
 
 @router.get(
