@@ -206,3 +206,8 @@ def _count_database_error(request: Request, exc: BaseException) -> None:
         exc = exc.orig
     sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
     count_database_error(metrics, sqlstate, pool_timeout=isinstance(exc, PoolTimeout))
+
+
+def constraint_rule(name: str) -> tuple[str, str] | None:
+    """(API field, what the rule says) for one of the products table's CHECK constraints."""
+    return _CONSTRAINT_FIELDS.get(name)

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Depends
 
 from app.access import require_token
-from app.routes import metrics, operations, products, stock
+from app.routes import imports, metrics, operations, products, stock
 from app.routes.docs import problems
 
 # Everything under /products needs a bearer token when tokens are configured. Include every
@@ -12,6 +12,7 @@ from app.routes.docs import problems
 products_api = APIRouter(dependencies=[Depends(require_token)], responses=problems(401, 403))
 products_api.include_router(products.router)
 products_api.include_router(stock.router)
+products_api.include_router(imports.router)
 
 router = APIRouter()
 router.include_router(products_api)
