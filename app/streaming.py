@@ -1,12 +1,12 @@
 """Responses that stream a COPY ... TO STDOUT from a pooled connection with flat memory."""
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCopy
 from psycopg_pool import AsyncConnectionPool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -15,6 +15,8 @@ from app.errors import ApiError
 
 # Bytes per network write: one write per row was 8x slower than batches of ~1000 rows.
 CHUNK_BYTES = 256 * 1024
+# How long a cancelled COPY may take to wind down before its connection is closed instead.
+EXIT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -235,18 +237,45 @@ async def _chunks(
 ) -> AsyncGenerator[bytes, None]:
     """Framed chunks of about CHUNK_BYTES; one COPY message is one row ending in LF."""
     prefix = framing.first
-    async with conn.cursor().copy(sql, params) as copy:
-        rows: list[Any] = []
-        size = 0
-        while data := await copy.read():
-            rows.append(data[:-1])
-            size += len(data)
-            if size >= CHUNK_BYTES:
-                yield prefix + framing.sep.join(rows) + framing.after
-                prefix = framing.between
-                rows.clear()
-                size = 0
-                # A checkpoint per chunk: lets a disconnect or shutdown be noticed mid-table.
-                await anyio.lowlevel.checkpoint()
-        if rows:
+    async with _exit_shielded(conn.cursor().copy(sql, params)) as copy:
+        while True:
+            # Shielded: a cancellation landing inside psycopg's wait makes it close the
+            # connection; here it waits for the next yield, and the COPY ends cleanly.
+            with anyio.CancelScope(shield=True):
+                rows = await _read_chunk(copy)
+            if not rows:
+                return
             yield prefix + framing.sep.join(rows) + framing.after
+            prefix = framing.between
+            # A checkpoint per chunk: lets a disconnect or shutdown be noticed mid-table.
+            await anyio.lowlevel.checkpoint()
+
+
+async def _read_chunk(copy: AsyncCopy) -> list[Any]:
+    """Rows (without their LF) until about CHUNK_BYTES are read or the COPY ends."""
+    rows: list[Any] = []
+    size = 0
+    while size < CHUNK_BYTES and (data := await copy.read()):
+        rows.append(data[:-1])
+        size += len(data)
+    return rows
+
+
+@asynccontextmanager
+async def _exit_shielded(
+    copy: AbstractAsyncContextManager[AsyncCopy],
+) -> AsyncGenerator[AsyncCopy, None]:
+    """Enter a COPY; leave it even when the task is being cancelled (client gone).
+
+    Leaving an unfinished COPY TO sends a cancel request and drains what is in flight, so
+    the connection goes back to the pool idle. Cancelled midway, psycopg would close the
+    connection instead. Bounded: past EXIT_TIMEOUT the connection is closed after all.
+    """
+    entered = await copy.__aenter__()
+    try:
+        yield entered
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
+            await copy.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await copy.__aexit__(None, None, None)
