@@ -228,7 +228,11 @@ async def respond(
         )
         return CopyStream(pool, slots, sql, params, framing=framing, media_type=media_type)
     sql, params = query.page_sql()
-    rows = await queries.list_page(pool, sql, params)
+    # A prefix's selectivity decides the plan: few matches -> the SKU index, many -> walk
+    # the (created_at, id) index. A prepared statement's generic plan cannot see the prefix
+    # and settles on the latter for all, scanning the whole index for a rare prefix.
+    prepare = False if query.prefix else None
+    rows = await queries.list_page(pool, sql, params, prepare=prepare)
     headers = {}
     if len(rows) > limit:
         rows = rows[:limit]

@@ -67,9 +67,15 @@ async def schema_ready(pool: AsyncConnectionPool[Any], *, tables: list[str]) -> 
     return bool(row and row[0])
 
 
-async def list_page(pool: AsyncConnectionPool[Any], sql: str, params: Any) -> list[tuple[Any, ...]]:
-    """All rows of a bounded query (a page of a listing: at most 1001 rows)."""
+async def list_page(
+    pool: AsyncConnectionPool[Any], sql: str, params: Any, *, prepare: bool | None = None
+) -> list[tuple[Any, ...]]:
+    """All rows of a bounded query (a page of a listing: at most 1001 rows).
+
+    prepare=False keeps a statement from being prepared, so every run is planned with its
+    parameter values (a custom plan) instead of a generic plan that cannot see them.
+    """
     async with pool.connection() as conn:
-        cur = await conn.execute(sql, params)
+        cur = await conn.execute(sql, params, prepare=prepare)
         rows: list[tuple[Any, ...]] = await cur.fetchall()
         return rows
