@@ -91,7 +91,7 @@ _DUPLICATE_ROWS = """
 
 # The first MAX_LISTED offending records, all their problems, and how many records offend.
 _LISTED = """
-    WITH bad AS MATERIALIZED ({rows})
+    WITH bad (n, field, problem) AS MATERIALIZED ({rows})
     SELECT n, field, problem, (SELECT count(DISTINCT n) FROM bad)
     FROM bad
     WHERE n IN (SELECT DISTINCT n FROM bad ORDER BY n LIMIT {limit})
@@ -102,8 +102,8 @@ _LISTED = """
 # records before it plus every newline inside them.
 _CSV_LINES = """
     SELECT n, line FROM (
-        SELECT n, 1 + n + coalesce(sum(newlines) OVER (
-            ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS line
+        SELECT n, (1 + n + coalesce(sum(newlines) OVER (
+            ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS line
         FROM (
             SELECT n, (SELECT coalesce(sum(length(v) - length(replace(v, e'\\n', ''))), 0)
                        FROM unnest(ARRAY[sku, name, description, price, quantity]) v
@@ -264,7 +264,7 @@ async def _copy_csv(conn: AsyncConnection[Any], body: _Body) -> None:
                 guard.check(chunk)
                 await copy.write(chunk)
     except psycopg.errors.DataError as exc:
-        raise _unreadable(exc, "a CSV record") from None
+        raise _unreadable(exc, "CSV") from None
 
 
 def _csv_header(head: bytes) -> list[str]:
@@ -303,9 +303,15 @@ def _csv_header(head: bytes) -> list[str]:
 async def _copy_ndjson(conn: AsyncConnection[Any], body: _Body) -> None:
     await conn.execute(_NDJSON_STAGING)
     guard = _EndMarkerGuard()
+    carry = b""
     try:
         async with conn.cursor().copy(_NDJSON_COPY) as copy:
-            async for chunk in body:
+            async for data in body:
+                # COPY wants one line ending style; CRLF and LF may mix in NDJSON. A CR
+                # split from its LF by the chunking waits for the next chunk.
+                chunk = (carry + data).replace(b"\r\n", b"\n")
+                carry = b"\r" if chunk.endswith(b"\r") else b""
+                chunk = chunk[: len(chunk) - len(carry)]
                 # Our quote and delimiter bytes would change how COPY splits the line;
                 # JSON never holds them raw, so such a body is not NDJSON.
                 raw = [at for at in (chunk.find(b"\x01"), chunk.find(b"\x02")) if at >= 0]
@@ -316,8 +322,9 @@ async def _copy_ndjson(conn: AsyncConnection[Any], body: _Body) -> None:
                     )
                 guard.check(chunk)
                 await copy.write(chunk)
+            await copy.write(carry)
     except psycopg.errors.DataError as exc:
-        raise _unreadable(exc, "an NDJSON line") from None
+        raise _unreadable(exc, "NDJSON") from None
     await conn.execute(_STAGING)
     try:
         async with conn.transaction():
@@ -370,7 +377,7 @@ def _unreadable(exc: psycopg.Error, what: str) -> ApiError:
     return ApiError(
         422,
         "validation_failed",
-        f"The body cannot be read as {what}s" + (f" (line {line})." if line is not None else "."),
+        f"The body cannot be read as {what}" + (f" at line {line}." if line is not None else "."),
         errors=[{"line": line, "field": "line", "message": message}],
     )
 
@@ -387,7 +394,7 @@ async def _report(conn: AsyncConnection[Any], rows_sql: str, status: int, line_o
     found = await cur.fetchall()
     if not found:
         return
-    total = found[0][3]
+    total = int(found[0][3])
     earlier = {_earlier(p) for _, _, p, _ in found}
     ns = sorted({int(n) for n, *_ in found} | {n for n in earlier if n is not None})
     lines = await line_of(conn, ns)

@@ -1,0 +1,347 @@
+"""POST /products/import: CSV and NDJSON through COPY, all or nothing, errors by line."""
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient, Response
+from psycopg import Connection
+
+from app.config import Settings
+from app.main import create_app
+from tests.helpers import assert_problem, product
+from tests.test_export import TRICKY, parse_csv
+
+HEADER = "sku,name,description,price,quantity\n"
+
+
+async def post_csv(client: AsyncClient, text: str | bytes, **headers: str) -> Response:
+    return await client.post(
+        "/products/import", content=text, headers={"content-type": "text/csv", **headers}
+    )
+
+
+async def post_ndjson(client: AsyncClient, text: str | bytes) -> Response:
+    return await client.post(
+        "/products/import", content=text, headers={"content-type": "application/x-ndjson"}
+    )
+
+
+def count(db: Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM products").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def csv_rows(n: int, start: int = 1) -> str:
+    return "".join(f"IMP-{i},Item {i},,{i % 100}.50,{i % 7}\n" for i in range(start, start + n))
+
+
+async def test_csv_import_creates_every_row_in_file_order(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    response = await post_csv(client, HEADER + csv_rows(300))
+
+    assert response.status_code == 201, response.text
+    assert response.json() == {"created": 300}
+    listed = (await client.get("/products")).json()
+    assert [p["sku"] for p in listed] == [f"IMP-{i}" for i in range(1, 301)]
+    assert listed[1] == {**listed[1], "name": "Item 2", "description": None, "price": "2.50"}
+    assert listed[1]["quantity"] == 2
+
+
+async def test_csv_columns_in_any_order_and_optional_ones_left_out(client: AsyncClient) -> None:
+    response = await post_csv(client, '\ufeff"price",sku,name\r\n1,A-1,x\r\n2.5,A-2,"y, z"\r\n')
+    assert response.status_code == 201, response.text
+    listed = (await client.get("/products")).json()
+    assert [(p["sku"], p["name"], p["price"], p["quantity"]) for p in listed] == [
+        ("A-1", "x", "1.00", 0),
+        ("A-2", "y, z", "2.50", 0),
+    ]
+
+
+async def test_ndjson_import_creates_rows_and_skips_blank_lines(client: AsyncClient) -> None:
+    lines = [json.dumps(product(f"N-{i}", price=i + 0.25, quantity=i)) for i in range(3)]
+    response = await post_ndjson(client, lines[0] + "\n\n" + lines[1] + "\r\n" + lines[2])
+    assert response.status_code == 201, response.text
+    assert response.json() == {"created": 3}
+    listed = (await client.get("/products")).json()
+    assert [(p["sku"], p["price"], p["quantity"]) for p in listed] == [
+        ("N-0", "0.25", 0),
+        ("N-1", "1.25", 1),
+        ("N-2", "2.25", 2),
+    ]
+
+
+async def test_header_only_creates_nothing(client: AsyncClient) -> None:
+    response = await post_csv(client, HEADER)
+    assert response.status_code == 201
+    assert response.json() == {"created": 0}
+
+
+async def test_bad_row_at_line_4999_of_5000_writes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    rows = csv_rows(4999).splitlines(keepends=True)
+    rows[4997] = "IMP-4998,Item,,12.345,1\n"  # line 4999: three decimals
+    response = await post_csv(client, HEADER + "".join(rows))
+
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"] == [
+        {
+            "line": 4999,
+            "field": "price",
+            "message": "must be 0 to 9999999999.99 with at most 2 decimals (products_price_check)",
+        }
+    ]
+    assert body["invalid_records"] == 1
+    assert count(db) == 0
+
+
+async def test_every_rule_of_the_api_applies_and_names_the_line(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    text = HEADER + (
+        "OK-1,fine,,1,\n"  # 2
+        "bad sku,x,,1,1\n"  # 3
+        ",x,,1,1\n"  # 4: sku missing
+        "OK-2,   ,,1,1\n"  # 5: blank name
+        f"OK-3,x,{'d' * 2001},1,1\n"  # 6
+        "OK-4,x,,-1,1\n"  # 7
+        "OK-5,x,,abc,1\n"  # 8
+        "OK-6,x,,1,-1\n"  # 9
+        "OK-7,x,,1,1.5\n"  # 10
+        "OK-8,x,,1,99999999999\n"  # 11
+        "OK-9,x,,,1\n"  # 12: price missing
+        "OK-10,x,,NaN,1\n"  # 13
+    )
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
+    found = [(e["line"], e["field"]) for e in body["errors"]]
+    assert found == [
+        (3, "sku"),
+        (4, "sku"),
+        (5, "name"),
+        (6, "description"),
+        (7, "price"),
+        (8, "price"),
+        (9, "quantity"),
+        (10, "quantity"),
+        (11, "quantity"),
+        (12, "price"),
+        (13, "price"),
+    ]
+    assert body["invalid_records"] == 11
+    assert count(db) == 0
+
+
+async def test_more_than_100_bad_rows_lists_exactly_100(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    text = HEADER + "".join(f"B-{i},,,1,1\n" for i in range(150))
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
+    assert [e["line"] for e in body["errors"]] == list(range(2, 102))
+    assert body["invalid_records"] == 150
+    assert count(db) == 0
+
+
+async def test_duplicates_in_the_file_and_against_existing_rows_are_told_apart(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    assert (await client.post("/products", json=product("Old-1"))).status_code == 201
+    text = HEADER + "D-1,a,,1,1\nd-2,b,,1,1\nOLD-1,c,,1,1\nD-2,d,,1,1\nd-1,e,,1,1\n"
+
+    body = assert_problem(await post_csv(client, text), 409, "duplicate_sku")
+
+    assert body["errors"] == [
+        {"line": 4, "field": "sku", "message": "a product with SKU 'Old-1' already exists"},
+        {
+            "line": 5,
+            "field": "sku",
+            "message": "repeats the SKU of line 3 (SKUs are unique ignoring case)",
+        },
+        {
+            "line": 6,
+            "field": "sku",
+            "message": "repeats the SKU of line 2 (SKUs are unique ignoring case)",
+        },
+    ]
+    assert count(db) == 1
+
+
+async def test_validation_problems_come_before_duplicates(client: AsyncClient) -> None:
+    text = HEADER + "D-1,a,,1,1\nD-1,b,,1,1\nD-3,,,1,1\n"
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [(4, "name")]
+
+
+async def test_multiline_records_count_physical_lines(client: AsyncClient) -> None:
+    text = HEADER + 'M-1,"two\nlines",,1,1\nM-2,"three\r\nlines\nhere",,1,1\nM-3,x,,oops,1\n'
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
+    assert body["errors"][0]["line"] == 7
+
+
+@pytest.mark.parametrize(
+    ("header", "fields"),
+    [
+        ("sku,name,price,colour", ["colour"]),
+        ("sku,name,price,id", ["id"]),
+        ("sku,name", ["price"]),
+        ("sku,name,price,name", ["name"]),
+        ("", ["name", "price", "sku"]),
+    ],
+)
+async def test_unknown_missing_or_repeated_columns_are_422(
+    client: AsyncClient, header: str, fields: list[str]
+) -> None:
+    body = assert_problem(
+        await post_csv(client, header + "\nX-1,n,1,2\n"), 422, "validation_failed"
+    )
+    assert sorted(e["field"] for e in body["errors"]) == fields
+    assert {e["line"] for e in body["errors"]} == {1}
+
+
+async def test_records_with_the_wrong_number_of_fields_are_422_with_line(
+    client: AsyncClient,
+) -> None:
+    body = assert_problem(
+        await post_csv(client, HEADER + "A-1,a,,1,1\nA-2,a,,1,1,extra\n"), 422, "validation_failed"
+    )
+    assert body["errors"][0]["line"] == 3
+
+
+async def test_invalid_utf8_is_422(client: AsyncClient) -> None:
+    response = await post_csv(client, HEADER.encode() + b"A-1,caf\xe9,,1,1\n")
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"][0]["line"] == 2
+
+
+async def test_end_of_data_marker_cannot_truncate_an_import(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    body = assert_problem(
+        await post_csv(client, HEADER + "A-1,a,,1,1\n\\.\nA-2,a,,1,1\n"), 422, "validation_failed"
+    )
+    assert body["errors"][0]["line"] == 3
+    assert count(db) == 0
+
+
+async def test_ndjson_errors_name_lines(client: AsyncClient, db: Connection[Any]) -> None:
+    good = json.dumps(product("G-1"))
+    lines = [
+        good,  # 1
+        "",  # 2
+        json.dumps({**product("G-2"), "colour": "red"}),  # 3
+        json.dumps(product("G-3", quantity="5")),  # 4
+        json.dumps(product(123)),  # 5
+        json.dumps([1, 2]),  # 6
+        json.dumps(product("G-4", quantity=None)),  # 7
+        json.dumps(product("G-5", price="1.001")),  # 8
+    ]
+    body = assert_problem(await post_ndjson(client, "\n".join(lines)), 422, "validation_failed")
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [
+        (3, "colour"),
+        (4, "quantity"),
+        (5, "sku"),
+        (6, "line"),
+        (7, "quantity"),
+    ]  # line 8 is checked once the shape is right everywhere
+    assert count(db) == 0
+
+    body = assert_problem(
+        await post_ndjson(client, good + "\n{oops\n" + good[:-1] + "\n"), 422, "validation_failed"
+    )
+    assert [(e["line"], e["message"]) for e in body["errors"]] == [
+        (2, "is not valid JSON"),
+        (3, "is not valid JSON"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "text/csv; charset=latin-1", ""]
+)
+async def test_other_media_types_are_415(client: AsyncClient, content_type: str) -> None:
+    response = await client.post(
+        "/products/import", content=HEADER, headers={"content-type": content_type}
+    )
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+@pytest.fixture
+async def small_limit_client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    app = create_app(settings.model_copy(update={"import_max_bytes": 10_000}))
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
+    ):
+        yield client
+
+
+async def test_body_past_the_limit_is_413_whether_declared_or_streamed(
+    small_limit_client: AsyncClient, db: Connection[Any]
+) -> None:
+    text = (HEADER + csv_rows(1000)).encode()
+    declared = await post_csv(small_limit_client, text)
+    assert_problem(declared, 413, "payload_too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for at in range(0, len(text), 1000):
+            yield text[at : at + 1000]
+
+    streamed = await small_limit_client.post(
+        "/products/import", content=chunks(), headers={"content-type": "text/csv"}
+    )
+    assert_problem(streamed, 413, "payload_too_large")
+    assert count(db) == 0
+    within = await post_csv(small_limit_client, HEADER + csv_rows(50))
+    assert within.status_code == 201
+
+
+async def test_special_characters_survive_export_then_import(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    for sku, name, description in TRICKY:
+        response = await client.post(
+            "/products", json=product(sku, name=name, description=description)
+        )
+        assert response.status_code == 201
+    before = (await client.get("/products")).json()
+    exported_csv = (await client.get("/products", headers={"accept": "text/csv"})).text
+    exported_ndjson = (
+        await client.get("/products", headers={"accept": "application/x-ndjson"})
+    ).text
+    client_fields = ["sku", "name", "description", "price", "quantity"]
+
+    def same_products(after: list[dict[str, Any]]) -> None:
+        assert [{f: p[f] for f in client_fields} for p in after] == [
+            {f: p[f] for f in client_fields} for p in before
+        ]
+
+    # CSV: keep the client's columns, exactly as exported (quoting untouched).
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    for record in csv.reader(io.StringIO(exported_csv, newline="")):
+        writer.writerow(record[1:6])
+    assert len(parse_csv(exported_csv)) == len(TRICKY)
+    db.execute("DELETE FROM products")
+    response = await post_csv(client, out.getvalue())
+    assert response.status_code == 201, response.text
+    # Python's csv.writer writes "" like null (PostgreSQL's COPY quotes it): compare so.
+    after = (await client.get("/products")).json()
+    assert [{f: p[f] for f in client_fields} for p in after] == [
+        {**{f: p[f] for f in client_fields}, "description": p["description"] or None}
+        for p in before
+    ]
+
+    # NDJSON carries everything, null included.
+    db.execute("DELETE FROM products")
+    lines = [
+        json.dumps({f: p[f] for f in client_fields})
+        for p in map(json.loads, exported_ndjson.splitlines())
+    ]
+    response = await post_ndjson(client, "\n".join(lines) + "\n")
+    assert response.status_code == 201, response.text
+    same_products((await client.get("/products")).json())
