@@ -7,6 +7,7 @@
 #   ./run.sh test [args]     the test suite; args go to pytest
 #   ./run.sh lint            ruff format --check, ruff check, mypy
 #   ./run.sh psql [args]     psql as the superuser on the database
+#   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk)
 #   ./run.sh stop            stop what ./run.sh started: the API, the database
 #
 # Environment: HOST, PORT, WEB_CONCURRENCY (uvicorn); DATABASE_URL (serve against that database
@@ -32,6 +33,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh test [args]    run the tests (args go to pytest)
        ./run.sh lint           ruff format --check, ruff check, mypy
        ./run.sh psql [args]    psql on the database, as superuser
+       ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
        ./run.sh stop           stop the API and the database
 MSG
   exit "${1:-2}"
@@ -155,6 +157,12 @@ cmd_lint() {
   "$VENV/bin/mypy"
 }
 
+cmd_bench() {
+  serve_requirements
+  db/cluster.sh bindir >/dev/null
+  exec "$VENV/bin/python" bench/bench.py "$@"
+}
+
 cmd=${1:-serve}
 [[ $# -gt 0 ]] && shift
 case $cmd in
@@ -162,6 +170,7 @@ case $cmd in
   test) cmd_test "$@" ;;
   lint) cmd_lint ;;
   psql) cmd_psql "$@" ;;
+  bench) cmd_bench "$@" ;;
   stop) cmd_stop ;;
   -h | --help | help) usage 0 ;;
   *) usage ;;

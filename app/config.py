@@ -47,3 +47,5 @@ class Settings(BaseSettings):
     # Bulk work (exports, imports): at most this many pool connections at once per process,
     # capped below pool_size so lookups and writes always find a connection.
     bulk_connections: int = Field(default=3, ge=1)
+    # Mounts GET /bench/ceiling, a constant response used by bench/ as the framework ceiling.
+    bench_ceiling: bool = False

@@ -112,8 +112,9 @@ def cursor_key(key: tuple[Any, ...]) -> tuple[str, int]:
     return created_at, id_
 
 
-# RFC 3339 UTC with microseconds: what the API shows, and exact for cursors.
-_UTC = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+# RFC 3339 UTC with microseconds: what the API shows, and exact for cursors. The colons are
+# quoted literals so that pgbench (bench/) does not read `:MI` as one of its variables.
+_UTC = """to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24":"MI":"SS.US"Z"')"""
 
 # The CSV columns: API.md's field table order, values written as product_json writes them.
 CSV_COLUMNS = f"""

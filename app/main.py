@@ -15,7 +15,7 @@ from app.embedded import start_embedded
 from app.idempotency import Idempotency
 from app.limits import BodyGuard
 from app.observability import Metrics, ObserveRequests, configure_logging
-from app.routes import router
+from app.routes import bench, router
 from app.streaming import BulkSlots
 
 logger = logging.getLogger("app")
@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app, retry_after=settings.retry_after_seconds)
     app.include_router(router)
+    # The ceiling goes through the same middleware as every route (bench/ compares them).
+    if settings.bench_ceiling:
+        app.include_router(bench.router)
     # Production readiness (README "Security", "Metrics", "Logs"): tokens, metrics, body limits.
     access.install(app, settings)
     app.state.metrics = metrics

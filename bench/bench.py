@@ -1,0 +1,495 @@
+"""The Inventory API against its ceilings, side by side in one run (see README "Performance").
+
+Starts a throwaway PostgreSQL cluster (db/cluster.sh, temp dir, free port) and the service as
+recommended for production on 2 cores (uvicorn, 2 workers, uvloop + httptools), loads
+products, then measures:
+  - HTTP (wrk): POST /products, GET /products/{sku}, GET /products?limit=50 and the framework
+    ceiling GET /bench/ceiling (same app, middleware and server), at 32 and 64 connections;
+  - the same statements through pgbench -M prepared: the database's ceiling;
+  - exporting every product: GET /products (JSON, CSV) vs psql \\copy of the same rows;
+  - importing products: POST /products/import vs a plain COPY of the same file.
+Load generators share the 2 cores with the server and the database. Prints a table and
+writes JSON to bench/results/. Everything it starts is stopped on exit or Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.listing import CSV_COLUMNS, Query  # noqa: E402
+from app.queries import _GET_PRODUCT, _INSERT_PRODUCT  # noqa: E402
+
+BENCH = REPO / "bench"
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, text=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+# Database and service
+
+
+@contextmanager
+def cluster(tmp: Path) -> Iterator[dict[str, str]]:
+    env = {
+        **os.environ,
+        "INVENTORY_DATA_DIR": str(tmp / "db"),
+        "INVENTORY_PG_PORT": str(free_port()),
+    }
+    env.pop("INVENTORY_PG_FAST", None)  # production settings: fsync and synchronous commit on
+    try:
+        out = run(
+            ["bash", str(REPO / "db" / "cluster.sh"), "start"], env=env, stdout=subprocess.PIPE
+        )
+        urls = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        yield urls
+    finally:
+        subprocess.run(["bash", str(REPO / "db" / "cluster.sh"), "stop"], env=env, check=False)
+
+
+@contextmanager
+def service(database_url: str, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "INVENTORY_BENCH_CEILING": "1",
+        "INVENTORY_IMPORT_MAX_BYTES": str(4 << 30),
+    }
+    cmd = [
+        str(VENV_BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("uvicorn exited at start-up") from None
+                time.sleep(0.1)
+        time.sleep(1.0)  # every worker up, pools filled
+        yield url, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of a process and all its descendants (the uvicorn workers)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[dict[str, int]]:
+    result = {"peak": tree_rss(pid), "start": tree_rss(pid)}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            result["peak"] = max(result["peak"], tree_rss(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+
+
+def psql(url: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, *args], **kwargs)
+
+
+def load(admin_url: str, rows: int) -> None:
+    psql(
+        admin_url,
+        "-c",
+        "INSERT INTO products (sku, name, description, price, quantity) "
+        "SELECT 'BENCH-' || i, 'Product ' || i, CASE WHEN i % 3 = 0 THEN NULL "
+        "ELSE 'A \"fine\" product, number ' || i END, (i % 100000) / 100.0, i % 1000 "
+        f"FROM generate_series(1, {rows}) i",
+        "-c",
+        "VACUUM ANALYZE products",
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# HTTP through wrk
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    "WRK_JSON {\\"requests\\": %d, \\"seconds\\": %f, \\"errors\\": %d, "
+    .. "\\"p50_ms\\": %f, \\"p99_ms\\": %f}\\n",
+    summary.requests, summary.duration / 1e6, errors,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+WRK_SCRIPTS = {
+    "lookup": """
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+request = function()
+  return wrk.format("GET", "/products/bench-" .. math.random(1, ROWS))
+end
+""",
+    "create": """
+-- Each wrk thread has its own Lua state: a random tag per thread keeps SKUs unique.
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+local thread_tag = string.format("%x%x", math.random(1, 2^30), os.time() % 65536)
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"sku":"W-' .. thread_tag .. '-' .. counter
+    .. '","name":"Bench mug","price":"19.99","quantity":3}'
+  return wrk.format("POST", "/products", {["Content-Type"] = "application/json"}, body)
+end
+""",
+    "page": """
+request = function()
+  return wrk.format("GET", "/products?limit=50")
+end
+""",
+    "ceiling": """
+request = function()
+  return wrk.format("GET", "/bench/ceiling")
+end
+""",
+}
+
+
+def wrk(
+    url: str, name: str, connections: int, duration: int, rows: int, tmp: Path
+) -> dict[str, Any]:
+    script = tmp / f"{name}.lua"
+    script.write_text(WRK_SCRIPTS[name].replace("ROWS", str(rows)) + WRK_REPORT)
+    out = run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s",
+         "-s", str(script), url],
+        stdout=subprocess.PIPE,
+    ).stdout  # fmt: skip
+    found = re.search(r"^WRK_JSON (.*)$", out, re.M)
+    assert found, out
+    result: dict[str, Any] = json.loads(found.group(1))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# The database's ceiling through pgbench
+
+
+def pgbench_scripts() -> dict[str, str]:
+    def numbered(sql: str, values: dict[str, str]) -> str:
+        return re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], " ".join(sql.split()))
+
+    page_sql, _ = Query(limit=50).page_sql()
+    return {
+        "lookup": "\\set i random(1, ROWS)\n"
+        + _GET_PRODUCT.replace("%s", "'bench-' || :i")
+        + ";\n",
+        "create": "\\set r random(1, 9000000000000000000)\n"
+        + numbered(
+            _INSERT_PRODUCT,
+            {
+                "sku": "'P-' || :client_id || '-' || :r",
+                "name": "'Bench mug'",
+                "description": "NULL",
+                "price": "19.99",
+                "quantity": "3",
+            },
+        )
+        + ";\n",
+        "page": numbered(page_sql, {"limit": "51"}) + ";\n",
+    }
+
+
+def pgbench(
+    url: str, name: str, clients: int, duration: int, rows: int, tmp: Path
+) -> dict[str, Any]:
+    script = tmp / f"pgbench-{name}.sql"
+    script.write_text(pgbench_scripts()[name].replace("ROWS", str(rows)))
+    logs = tmp / f"pgbench-{name}-{clients}"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    out = run(
+        ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", "2", "-T", str(duration),
+         "-f", str(script), "-l", "--log-prefix", str(logs / "log"), url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    ).stdout  # fmt: skip
+    latencies = []
+    for log in logs.iterdir():
+        for line in log.read_text().splitlines():
+            latencies.append(int(line.split()[2]) / 1000)
+    latencies.sort()
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    assert tps, out
+    return {
+        "rps": float(tps.group(1)),
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[int(len(latencies) * 0.99)],
+        "errors": int(failed.group(1)) if failed else 0,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Export and import
+
+
+def timed(cmd: str) -> tuple[float, str]:
+    started = time.monotonic()
+    out = run(["bash", "-o", "pipefail", "-c", cmd], stdout=subprocess.PIPE).stdout
+    return time.monotonic() - started, out.strip()
+
+
+def export(url: str, admin_url: str, pid: int, repeats: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    order = " ORDER BY p.created_at, p.id"
+    copies = {
+        "json": f"\\copy (SELECT product_json(p) FROM products p{order}) to stdout",
+        "csv": f"\\copy (SELECT {' '.join(CSV_COLUMNS.split())} FROM products p{order}) "
+        "to stdout with (format csv, header)",
+    }
+    accepts = {"json": "application/json", "csv": "text/csv"}
+    for fmt in ("json", "csv"):
+        service_runs, psql_runs = [], []
+        for _ in range(repeats):
+            with peak_rss(pid) as rss:
+                seconds, size = timed(
+                    f"curl -sf -o /dev/null -w '%{{size_download}}' -H 'Accept: {accepts[fmt]}' "
+                    f"{url}/products"
+                )
+            service_runs.append((seconds, int(size), rss["peak"], rss["start"]))
+            command = copies[fmt].replace("'", "'\\''")
+            seconds, size = timed(f"psql -X -q '{admin_url}' -c '{command}' | wc -c")
+            psql_runs.append((seconds, int(size)))
+        best = min(service_runs)
+        base = min(psql_runs)
+        results[fmt] = {
+            "service_seconds": best[0],
+            "service_bytes": best[1],
+            "service_peak_rss_mb": max(r[2] for r in service_runs) / 2**20,
+            "service_rss_before_mb": best[3] / 2**20,
+            "psql_seconds": base[0],
+            "psql_bytes": base[1],
+            "ratio": best[0] / base[0],
+        }
+    return results
+
+
+def import_file(path: Path, rows: int) -> None:
+    with path.open("w") as f:
+        f.write("sku,name,description,price,quantity\n")
+        for i in range(1, rows + 1):
+            desc = "" if i % 3 == 0 else f'"Imported, ""quoted"" product {i}"'
+            f.write(f"IMP-{i},Imported product {i},{desc},{i % 100000 / 100:.2f},{i % 1000}\n")
+
+
+def imports(url: str, admin_url: str, rows: int, tmp: Path, repeats: int) -> dict[str, Any]:
+    path = tmp / "import.csv"
+    import_file(path, rows)
+    reset = ["-c", "DELETE FROM products WHERE sku LIKE 'IMP-%'", "-c", "VACUUM ANALYZE products"]
+    service_runs, copy_runs = [], []
+    for _ in range(repeats):
+        command = (
+            f"\\copy products (sku, name, description, price, quantity) from '{path}' "
+            "with (format csv, header)"
+        )
+        seconds, _ = timed(f"psql -X -q -v ON_ERROR_STOP=1 '{admin_url}' -c \"{command}\"")
+        copy_runs.append(seconds)
+        psql(admin_url, *reset)
+        seconds, out = timed(
+            f"curl -sf -X POST -H 'Content-Type: text/csv' --data-binary @{path} "
+            f"{url}/products/import"
+        )
+        assert json.loads(out) == {"created": rows}, out
+        service_runs.append(seconds)
+        psql(admin_url, *reset)
+    return {
+        "rows": rows,
+        "bytes": path.stat().st_size,
+        "service_seconds": min(service_runs),
+        "copy_seconds": min(copy_runs),
+        "ratio": min(service_runs) / min(copy_runs),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    http, ceiling = results["http"], results["http"]["ceiling"]
+    targets = {"lookup": 0.7, "create": 0.4, "page": 0.2}
+    names = {
+        "lookup": "GET /products/{sku}",
+        "create": "POST /products",
+        "page": "GET /products?limit=50",
+        "ceiling": "GET /bench/ceiling",
+    }
+    lines.append(
+        f"{'HTTP (wrk)':<24}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'/ceiling':>10}{'target':>8}{'pgbench tps':>13}{'/pgbench':>10}"
+    )
+    for name in ("lookup", "create", "page", "ceiling"):
+        for conns, r in sorted(http[name].items()):
+            ratio = r["rps"] / ceiling[conns]["rps"]
+            pg = results["pgbench"].get(name, {}).get(conns)
+            lines.append(
+                f"{names[name]:<24}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                f"{r['errors']:>8}{ratio:>10.2f}{targets.get(name, 0) or '':>8}"
+                + (f"{pg['rps']:>13.0f}{r['rps'] / pg['rps']:>10.2f}" if pg else "")
+            )
+    lines.append("")
+    lines.append(f"{'pgbench -M prepared':<24}{'clients':>7}{'tps':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, by_clients in results["pgbench"].items():
+        for clients, r in sorted(by_clients.items()):
+            lines.append(
+                f"{names[name]:<24}{clients:>7}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            )
+    lines.append("")
+    lines.append(
+        f"{'export (' + str(results['rows']) + ' rows)':<24}{'service s':>10}{'psql s':>9}"
+        f"{'ratio':>7}{'service MB':>12}{'psql MB':>9}{'peak RSS MB':>13}"
+    )
+    for fmt, r in results["export"].items():
+        lines.append(
+            f"{'GET /products ' + fmt:<24}{r['service_seconds']:>10.2f}{r['psql_seconds']:>9.2f}"
+            f"{r['ratio']:>7.2f}{r['service_bytes'] / 1e6:>12.1f}{r['psql_bytes'] / 1e6:>9.1f}"
+            f"{r['service_peak_rss_mb']:>13.1f}"
+        )
+    r = results["import"]
+    lines.append("")
+    lines.append(
+        f"{'import (' + str(r['rows']) + ' rows)':<24}{'service s':>10}{'COPY s':>9}{'ratio':>7}"
+    )
+    lines.append(
+        f"{'POST /products/import':<24}{r['service_seconds']:>10.2f}{r['copy_seconds']:>9.2f}"
+        f"{r['ratio']:>7.2f}"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="products to load/export/import"
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per HTTP/pgbench run")
+    parser.add_argument("--connections", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
+    parser.add_argument("--repeats", type=int, default=2, help="export/import runs (best kept)")
+    args = parser.parse_args()
+    for tool in ("wrk", "pgbench", "psql", "curl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench: {tool} is needed (Debian: apt-get install -y {tool})")
+
+    # Ctrl-C and SIGTERM unwind through every finally: servers and cluster stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    tmp = Path(tempfile.mkdtemp(prefix="inventory-bench-"))
+    tmp.chmod(0o755)  # the postgres OS user (db/cluster.sh as root) keeps the cluster in here
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "duration_s": args.duration,
+        "workers": args.workers,
+        "cpus": os.cpu_count(),
+        "load_generators": "wrk -t2 and pgbench -j2 on the same machine and cores as the "
+        "server and database",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        with cluster(tmp) as urls:
+            app_url, admin_url = urls["DATABASE_URL"], urls["ADMIN_DATABASE_URL"]
+            say(f"loading {args.rows} products")
+            load(admin_url, args.rows)
+            with service(app_url, args.workers) as (url, proc):
+                results["http"] = {}
+                for name in ("ceiling", "lookup", "page", "create"):
+                    results["http"][name] = {}
+                    for conns in args.connections:
+                        say(f"wrk {name} -c {conns}")
+                        results["http"][name][conns] = wrk(
+                            url, name, conns, args.duration, args.rows, tmp
+                        )
+                results["pgbench"] = {}
+                for name in ("lookup", "page", "create"):
+                    results["pgbench"][name] = {}
+                    for conns in args.connections:
+                        say(f"pgbench {name} -c {conns}")
+                        results["pgbench"][name][conns] = pgbench(
+                            app_url, name, conns, args.duration, args.rows, tmp
+                        )
+                psql(admin_url, "-c", "DELETE FROM products WHERE sku !~ '^BENCH-'",
+                     "-c", "VACUUM ANALYZE products")  # fmt: skip
+                say("export")
+                results["export"] = export(url, admin_url, proc.pid, args.repeats)
+                say("import")
+                results["import"] = imports(url, admin_url, args.rows, tmp, args.repeats)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(table(results))
+    out_dir = BENCH / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+    say(f"results in {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
