@@ -1,6 +1,7 @@
 """One psycopg connection pool per process, shared by raw queries and SQLAlchemy."""
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -29,10 +30,24 @@ class PooledConnection(AsyncConnection[Any]):
     connection the handler list would grow without bound. Removing it first keeps one.
     """
 
+    # When the pool last took it back (see _check_if_idle); 0: never, so checked first.
+    returned_at = 0.0
+
     def add_notice_handler(self, callback: Callable[..., Any]) -> None:
         with suppress(ValueError):
             self.remove_notice_handler(callback)
         super().add_notice_handler(callback)
+
+
+# A connection back in the pool less than this long ago is not checked again at checkout:
+# under load every request saved a round trip; after an idle spell (say, a database
+# restart), connections are still checked before use.
+CHECK_AFTER_IDLE = 1.0
+
+
+async def _check_if_idle(conn: PooledConnection) -> None:
+    if time.monotonic() - conn.returned_at >= CHECK_AFTER_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 async def _reset(conn: AsyncConnection[Any]) -> None:
@@ -40,6 +55,8 @@ async def _reset(conn: AsyncConnection[Any]) -> None:
     # connection to transactional mode when it checks one out. Undo that on the way back.
     await conn.set_autocommit(True)
     await conn.set_isolation_level(None)
+    if isinstance(conn, PooledConnection):
+        conn.returned_at = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,7 @@ async def open_database(dsn: str, settings: Settings) -> AsyncIterator[Database]
         reconnect_timeout=settings.pool_reconnect_timeout,
         # A connection the server dropped (restart, failover) is caught at checkout and
         # replaced, instead of failing the request that happened to draw it.
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_idle,
         reset=_reset,
         # close_returns: SQLAlchemy "closes" connections; the pool takes them back.
         close_returns=True,
@@ -93,7 +110,9 @@ async def open_database(dsn: str, settings: Settings) -> AsyncIterator[Database]
         await pool.close()
 
 
-def get_database(request: Request) -> Database:
+# async: FastAPI runs a plain `def` dependency in a thread pool, a hop that cost about a
+# fifth of a lookup's time (py-spy, bench/).
+async def get_database(request: Request) -> Database:
     database: Database = request.state.database
     return database
 
