@@ -53,8 +53,12 @@ async def _check_if_idle(conn: PooledConnection) -> None:
 async def _reset(conn: AsyncConnection[Any]) -> None:
     # Raw queries expect autocommit (one round trip per statement); SQLAlchemy switches a
     # connection to transactional mode when it checks one out. Undo that on the way back.
-    await conn.set_autocommit(True)
-    await conn.set_isolation_level(None)
+    # Tested first: each setter is an awaited round through psycopg's machinery, even
+    # when nothing changes, and this runs on every return to the pool.
+    if not conn.autocommit:
+        await conn.set_autocommit(True)
+    if conn.isolation_level is not None:
+        await conn.set_isolation_level(None)
     if isinstance(conn, PooledConnection):
         conn.returned_at = time.monotonic()
 
