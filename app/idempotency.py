@@ -305,7 +305,9 @@ class Idempotency:
                 await task
 
 
-def get_idempotency(request: Request) -> Idempotency:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a costly hop on every
+# write (py-spy under bench/ load).
+async def get_idempotency(request: Request) -> Idempotency:
     idempotency: Idempotency = request.state.idempotency
     return idempotency
 

@@ -9,14 +9,14 @@ problems (422) before duplicates (409). Nothing is written unless everything is.
 """
 
 import csv
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from app.errors import ApiError, constraint_rule
 
@@ -214,7 +214,7 @@ class _Body:
 
 
 async def import_products(
-    pool: AsyncConnectionPool[Any],
+    conn: AsyncConnection[Any],
     body: AsyncIterator[bytes],
     *,
     media_type: str,
@@ -222,12 +222,13 @@ async def import_products(
 ) -> int:
     """Insert every record of a CSV or NDJSON body, or none; return how many were inserted.
 
-    Raises ApiError 422 (unreadable or invalid records, unknown or missing columns), 409
+    Runs in a transaction of its own on `conn` (a savepoint inside an outer one). Raises
+    ApiError 422 (unreadable or invalid records, unknown or missing columns), 409
     (duplicate SKUs, inside the file or against existing products) listing at most
     MAX_LISTED records by line, or 413 once more than max_bytes have arrived.
     """
     limited = _Body(body, max_bytes)
-    async with pool.connection() as conn, conn.transaction():
+    async with conn.transaction():
         if media_type == CSV:
             await _copy_csv(conn, limited)
             line_of = _csv_lines
@@ -444,3 +445,23 @@ async def _csv_lines(conn: AsyncConnection[Any], ns: list[int]) -> dict[int, int
 
 async def _ndjson_lines(conn: AsyncConnection[Any], ns: list[int]) -> dict[int, int]:
     return {n: n for n in ns}
+
+
+SPOOL_CHUNK = 256 * 1024
+
+
+async def spool(body: AsyncIterator[bytes], into: IO[bytes], *, max_bytes: int) -> bytes:
+    """Copy a body into a file, enforcing max_bytes (ApiError 413); return its SHA-256."""
+    digest = hashlib.sha256()
+    async for chunk in _Body(body, max_bytes):
+        digest.update(chunk)
+        into.write(chunk)
+    into.seek(0)
+    return digest.digest()
+
+
+async def unspool(source: IO[bytes]) -> AsyncIterator[bytes]:
+    """The file's bytes from its start, in chunks."""
+    source.seek(0)
+    while chunk := source.read(SPOOL_CHUNK):
+        yield chunk

@@ -345,3 +345,35 @@ async def test_special_characters_survive_export_then_import(
     response = await post_ndjson(client, "\n".join(lines) + "\n")
     assert response.status_code == 201, response.text
     same_products((await client.get("/products")).json())
+
+
+async def test_import_with_an_idempotency_key_runs_once_and_replays(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    key = {"Idempotency-Key": "import-2026-11-25"}
+    body = HEADER + csv_rows(40)
+
+    first = await post_csv(client, body, **key)
+    again = await post_csv(client, body, **key)
+
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json() == {"created": 40}
+    assert again.headers["idempotent-replayed"] == "true"
+    assert count(db) == 40
+    other = await post_csv(client, HEADER + csv_rows(3, start=100), **key)
+    assert_problem(other, 422, "idempotency_key_reused")
+    assert count(db) == 40
+
+
+async def test_a_failed_import_under_a_key_is_replayed_and_writes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    key = {"Idempotency-Key": "import-bad-1"}
+    body = HEADER + "A-1,a,,1,1\nA-2,,,1,1\n"
+
+    first = await post_csv(client, body, **key)
+    again = await post_csv(client, body, **key)
+
+    assert assert_problem(first, 422, "validation_failed")["errors"][0]["line"] == 3
+    assert assert_problem(again, 422, "validation_failed") == first.json()
+    assert count(db) == 0
