@@ -156,7 +156,11 @@ async def test_client_disconnect_stops_the_query_and_the_pool_stays_healthy(
             assert _copies_running(db) == 0
 
         # The COPY was cancelled and drained, not cut off: no connection had to be closed.
-        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not [
+            r
+            for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.startswith("psycopg")
+        ]
 
         # Every pooled connection works: more concurrent requests than the pool holds.
         lookups = await asyncio.gather(

@@ -222,3 +222,9 @@ async def test_prefix_search_uses_the_sku_index_on_100k_rows(db: Connection[Any]
     # Why prefix pages are never prepared: the generic plan cannot use the SKU index well.
     generic = _generic_plan(db, *Query(prefix=rare, limit=50).page_sql())
     assert "products_sku_lower_key" not in generic, generic
+
+
+async def test_a_misspelt_parameter_is_422_not_a_full_export(client: AsyncClient) -> None:
+    response = await client.get("/products", params={"limt": "10"})
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"] == [{"field": "limt", "message": "is not a known parameter"}]

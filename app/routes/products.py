@@ -7,7 +7,7 @@ from psycopg import AsyncConnection
 
 from app import changes, etags, listing, queries
 from app.db import DatabaseDep
-from app.errors import product_not_found
+from app.errors import ApiError, product_not_found
 from app.idempotency import IdempotencyDep, IdempotencyKeyHeader, canonical_json, request_hash
 from app.listing import Format, negotiate
 from app.pagination import After, Limit
@@ -52,6 +52,9 @@ async def create_product(
     )
 
 
+_LIST_PARAMETERS = {"limit", "after", "sku_prefix"}
+
+
 @router.get(
     "",
     response_model=list[ProductRead],
@@ -71,6 +74,15 @@ async def list_products(
     ] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
+    # A misspelt parameter (`?limt=10`) must not silently turn a page into a full export.
+    unknown = sorted(set(request.query_params) - _LIST_PARAMETERS)
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_failed",
+            "Unknown query parameter.",
+            errors=[{"field": name, "message": "is not a known parameter"} for name in unknown],
+        )
     fmt = negotiate(accept)
     bulk: BulkSlots = request.state.bulk
     return await listing.respond(
