@@ -187,6 +187,10 @@ _MESSAGES = {
 
 _COPY_LINE = re.compile(r"\bline (\d+)")
 
+# The service role's statement_timeout (db/roles.sql) is for requests; a bulk import of
+# millions of rows may rightly take longer. Bulk work is bounded by its slots instead.
+NO_STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = 0"
+
 
 @dataclass
 class _Body:
@@ -229,6 +233,7 @@ async def import_products(
     """
     limited = _Body(body, max_bytes)
     async with conn.transaction():
+        await conn.execute(NO_STATEMENT_TIMEOUT)
         if media_type == CSV:
             await _copy_csv(conn, limited)
             line_of = _csv_lines

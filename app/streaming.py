@@ -216,6 +216,8 @@ class CopyStream(Response):
                             await send(
                                 {"type": "http.response.body", "body": chunk, "more_body": True}
                             )
+                            # A checkpoint per chunk: a disconnect is noticed mid-table.
+                            await anyio.lowlevel.checkpoint()
                             chunk = await anext(chunks, None)
                         await send({"type": "http.response.body", "body": self._framing.close})
                         tasks.cancel_scope.cancel()
@@ -228,8 +230,11 @@ class CopyStream(Response):
                     tasks.start_soon(stream_body)
                     tasks.start_soon(stop_on_disconnect)
             finally:
-                # Outside the cancelled scope, so the COPY can be cancelled and drained.
-                await chunks.aclose()
+                # Shielded (the request may be being cancelled too): the COPY is cancelled
+                # and drained and the transaction rolled back, so the connection goes back
+                # idle. Bounded: past EXIT_TIMEOUT psycopg closes it and the pool replaces it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
+                    await chunks.aclose()
 
 
 async def _chunks(
@@ -237,18 +242,22 @@ async def _chunks(
 ) -> AsyncGenerator[bytes, None]:
     """Framed chunks of about CHUNK_BYTES; one COPY message is one row ending in LF."""
     prefix = framing.first
-    async with _exit_shielded(conn.cursor().copy(sql, params)) as copy:
-        while True:
-            # Shielded: a cancellation landing inside psycopg's wait makes it close the
-            # connection; here it waits for the next yield, and the COPY ends cleanly.
-            with anyio.CancelScope(shield=True):
-                rows = await _read_chunk(copy)
-            if not rows:
-                return
-            yield prefix + framing.sep.join(rows) + framing.after
-            prefix = framing.between
-            # A checkpoint per chunk: lets a disconnect or shutdown be noticed mid-table.
-            await anyio.lowlevel.checkpoint()
+    # An export of millions of rows is one statement that may outlast the role's
+    # statement_timeout (db/roles.sql); lifted for this transaction only.
+    async with conn.transaction():
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        async with _exit_shielded(conn.cursor().copy(sql, params)) as copy:
+            while True:
+                # Shielded: a cancellation landing inside psycopg's wait makes it close the
+                # connection; here it waits for the next yield, and the COPY ends cleanly.
+                with anyio.CancelScope(shield=True):
+                    rows = await _read_chunk(copy)
+                if not rows:
+                    return
+                # No unshielded await in here: a cancellation can only arrive at this yield,
+                # from where the exit is shielded (CopyStream.__call__), never midway.
+                yield prefix + framing.sep.join(rows) + framing.after
+                prefix = framing.between
 
 
 async def _read_chunk(copy: AsyncCopy) -> list[Any]:

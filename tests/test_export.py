@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx import AsyncClient
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
 from psycopg import Connection
 
 from app.config import Settings
+from app.main import create_app
 from tests.helpers import assert_problem, product
 from tests.live_inprocess import live_server, rss_bytes
 
@@ -225,3 +227,26 @@ async def test_streaming_200k_rows_keeps_memory_flat(
     # Server and client share this process: the whole body held anywhere would be >100 MB.
     assert received > 200_000_000
     assert peak - baseline < 40_000_000, (baseline, peak)
+
+
+async def test_bulk_work_outlasts_the_roles_statement_timeout(
+    settings: Settings, db: Connection[Any]
+) -> None:
+    _fill(db, 200_000, description_chars=100)
+    dbname = db.info.dbname
+    db.execute(f"ALTER ROLE inventory_app IN DATABASE {dbname} SET statement_timeout = '50ms'")  # type: ignore[arg-type]
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
+    ):
+        exported = await client.get("/products", headers={"accept": "text/csv"})
+        assert exported.status_code == 200
+        assert exported.text.count("\r\n") == 200_001
+        rows = "".join(f"T-{i},n,,1,1\n" for i in range(100_000))
+        imported = await client.post(
+            "/products/import",
+            content="sku,name,description,price,quantity\n" + rows,
+            headers={"content-type": "text/csv"},
+        )
+        assert imported.status_code == 201, imported.text
