@@ -78,7 +78,7 @@ def cluster(tmp: Path) -> Iterator[dict[str, str]]:
 
 @contextmanager
 def service(
-    database_url: str, workers: int, pool_size: int = 4
+    database_url: str, workers: int, log_dir: Path, pool_size: int = 4
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {
@@ -95,7 +95,12 @@ def service(
         str(VENV_BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+    # One JSON access-log line per request (app/observability.py), as in production; kept
+    # in a file here, or they would bury the results.
+    log = (log_dir / "service.log").open("wb")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -104,7 +109,8 @@ def service(
                     break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError("uvicorn exited at start-up") from None
+                    tail = (log_dir / "service.log").read_text()[-2000:]
+                    raise RuntimeError(f"uvicorn exited at start-up:\n{tail}") from None
                 time.sleep(0.1)
         time.sleep(1.0)  # every worker up, pools filled
         yield url, proc
@@ -115,6 +121,7 @@ def service(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
 
 
 def tree_rss(pid: int) -> int:
@@ -484,7 +491,7 @@ def main() -> None:
             app_url, admin_url = urls["DATABASE_URL"], urls["ADMIN_DATABASE_URL"]
             say(f"loading {args.rows} products")
             load(admin_url, args.rows)
-            with service(app_url, args.workers, args.pool_size) as (url, proc):
+            with service(app_url, args.workers, tmp, args.pool_size) as (url, proc):
                 # The ceiling runs before and after every endpoint: each ratio compares runs
                 # minutes apart at most, on a machine whose load drifts.
                 results["http"] = http(url, args, tmp)
