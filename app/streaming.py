@@ -109,57 +109,67 @@ class JsonArrayStream(Response):
             batches = _batches(rows)
             try:
                 first = await anext(batches, None)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
-                async with anyio.create_task_group() as tasks:
-
-                    async def stream_body() -> None:
-                        sep = b"["
-                        batch = first
-                        while batch is not None:
-                            await send(
-                                {
-                                    "type": "http.response.body",
-                                    "body": sep + batch,
-                                    "more_body": True,
-                                }
-                            )
-                            sep = b","
-                            batch = await anext(batches, None)
-                        await send(
-                            {"type": "http.response.body", "body": b"]" if sep == b"," else b"[]"}
-                        )
-                        tasks.cancel_scope.cancel()
-
-                    async def stop_on_disconnect() -> None:
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        tasks.cancel_scope.cancel()
-
-                    tasks.start_soon(stream_body)
-                    tasks.start_soon(stop_on_disconnect)
+                await _start(send, self.status_code, self.raw_headers)
+                if first is None:
+                    await send({"type": "http.response.body", "body": b"[]"})
+                    return
+                await _send_chunks(receive, send, _then(first, batches, b"]"))
             finally:
                 await batches.aclose()
                 await rows.aclose()
 
 
 async def _batches(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncGenerator[bytes, None]:
-    """Comma-joined UTF-8 of up to BATCH_ROWS rows' first column."""
+    """A JSON array's text in pieces of up to BATCH_ROWS rows' first column, less the `]`."""
     batch: list[str] = []
+    prefix = "["
     async for row in rows:
         batch.append(row[0])
         if len(batch) == BATCH_ROWS:
-            yield ",".join(batch).encode()
+            yield (prefix + ",".join(batch)).encode()
             batch.clear()
-            # A checkpoint per batch: lets a disconnect or shutdown be noticed mid-table.
-            await anyio.lowlevel.checkpoint()
+            prefix = ","
     if batch:
-        yield ",".join(batch).encode()
+        yield (prefix + ",".join(batch)).encode()
+
+
+async def _start(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def _then(
+    first: bytes, rest: AsyncIterator[bytes], last: bytes
+) -> AsyncGenerator[bytes, None]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+    yield last
+
+
+async def _send_chunks(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> None:
+    """Send every chunk, then end the body; a client that disconnects stops it midway.
+
+    The sender runs beside a watcher of `receive`: when the client goes away the sender
+    is cancelled at its next await, which is what stops the query producing the chunks
+    (the caller closes that query's generator in its finally block).
+    """
+    async with anyio.create_task_group() as tasks:
+
+        async def send_all() -> None:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # A checkpoint per chunk: a disconnect is noticed mid-table.
+                await anyio.lowlevel.checkpoint()
+            await send({"type": "http.response.body", "body": b""})
+            tasks.cancel_scope.cancel()
+
+        async def stop_on_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(send_all)
+        tasks.start_soon(stop_on_disconnect)
 
 
 class CopyStream(Response):
@@ -198,37 +208,11 @@ class CopyStream(Response):
             chunks = _chunks(conn, self._sql, self._params, self._framing)
             try:
                 first = await anext(chunks, None)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
+                await _start(send, self.status_code, self.raw_headers)
                 if first is None:
                     await send({"type": "http.response.body", "body": self._framing.empty})
                     return
-                async with anyio.create_task_group() as tasks:
-
-                    async def stream_body() -> None:
-                        chunk: bytes | None = first
-                        while chunk is not None:
-                            await send(
-                                {"type": "http.response.body", "body": chunk, "more_body": True}
-                            )
-                            # A checkpoint per chunk: a disconnect is noticed mid-table.
-                            await anyio.lowlevel.checkpoint()
-                            chunk = await anext(chunks, None)
-                        await send({"type": "http.response.body", "body": self._framing.close})
-                        tasks.cancel_scope.cancel()
-
-                    async def stop_on_disconnect() -> None:
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        tasks.cancel_scope.cancel()
-
-                    tasks.start_soon(stream_body)
-                    tasks.start_soon(stop_on_disconnect)
+                await _send_chunks(receive, send, _then(first, chunks, self._framing.close))
             finally:
                 # Shielded (the request may be being cancelled too): the COPY is cancelled
                 # and drained and the transaction rolled back, so the connection goes back
