@@ -1,5 +1,6 @@
 """Fixtures: one throwaway cluster per run, a fresh database per test, the real app."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -51,6 +52,28 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
     async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as c:
         yield c
+
+
+@pytest.fixture
+async def wide_client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    """The app with 20 connections: requests really run side by side in PostgreSQL."""
+    app = create_app(settings.model_copy(update={"pool_size": 20, "pool_timeout": 30.0}))
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://test") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def own_cluster() -> AsyncIterator[Cluster]:
+    """A cluster this test alone may stop and start."""
+    cluster = new_cluster()
+    try:
+        await asyncio.to_thread(cluster.start)
+        yield cluster
+    finally:
+        await asyncio.to_thread(remove_cluster, cluster)
 
 
 @pytest.fixture

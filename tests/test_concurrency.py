@@ -3,7 +3,6 @@
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from psycopg import Connection
 
 from app.config import Settings
 from app.main import create_app
-from tests.cluster import Cluster, new_cluster, remove_cluster
+from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
 
 
@@ -94,17 +93,6 @@ async def test_pool_exhausted_past_its_timeout_is_503_with_retry_after(
     assert "detail" in body
     assert settings.pool_timeout - 0.2 <= waited < settings.pool_timeout + 1
     assert [h.status_code for h in await asyncio.gather(*holders)] == [200] * settings.pool_size
-
-
-@pytest.fixture
-async def own_cluster() -> AsyncIterator[Cluster]:
-    """A cluster this test alone may stop and start."""
-    cluster = new_cluster()
-    try:
-        await asyncio.to_thread(cluster.start)
-        yield cluster
-    finally:
-        await asyncio.to_thread(remove_cluster, cluster)
 
 
 async def test_database_outage_is_503_then_recovers_without_restart(own_cluster: Cluster) -> None:

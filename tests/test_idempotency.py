@@ -39,16 +39,6 @@ def _count(db: Connection[Any], table: str) -> int:
     return int(row[0])
 
 
-@pytest.fixture
-async def wide_client(settings: Settings) -> AsyncIterator[AsyncClient]:
-    app = create_app(settings.model_copy(update={"pool_size": 20, "pool_timeout": 30.0}))
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://test") as client,
-    ):
-        yield client
-
-
 # --- Replays -----------------------------------------------------------------------------
 
 

@@ -4,18 +4,16 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient, Response
 from psycopg import Connection
 
 from app.config import Settings
 from app.main import create_app
-from tests.cluster import Cluster, new_cluster, remove_cluster
+from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
 
 POOL_TIMEOUT = 1.5
@@ -23,17 +21,6 @@ POOL_TIMEOUT = 1.5
 # it counts as hung.
 HARD_TIMEOUT = POOL_TIMEOUT + 2.5
 WORKERS = 8
-
-
-@pytest.fixture
-async def own_cluster() -> AsyncIterator[Cluster]:
-    """A cluster this test alone may stop and start."""
-    cluster = new_cluster()
-    try:
-        await asyncio.to_thread(cluster.start)
-        yield cluster
-    finally:
-        await asyncio.to_thread(remove_cluster, cluster)
 
 
 class Load:

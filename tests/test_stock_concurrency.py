@@ -4,16 +4,12 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from psycopg import Connection
 
-from app.config import Settings
-from app.main import create_app
 from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
 from tests.stock_helpers import (
@@ -28,17 +24,6 @@ ROUNDS = 3
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
 pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
-
-
-@pytest.fixture
-async def wide_client(settings: Settings) -> AsyncIterator[AsyncClient]:
-    """The app with 20 connections: requests really run side by side in PostgreSQL."""
-    app = create_app(settings.model_copy(update={"pool_size": 20, "pool_timeout": 30.0}))
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://test") as client,
-    ):
-        yield client
 
 
 @pytest.fixture
