@@ -154,9 +154,9 @@ COMMENT ON FUNCTION product_etag(products) IS
 CREATE TABLE IF NOT EXISTS stock_movements (
     id             bigint      GENERATED ALWAYS AS IDENTITY
                                CONSTRAINT stock_movements_pkey PRIMARY KEY,
-    product_id     bigint      NOT NULL
-                               CONSTRAINT stock_movements_product_id_fkey
-                               REFERENCES products (id) ON DELETE CASCADE,
+    -- The product it moved. No foreign key: movements outlive their product (API.md, DELETE),
+    -- and ids are never reused; the trigger stock_movements_product_exists checks new rows.
+    product_id     bigint      NOT NULL,
     delta          integer     NOT NULL
                                CONSTRAINT stock_movements_delta_check CHECK (delta <> 0),
     -- A CHECKed set rather than an enum: adding a reason is one guarded ALTER of a named
@@ -174,10 +174,43 @@ CREATE TABLE IF NOT EXISTS stock_movements (
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 
--- Per-product history in id order (the keyset of GET /products/{sku}/movements); also
--- serves the foreign key, so deleting a product finds its movements without a scan.
+-- Per-product history in id order (the keyset of GET /products/{sku}/movements).
 CREATE INDEX IF NOT EXISTS stock_movements_product_id_id_idx
     ON stock_movements (product_id, id);
+
+-- Upgrade: releases before the change log deleted a product's movements with it (ON DELETE
+-- CASCADE). The ledger now keeps them, so the foreign key goes; the trigger below keeps its
+-- other half, that a new movement names a product that exists.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint
+               WHERE conrelid = 'stock_movements'::regclass
+                 AND conname = 'stock_movements_product_id_fkey') THEN
+        ALTER TABLE stock_movements DROP CONSTRAINT stock_movements_product_id_fkey;
+    END IF;
+END
+$$;
+
+-- What the foreign key checked, as it did: after the row's own constraints, with the same
+-- lock (KEY SHARE: a concurrent DELETE of the product waits for this transaction, and this
+-- insert fails if the delete won).
+CREATE OR REPLACE FUNCTION stock_movements_product_exists() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    PERFORM FROM products WHERE id = NEW.product_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'product % does not exist', NEW.product_id
+            USING ERRCODE = 'foreign_key_violation', TABLE = 'stock_movements',
+                  COLUMN = 'product_id', CONSTRAINT = 'stock_movements_product_exists';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER stock_movements_product_exists
+    AFTER INSERT OR UPDATE OF product_id ON stock_movements
+    FOR EACH ROW EXECUTE FUNCTION stock_movements_product_exists();
 
 DO $$
 BEGIN
@@ -212,7 +245,7 @@ COMMENT ON TABLE stock_movements IS
 COMMENT ON COLUMN stock_movements.id IS
     'Identity; per product, id order is commit order (assigned under the product''s row lock).';
 COMMENT ON COLUMN stock_movements.product_id IS
-    'The product; its movements are deleted with it (ON DELETE CASCADE).';
+    'The product moved (checked on insert); stays when the product is deleted: the stock moved.';
 COMMENT ON COLUMN stock_movements.delta IS 'Units added (positive) or removed (negative); never 0.';
 COMMENT ON COLUMN stock_movements.reason IS
     'Why: received, sold, returned, damaged or correction.';
@@ -259,8 +292,8 @@ COMMENT ON COLUMN idempotency_keys.headers IS 'Response headers to replay (Conte
 COMMENT ON COLUMN idempotency_keys.body IS 'The response body, replayed byte for byte.';
 COMMENT ON COLUMN idempotency_keys.created_at IS 'When the key was first used; it expires 24 h later.';
 
--- The ledger is append-only for the service: no UPDATE or DELETE on stock_movements (the
--- cascade from products runs with the owner's rights). Identity columns need no sequence grant.
+-- The ledger is append-only for the service: no UPDATE or DELETE on stock_movements.
+-- Identity columns need no sequence grant.
 GRANT SELECT, INSERT ON stock_movements TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO inventory_rw;
 GRANT USAGE ON TYPE movement_api TO inventory_rw;

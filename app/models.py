@@ -7,7 +7,6 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
-    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -70,10 +69,8 @@ class StockMovement(Base):
     __tablename__ = "stock_movements"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    product_id: Mapped[int] = mapped_column(
-        BigInteger,
-        ForeignKey("products.id", ondelete="CASCADE", name="stock_movements_product_id_fkey"),
-    )
+    # No foreign key: movements outlive their product (trigger stock_movements_product_exists).
+    product_id: Mapped[int] = mapped_column(BigInteger)
     delta: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)

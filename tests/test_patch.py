@@ -271,7 +271,7 @@ async def test_if_match_star_needs_only_an_existing_product(client: AsyncClient)
 # --- DELETE ------------------------------------------------------------------------------
 
 
-async def test_delete_is_204_then_the_product_and_its_movements_are_gone(
+async def test_delete_is_204_then_the_product_is_gone_and_its_movements_stay_in_the_ledger(
     client: AsyncClient, db: Connection[Any]
 ) -> None:
     await _create(client, quantity=5)
@@ -283,7 +283,8 @@ async def test_delete_is_204_then_the_product_and_its_movements_are_gone(
     assert response.status_code == 204
     assert response.content == b""
     assert_problem(await client.get("/products/ABC-1"), 404, "product_not_found")
-    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+    # The stock really moved: the ledger keeps the movement (API.md, DELETE).
+    assert db.execute("SELECT delta FROM stock_movements").fetchall() == [(-2,)]
     assert_problem(await client.delete("/products/ABC-1"), 404, "product_not_found")
 
 

@@ -370,7 +370,7 @@ def test_a_movement_needs_an_existing_product_and_every_required_value(
             "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
             "VALUES (424242, 1, 'sold', 1)"
         )
-    assert raised.value.diag.constraint_name == "stock_movements_product_id_fkey"
+    assert raised.value.diag.constraint_name == "stock_movements_product_exists"
     with pytest.raises(errors.NotNullViolation):
         db.execute("INSERT INTO stock_movements (product_id, delta) VALUES (1, 1)")
 
@@ -400,12 +400,11 @@ def test_ledger_schema_is_named_indexed_documented_and_applies_twice(
     constraints = {name for _, name, _ in before[0]}
     assert constraints >= MOVEMENT_CHECKS | {
         "stock_movements_pkey",
-        "stock_movements_product_id_fkey",
         "idempotency_keys_pkey",
         "idempotency_keys_key_check",
     }
-    fkey = next(d for _, n, d in before[0] if n == "stock_movements_product_id_fkey")
-    assert fkey.endswith("REFERENCES products(id) ON DELETE CASCADE")
+    # No foreign key: movements outlive their product (a trigger checks new ones).
+    assert "stock_movements_product_id_fkey" not in constraints
     indexes = dict(before[1])
     assert indexes["stock_movements_product_id_id_idx"].endswith("(product_id, id)")
     assert indexes["idempotency_keys_created_at_idx"].endswith("(created_at)")
@@ -431,9 +430,9 @@ def test_the_service_may_append_to_the_ledger_but_not_rewrite_it(
         for statement in ("UPDATE stock_movements SET delta = 5", "DELETE FROM stock_movements"):
             with pytest.raises(errors.InsufficientPrivilege):
                 app_db.execute(statement)  # type: ignore[arg-type]
-        # Deleting the product still takes its history with it (the cascade).
+        # Deleting the product leaves its history in the ledger: the stock really moved.
         app_db.execute("DELETE FROM products")
-    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (1,)
 
 
 async def test_readiness_needs_the_ledger_tables(
