@@ -299,3 +299,497 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO inventory_rw;
 GRANT USAGE ON TYPE movement_api TO inventory_rw;
 GRANT EXECUTE ON FUNCTION product_etag(products) TO inventory_rw;
 GRANT EXECUTE ON FUNCTION movement_json(stock_movements) TO inventory_rw;
+
+-- ---------------------------------------------------------------------------------------
+-- The change log (GET /changes, GET /changes/stream) and webhooks.
+-- ---------------------------------------------------------------------------------------
+
+-- One event per change of a product, written by triggers in the transaction that made the
+-- change, whoever made it (the API, an import, psql). Events are inserted with seq NULL;
+-- product_changes_sequence() numbers them once their transaction has committed, so a reader
+-- following `seq > :after` can never pass an event that commits later (an id from a sequence
+-- is taken at insert time, and a transaction that took id 10 may commit after one that took
+-- id 11 was served). Per product, events are inserted under the product's row lock, so id
+-- order is the order the changes were made, and the sequencer keeps it.
+CREATE TABLE IF NOT EXISTS product_changes (
+    id           bigint      GENERATED ALWAYS AS IDENTITY
+                             CONSTRAINT product_changes_pkey PRIMARY KEY,
+    seq          bigint,
+    -- The writing transaction (pg_current_xact_id): a stock movement joins the event of its
+    -- own transaction's product update.
+    xact         bigint      NOT NULL,
+    type         text        NOT NULL
+                             CONSTRAINT product_changes_type_check
+                             CHECK (type IN ('product.created', 'product.updated',
+                                             'product.deleted')),
+    product_id   bigint      NOT NULL,
+    sku          text        NOT NULL,
+    product      json        NOT NULL,
+    -- NULL only while a movement waits for its product's update in the same transaction.
+    changed      text[],
+    movement     json,
+    at           timestamptz NOT NULL DEFAULT now(),
+    sequenced_at timestamptz,
+    CONSTRAINT product_changes_sequenced_check CHECK ((seq IS NULL) = (sequenced_at IS NULL))
+);
+
+-- Readers: `WHERE seq > :after ORDER BY seq`. Partial, so unsequenced events cost no entry.
+CREATE UNIQUE INDEX IF NOT EXISTS product_changes_seq_key
+    ON product_changes (seq) WHERE seq IS NOT NULL;
+-- The sequencer's work list, and the triggers' look-up of their own transaction's events.
+-- Both stay small: an event leaves them when it is sequenced, a moment after its commit.
+CREATE INDEX IF NOT EXISTS product_changes_unsequenced_idx
+    ON product_changes (id) WHERE seq IS NULL;
+CREATE INDEX IF NOT EXISTS product_changes_unsequenced_product_idx
+    ON product_changes (product_id, id) WHERE seq IS NULL;
+
+-- Retention removes the oldest events in seq order; every seq <= through is gone, every
+-- seq > through is kept. One row.
+CREATE TABLE IF NOT EXISTS product_changes_purged (
+    one     boolean NOT NULL DEFAULT true
+                    CONSTRAINT product_changes_purged_pkey PRIMARY KEY
+                    CONSTRAINT product_changes_purged_one_check CHECK (one),
+    through bigint  NOT NULL DEFAULT 0
+);
+INSERT INTO product_changes_purged DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+DO $$
+BEGIN
+    IF to_regtype('product_change_api') IS NULL THEN
+        CREATE TYPE product_change_api AS (
+            seq      text,
+            type     text,
+            sku      text,
+            product  json,
+            changed  text[],
+            movement json,
+            at       text
+        );
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_change_json(c product_changes) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        c.seq::text,
+        c.type,
+        c.sku,
+        c.product,
+        coalesce(c.changed, '{}'),
+        c.movement,
+        to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::product_change_api)
+$$;
+
+-- The triggers. Statement-level with transition tables: one INSERT ... SELECT per statement,
+-- so a million-row import writes its events set-wise, not a million function calls.
+-- SECURITY DEFINER: they write the log the service may only read; the fixed search_path
+-- keeps a caller's own objects out of them. NOTIFY is delivered at commit and only then; it
+-- wakes the sequencers (product_changes_sequence).
+CREATE OR REPLACE FUNCTION product_changes_log_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
+    SELECT pg_current_xact_id()::text::bigint, 'product.created', n.id, n.sku,
+           product_json(n), '{}'
+    FROM new_rows n;
+    IF FOUND THEN
+        PERFORM pg_notify('product_changes_written', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_changes_log_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
+    SELECT pg_current_xact_id()::text::bigint, 'product.deleted', o.id, o.sku,
+           product_json(o), '{}'
+    FROM old_rows o;
+    IF FOUND THEN
+        PERFORM pg_notify('product_changes_written', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The fields of the API representation (product_json) whose value differs between two
+-- states of a product, in the representation's order. Spelled out rather than compared as
+-- JSON, because a bulk update pays for it on every row. A field added to product_json must
+-- be added here (tests/test_changes_db.py compares the two).
+CREATE OR REPLACE FUNCTION product_changed_fields(o products, n products) RETURNS text[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$
+    SELECT array_remove(ARRAY[
+        CASE WHEN n.id IS DISTINCT FROM o.id THEN 'id' END,
+        CASE WHEN n.sku IS DISTINCT FROM o.sku THEN 'sku' END,
+        CASE WHEN n.name IS DISTINCT FROM o.name THEN 'name' END,
+        CASE WHEN n.description IS DISTINCT FROM o.description THEN 'description' END,
+        CASE WHEN n.price IS DISTINCT FROM o.price THEN 'price' END,
+        CASE WHEN n.quantity IS DISTINCT FROM o.quantity THEN 'quantity' END,
+        CASE WHEN n.created_at IS DISTINCT FROM o.created_at THEN 'created_at' END,
+        CASE WHEN n.updated_at IS DISTINCT FROM o.updated_at THEN 'updated_at' END
+    ], NULL)
+$$;
+
+-- An update that changes no field (possible within one transaction, where updated_at stays)
+-- logs nothing.
+CREATE OR REPLACE FUNCTION product_changes_log_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    this_xact bigint := pg_current_xact_id()::text::bigint;
+BEGIN
+    IF current_setting('inventory.pending_movements', true) IS DISTINCT FROM this_xact::text THEN
+        INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
+        SELECT this_xact, 'product.updated', n.id, n.sku, product_json(n),
+               product_changed_fields(o, n)
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE cardinality(product_changed_fields(o, n)) > 0;
+    ELSE
+        -- This transaction wrote movements before their product's update (psql can, the API
+        -- does not): such a movement waits in an event with changed NULL, the latest of its
+        -- product, which this update completes when it sets the movement's quantity_after.
+        WITH diff AS MATERIALIZED (
+            SELECT n.id, n.sku, n.quantity, product_json(n) AS product,
+                   product_changed_fields(o, n) AS changed
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE cardinality(product_changed_fields(o, n)) > 0
+        ), completed AS (
+            UPDATE product_changes c
+            SET sku = d.sku, product = d.product, changed = d.changed
+            FROM diff d
+            WHERE c.id = (SELECT max(w.id) FROM product_changes w
+                          WHERE w.seq IS NULL AND w.product_id = d.id)
+              AND c.xact = this_xact AND c.changed IS NULL
+              AND (c.movement ->> 'quantity_after')::integer = d.quantity
+            RETURNING c.product_id
+        )
+        INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
+        SELECT this_xact, 'product.updated', d.id, d.sku, d.product, d.changed
+        FROM diff d
+        WHERE d.id NOT IN (SELECT product_id FROM completed);
+    END IF;
+    IF FOUND THEN
+        PERFORM pg_notify('product_changes_written', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A stock movement belongs to its product's latest event in the same transaction (the API
+-- writes the update and the movement in one statement; an import's stock count likewise)
+-- when that event is an update that set the quantity to the movement's quantity_after.
+-- While a transaction holds a product's row lock, no other can add an event of that product,
+-- so the product's latest unsequenced event is this transaction's if it has one. A movement
+-- with no such event (written before the update, or alone) gets an event of its own, taken
+-- under the product's row lock like any change, which a later update in this transaction
+-- completes (product_changes_log_update, told by the setting inventory.pending_movements).
+CREATE OR REPLACE FUNCTION product_changes_log_movement() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    this_xact bigint := pg_current_xact_id()::text::bigint;
+    attached bigint;
+BEGIN
+    UPDATE product_changes c
+    SET movement = movement_json(m)
+    FROM new_rows m
+    WHERE c.id = (SELECT max(w.id) FROM product_changes w
+                  WHERE w.seq IS NULL AND w.product_id = m.product_id)
+      AND c.xact = this_xact AND c.type = 'product.updated' AND c.movement IS NULL
+      AND 'quantity' = ANY (c.changed)
+      AND (c.product ->> 'quantity')::integer = m.quantity_after;
+    GET DIAGNOSTICS attached = ROW_COUNT;
+    IF attached < (SELECT count(*) FROM new_rows) THEN
+        INSERT INTO product_changes (xact, type, product_id, sku, product, changed, movement)
+        SELECT this_xact, 'product.updated', p.id, p.sku, product_json(p), NULL,
+               movement_json(m)
+        FROM new_rows m JOIN products p ON p.id = m.product_id
+        WHERE NOT EXISTS (SELECT FROM product_changes c
+                          WHERE c.seq IS NULL AND c.product_id = m.product_id
+                            AND c.xact = this_xact AND (c.movement ->> 'id')::bigint = m.id)
+        ORDER BY m.id
+        FOR NO KEY UPDATE OF p;
+        -- Session-wide but naming this transaction: it cannot match any other.
+        PERFORM set_config('inventory.pending_movements', this_xact::text, false);
+        PERFORM pg_notify('product_changes_written', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER product_changes_log_insert
+    AFTER INSERT ON products REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_insert();
+CREATE OR REPLACE TRIGGER product_changes_log_update
+    AFTER UPDATE ON products REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_update();
+CREATE OR REPLACE TRIGGER product_changes_log_delete
+    AFTER DELETE ON products REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_delete();
+CREATE OR REPLACE TRIGGER product_changes_log_movement
+    AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_movement();
+
+-- TRUNCATE fires no DELETE trigger: it would take products out of the log's sight.
+CREATE OR REPLACE FUNCTION products_refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE products would bypass the change log; use DELETE'
+        USING ERRCODE = 'feature_not_supported';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER products_refuse_truncate
+    BEFORE TRUNCATE ON products
+    FOR EACH STATEMENT EXECUTE FUNCTION products_refuse_truncate();
+
+-- The sequencer: gives the committed, unsequenced events (oldest id first, at most max_rows)
+-- the next seq numbers, queues their webhook deliveries, and NOTIFYs product_changes with
+-- the last seq given. One runs at a time (a transaction-scoped advisory lock on (the log's
+-- oid, 1)); returns how many events it numbered, or NULL when another sequencer held the
+-- lock (with wait, it queues for the lock instead). Each call is its own transaction: call
+-- it in autocommit, again while it returns max_rows.
+--
+-- Why this is exactly once: the lock is taken before the statement's snapshot, so everything
+-- the previous sequencer committed is visible; an event is only numbered once its transaction
+-- committed; numbers continue from the highest given (dense, and monotonic because
+-- sequencers are serialised); every run commits as a whole, so a reader sees a prefix of
+-- seq. Per product, a later change's transaction committed after the earlier one's (row
+-- lock), so it is never visible without it and comes later in id order.
+CREATE OR REPLACE FUNCTION product_changes_sequence(
+    max_rows integer DEFAULT 10000, wait boolean DEFAULT false
+) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    lock_key integer := 'product_changes'::regclass::oid::integer;
+    last_seq bigint;
+    stamp timestamptz;
+    how_many bigint;
+    top bigint;
+BEGIN
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock(lock_key, 1);
+    ELSIF NOT pg_try_advisory_xact_lock(lock_key, 1) THEN
+        RETURN NULL;
+    END IF;
+    stamp := clock_timestamp();
+    SELECT coalesce(
+        (SELECT max(seq) FROM product_changes WHERE seq IS NOT NULL),
+        (SELECT through FROM product_changes_purged)
+    ) INTO last_seq;
+    WITH batch AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS n
+        FROM (SELECT id FROM product_changes WHERE seq IS NULL ORDER BY id LIMIT max_rows) b
+    ), numbered AS (
+        UPDATE product_changes c
+        SET seq = last_seq + b.n, sequenced_at = stamp
+        FROM batch b
+        WHERE c.id = b.id
+        RETURNING c.seq, c.type
+    ), queued AS (
+        INSERT INTO webhook_deliveries (webhook_id, seq)
+        SELECT w.id, n.seq
+        FROM numbered n JOIN webhooks w ON w.events && ARRAY[n.type, '*']
+    )
+    SELECT count(*), max(seq) INTO how_many, top FROM numbered;
+    IF how_many > 0 THEN
+        PERFORM pg_notify('product_changes', top::text);
+    END IF;
+    RETURN how_many;
+END
+$$;
+
+-- Webhooks: the subscriptions; the queue of deliveries still to make, one row per
+-- (subscription, event); the log of attempts. The sequencer queues deliveries in the
+-- transaction that numbers the events, so no event is numbered without them. Any number of
+-- processes deliver: each claims due rows with FOR UPDATE SKIP LOCKED, moving next_attempt_at
+-- past its own timeout (a lease: a process that dies mid-attempt leaves the row due again),
+-- makes the attempt, then in one transaction logs it and deletes the row (delivered, or
+-- given up) or schedules the next attempt. At least once; each attempt by one process.
+CREATE TABLE IF NOT EXISTS webhooks (
+    id          bigint      GENERATED ALWAYS AS IDENTITY CONSTRAINT webhooks_pkey PRIMARY KEY,
+    url         text        NOT NULL
+                            CONSTRAINT webhooks_url_check
+                            CHECK (char_length(url) <= 2000 AND url ~* '^https?://[^/?#]'),
+    events      text[]      NOT NULL
+                            CONSTRAINT webhooks_events_check
+                            CHECK (cardinality(events) BETWEEN 1 AND 4
+                                   AND array_position(events, NULL) IS NULL
+                                   AND events <@ ARRAY['*', 'product.created',
+                                                       'product.updated', 'product.deleted']),
+    description text
+                            CONSTRAINT webhooks_description_check
+                            CHECK (char_length(description) <= 500),
+    -- The signing key, shown to the client once (POST /webhooks) and never again.
+    secret      text        NOT NULL
+                            CONSTRAINT webhooks_secret_check
+                            CHECK (secret ~ '^whsec_[A-Za-z0-9+/]{16,}={0,2}$'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id               bigint      GENERATED ALWAYS AS IDENTITY
+                                 CONSTRAINT webhook_deliveries_pkey PRIMARY KEY,
+    webhook_id       bigint      NOT NULL
+                                 CONSTRAINT webhook_deliveries_webhook_id_fkey
+                                 REFERENCES webhooks (id) ON DELETE CASCADE,
+    seq              bigint      NOT NULL,
+    -- Attempts claimed so far; the next claim makes attempt attempts + 1.
+    attempts         integer     NOT NULL DEFAULT 0
+                                 CONSTRAINT webhook_deliveries_attempts_check
+                                 CHECK (attempts >= 0),
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT webhook_deliveries_webhook_id_seq_key UNIQUE (webhook_id, seq)
+);
+
+-- The workers' queue; the oldest undelivered event (metrics, and where retention stops).
+CREATE INDEX IF NOT EXISTS webhook_deliveries_next_attempt_at_idx
+    ON webhook_deliveries (next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_seq_idx
+    ON webhook_deliveries (seq);
+
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id          bigint      GENERATED ALWAYS AS IDENTITY
+                            CONSTRAINT webhook_attempts_pkey PRIMARY KEY,
+    webhook_id  bigint      NOT NULL
+                            CONSTRAINT webhook_attempts_webhook_id_fkey
+                            REFERENCES webhooks (id) ON DELETE CASCADE,
+    seq         bigint      NOT NULL,
+    attempt     integer     NOT NULL
+                            CONSTRAINT webhook_attempts_attempt_check CHECK (attempt >= 1),
+    -- delivered (a 2xx came back), retry (another attempt is scheduled), failed (given up).
+    outcome     text        NOT NULL
+                            CONSTRAINT webhook_attempts_outcome_check
+                            CHECK (outcome IN ('delivered', 'retry', 'failed')),
+    -- NULL when no answer came (timeout, refused connection); error says what happened.
+    status_code smallint
+                            CONSTRAINT webhook_attempts_status_code_check
+                            CHECK (status_code BETWEEN 100 AND 599),
+    error       text
+                            CONSTRAINT webhook_attempts_error_check
+                            CHECK (char_length(error) <= 1000),
+    duration_ms integer     NOT NULL
+                            CONSTRAINT webhook_attempts_duration_ms_check
+                            CHECK (duration_ms >= 0),
+    at          timestamptz NOT NULL DEFAULT now(),
+    -- An attempt is logged once, by the process that claimed it; seq first for retention.
+    CONSTRAINT webhook_attempts_seq_webhook_id_attempt_key UNIQUE (seq, webhook_id, attempt)
+);
+
+-- GET /webhooks/{id}/deliveries, newest first; also serves the cascade from webhooks.
+CREATE INDEX IF NOT EXISTS webhook_attempts_webhook_id_id_idx
+    ON webhook_attempts (webhook_id, id);
+
+-- Retention: removes, in one batch of at most max_rows, the oldest events that were numbered
+-- more than retention_days ago, in seq order and never past an event a webhook has yet to
+-- get, and the logged delivery attempts of the removed events.
+-- Records the last removed seq in product_changes_purged (GET /changes answers 410 for a
+-- cursor before it). One runs at a time (advisory lock (the log's oid, 2)); returns the
+-- number of events removed, NULL when another purge held the lock. The floor of one day
+-- keeps a caller from emptying the log.
+CREATE OR REPLACE FUNCTION product_changes_purge(
+    retention_days integer, max_rows integer DEFAULT 10000
+) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    cutoff timestamptz;
+    done_through bigint;
+    upto bigint;
+    removed bigint;
+BEGIN
+    IF retention_days IS NULL OR retention_days < 1 THEN
+        RAISE EXCEPTION 'retention_days must be at least 1, not %', retention_days
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock('product_changes'::regclass::oid::integer, 2) THEN
+        RETURN NULL;
+    END IF;
+    cutoff := now() - make_interval(days => retention_days);
+    SELECT through INTO done_through FROM product_changes_purged FOR UPDATE;
+    -- Seq numbers are dense, so the next max_rows events are seq through+1 .. through+max_rows;
+    -- the batch stops before the first one still within retention or still to be delivered.
+    SELECT least(
+        max(seq),
+        min(seq) FILTER (WHERE sequenced_at >= cutoff) - 1,
+        (SELECT min(d.seq) - 1 FROM webhook_deliveries d)
+    ) INTO upto
+    FROM product_changes
+    WHERE seq > done_through AND seq <= done_through + max_rows;
+    IF upto IS NULL OR upto <= done_through THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM product_changes WHERE seq > done_through AND seq <= upto;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    UPDATE product_changes_purged SET through = upto;
+    DELETE FROM webhook_attempts WHERE seq > done_through AND seq <= upto;
+    RETURN removed;
+END
+$$;
+
+COMMENT ON TABLE product_changes IS
+    'The change log: one event per change of a product, written by triggers in the changing transaction.';
+COMMENT ON COLUMN product_changes.id IS 'Insertion order; per product, the order the changes were made.';
+COMMENT ON COLUMN product_changes.seq IS
+    'The cursor of GET /changes: given after commit by product_changes_sequence(); NULL until then.';
+COMMENT ON COLUMN product_changes.xact IS 'The writing transaction (pg_current_xact_id()).';
+COMMENT ON COLUMN product_changes.type IS 'product.created, product.updated or product.deleted.';
+COMMENT ON COLUMN product_changes.product_id IS 'The product (it may since have been deleted).';
+COMMENT ON COLUMN product_changes.sku IS 'The product''s SKU after the change (the last one for a delete).';
+COMMENT ON COLUMN product_changes.product IS
+    'product_json of the product after the change; for a delete, its last state.';
+COMMENT ON COLUMN product_changes.changed IS
+    'Fields of product_json whose value changed; empty for created and deleted.';
+COMMENT ON COLUMN product_changes.movement IS
+    'movement_json of the stock movement the change recorded, if any.';
+COMMENT ON COLUMN product_changes.at IS 'When the change was made (its transaction''s time, like updated_at).';
+COMMENT ON COLUMN product_changes.sequenced_at IS 'When seq was given; retention counts from here.';
+COMMENT ON TABLE product_changes_purged IS
+    'Retention''s mark: every event with seq <= through has been removed, every later one is kept.';
+COMMENT ON TYPE product_change_api IS 'The fields of an event as the API returns them.';
+COMMENT ON FUNCTION product_change_json(product_changes) IS
+    'The API representation of an event of GET /changes.';
+COMMENT ON FUNCTION product_changes_sequence(integer, boolean) IS
+    'Numbers committed events (one caller at a time); returns how many, NULL if another runs.';
+COMMENT ON FUNCTION product_changes_purge(integer, integer) IS
+    'Removes one batch of events older than the retention; returns how many, NULL if another runs.';
+COMMENT ON TABLE webhooks IS 'Webhook subscriptions (POST /webhooks).';
+COMMENT ON COLUMN webhooks.secret IS 'whsec_ + base64 signing key; the API shows it only when created.';
+COMMENT ON COLUMN webhooks.events IS 'Event types delivered, or {*} for all.';
+COMMENT ON TABLE webhook_deliveries IS
+    'Deliveries still to make, one per (webhook, event); removed once delivered or given up.';
+COMMENT ON COLUMN webhook_deliveries.next_attempt_at IS
+    'Due time; a claimed delivery''s lease (pushed past the attempt''s timeout).';
+COMMENT ON TABLE webhook_attempts IS 'Every delivery attempt and its outcome (GET /webhooks/{id}/deliveries).';
+
+-- The service reads the log and never writes it: the triggers and the two functions do.
+GRANT SELECT ON product_changes, product_changes_purged TO inventory_rw;
+GRANT USAGE ON TYPE product_change_api TO inventory_rw;
+GRANT EXECUTE ON FUNCTION product_change_json(product_changes) TO inventory_rw;
+REVOKE EXECUTE ON FUNCTION
+    product_changes_sequence(integer, boolean),
+    product_changes_purge(integer, integer),
+    product_changes_log_insert(),
+    product_changes_log_update(),
+    product_changes_log_delete(),
+    product_changes_log_movement()
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    product_changes_sequence(integer, boolean),
+    product_changes_purge(integer, integer)
+    TO inventory_rw;
+GRANT SELECT, INSERT, DELETE ON webhooks TO inventory_rw;
+GRANT SELECT, DELETE, UPDATE (attempts, next_attempt_at, first_attempt_at)
+    ON webhook_deliveries TO inventory_rw;
+GRANT SELECT, INSERT ON webhook_attempts TO inventory_rw;

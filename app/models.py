@@ -5,8 +5,10 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -14,10 +16,11 @@ from sqlalchemy import (
     Numeric,
     SmallInteger,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -107,4 +110,141 @@ class IdempotencyKey(Base):
         CheckConstraint("key ~ '^[\\x20-\\x7e]{1,255}$'", name="idempotency_keys_key_check"),
         CheckConstraint("status BETWEEN 100 AND 599", name="idempotency_keys_status_check"),
         Index("idempotency_keys_created_at_idx", created_at),
+    )
+
+
+class ProductChange(Base):
+    """The change log, written only by schema.sql's triggers; seq is given after commit."""
+
+    __tablename__ = "product_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    xact: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(Text)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(Text)
+    product: Mapped[dict[str, object]] = mapped_column(JSON)
+    changed: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    movement: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sequenced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "type IN ('product.created', 'product.updated', 'product.deleted')",
+            name="product_changes_type_check",
+        ),
+        CheckConstraint(
+            "(seq IS NULL) = (sequenced_at IS NULL)", name="product_changes_sequenced_check"
+        ),
+        Index(
+            "product_changes_seq_key",
+            seq,
+            unique=True,
+            postgresql_where=text("seq IS NOT NULL"),
+        ),
+        Index("product_changes_unsequenced_idx", id, postgresql_where=text("seq IS NULL")),
+        Index(
+            "product_changes_unsequenced_product_idx",
+            product_id,
+            id,
+            postgresql_where=text("seq IS NULL"),
+        ),
+    )
+
+
+class ProductChangesPurged(Base):
+    """Retention's mark: every event with seq <= through is gone, every later one kept."""
+
+    __tablename__ = "product_changes_purged"
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    through: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (CheckConstraint("one", name="product_changes_purged_one_check"),)
+
+
+class Webhook(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    description: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            "char_length(url) <= 2000 AND url ~* '^https?://[^/?#]'", name="webhooks_url_check"
+        ),
+        CheckConstraint(
+            "cardinality(events) BETWEEN 1 AND 4 AND array_position(events, NULL) IS NULL "
+            "AND events <@ ARRAY['*', 'product.created', 'product.updated', 'product.deleted']",
+            name="webhooks_events_check",
+        ),
+        CheckConstraint("char_length(description) <= 500", name="webhooks_description_check"),
+        CheckConstraint(
+            "secret ~ '^whsec_[A-Za-z0-9+/]{16,}={0,2}$'", name="webhooks_secret_check"
+        ),
+    )
+
+
+class WebhookDelivery(Base):
+    """A delivery still to make; removed once delivered or given up."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(
+        BigInteger,
+        ForeignKey("webhooks.id", ondelete="CASCADE", name="webhook_deliveries_webhook_id_fkey"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("attempts >= 0", name="webhook_deliveries_attempts_check"),
+        UniqueConstraint("webhook_id", "seq", name="webhook_deliveries_webhook_id_seq_key"),
+        Index("webhook_deliveries_next_attempt_at_idx", next_attempt_at),
+        Index("webhook_deliveries_seq_idx", seq),
+    )
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(
+        BigInteger,
+        ForeignKey("webhooks.id", ondelete="CASCADE", name="webhook_attempts_webhook_id_fkey"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(SmallInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("attempt >= 1", name="webhook_attempts_attempt_check"),
+        CheckConstraint(
+            "outcome IN ('delivered', 'retry', 'failed')", name="webhook_attempts_outcome_check"
+        ),
+        CheckConstraint(
+            "status_code BETWEEN 100 AND 599", name="webhook_attempts_status_code_check"
+        ),
+        CheckConstraint("char_length(error) <= 1000", name="webhook_attempts_error_check"),
+        CheckConstraint("duration_ms >= 0", name="webhook_attempts_duration_ms_check"),
+        UniqueConstraint(
+            "seq", "webhook_id", "attempt", name="webhook_attempts_seq_webhook_id_attempt_key"
+        ),
+        Index("webhook_attempts_webhook_id_id_idx", webhook_id, id),
     )

@@ -1,0 +1,699 @@
+"""The change log in the database: triggers, the sequencer, retention, webhook queueing.
+
+These tests talk SQL to the real database, as psql or a script would; the HTTP side of the
+change log has its own tests.
+"""
+
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import Connection, errors
+from psycopg.types.json import Json
+
+from tests.cluster import Cluster
+from tests.helpers import RFC3339_UTC
+
+# What the API runs for an adjustment: the guarded increment and its ledger row, one statement.
+ADJUST = """
+    WITH moved AS (
+        UPDATE products p SET quantity = p.quantity + %(delta)s
+        WHERE lower(p.sku) = lower(%(sku)s) AND p.quantity + %(delta)s >= 0
+        RETURNING p.id, p.quantity
+    ), logged AS (
+        INSERT INTO stock_movements (product_id, delta, reason, quantity_after)
+        SELECT id, %(delta)s, 'received', quantity FROM moved
+    )
+    SELECT quantity FROM moved
+"""
+PAGE = "SELECT product_change_json(c) FROM product_changes c WHERE seq > %s ORDER BY seq LIMIT %s"
+
+
+def sequence(conn: Connection[Any]) -> int:
+    """Number everything committed so far (waiting for a running sequencer); how many."""
+    total = 0
+    while True:
+        row = conn.execute("SELECT product_changes_sequence(1000, true)").fetchone()
+        assert row is not None
+        total += row[0]
+        if row[0] < 1000:
+            return total
+
+
+def events(conn: Connection[Any], after: int = 0) -> list[dict[str, Any]]:
+    return [row[0] for row in conn.execute(PAGE, (after, 1_000_000))]
+
+
+def types_and_skus(conn: Connection[Any]) -> list[tuple[str, str]]:
+    return [(e["type"], e["sku"]) for e in events(conn)]
+
+
+@pytest.fixture
+def connect(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[Any]:
+    """Opens more superuser sessions on the test's database; closes them afterwards."""
+    opened: list[Connection[Any]] = []
+
+    def _connect(autocommit: bool = False) -> Connection[Any]:
+        conn = psycopg.connect(pg_server.admin_dsn(postgresql.info.dbname), autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def app_db(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[Connection[Any]]:
+    """A session as the service's role."""
+    with psycopg.connect(pg_server.app_dsn(postgresql.info.dbname), autocommit=True) as conn:
+        yield conn
+
+
+# --- What the triggers write ---------------------------------------------------------------
+
+
+def test_psql_insert_update_delete_each_log_one_event_with_the_state_after(
+    db: Connection[Any],
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1.5, 3)")
+    db.execute("UPDATE products SET name = 'Cup' WHERE sku = 'A-1'")
+    db.execute("DELETE FROM products WHERE sku = 'A-1'")
+
+    assert sequence(db) == 3
+    created, updated, deleted = events(db)
+
+    assert [e["seq"] for e in (created, updated, deleted)] == ["1", "2", "3"]
+    assert created["type"] == "product.created"
+    assert created["sku"] == "A-1"
+    assert created["product"]["name"] == "Mug"
+    assert created["product"]["price"] == "1.50"
+    assert created["changed"] == [] and created["movement"] is None
+    assert updated["type"] == "product.updated"
+    assert updated["product"]["name"] == "Cup"
+    assert updated["changed"] == ["name", "updated_at"]
+    assert deleted["type"] == "product.deleted"
+    assert deleted["product"] == updated["product"]  # the last state
+    assert deleted["changed"] == [] and deleted["movement"] is None
+    assert all(RFC3339_UTC.match(e["at"]) for e in (created, updated, deleted))
+    assert set(created) == {"seq", "type", "sku", "product", "changed", "movement", "at"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "changed"),
+    [
+        ("name = 'Cup'", ["name", "updated_at"]),
+        ("price = 1.50", ["updated_at"]),  # the same price: "1.50" either way
+        ("price = 2, description = 'd'", ["description", "price", "updated_at"]),
+        ("quantity = 7", ["quantity", "updated_at"]),
+        ("sku = 'B-1'", ["sku", "updated_at"]),
+        ("name = name", ["updated_at"]),
+    ],
+)
+def test_changed_lists_exactly_the_fields_whose_value_changed(
+    db: Connection[Any], assignment: str, changed: list[str]
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'Mug', 1.5)")
+
+    db.execute(f"UPDATE products SET {assignment}")
+
+    sequence(db)
+    assert events(db)[-1]["changed"] == changed
+
+
+def test_within_one_transaction_an_update_that_changes_nothing_logs_nothing(
+    db: Connection[Any], connect: Any
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'Mug', 1)")
+    tx = connect()
+    tx.execute("UPDATE products SET name = 'Cup'")
+    tx.execute("UPDATE products SET name = 'Cup'")  # updated_at is the transaction's time
+    tx.execute("UPDATE products SET name = 'Bowl'")
+    tx.commit()
+
+    sequence(db)
+    assert [e["changed"] for e in events(db)] == [[], ["name", "updated_at"], ["name"]]
+
+
+def test_changed_fields_cover_every_field_of_the_api_representation(db: Connection[Any]) -> None:
+    # Two states of a product that differ in every column, whatever columns the table has:
+    # a column added to products and product_json but not to product_changed_fields fails.
+    distinct_values = {
+        "bigint": (1, 2),
+        "integer": (1, 2),
+        "text": ("a", "b"),
+        "numeric": ("1", "2"),
+        "timestamp with time zone": ("2020-01-01T00:00:00Z", "2021-01-01T00:00:00Z"),
+    }
+    columns = db.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'products'::regclass AND attnum > 0 AND NOT attisdropped"
+    ).fetchall()
+    old = {name: distinct_values[kind][0] for name, kind in columns}
+    new = {name: distinct_values[kind][1] for name, kind in columns}
+
+    reported, fields = db.execute(
+        "SELECT product_changed_fields(json_populate_record(NULL::products, %(old)s), "
+        "                              json_populate_record(NULL::products, %(new)s)), "
+        "       ARRAY(SELECT key FROM json_object_keys(product_json("
+        "           json_populate_record(NULL::products, %(new)s))) WITH ORDINALITY k(key, i) "
+        "           ORDER BY i)",
+        {"old": Json(old), "new": Json(new)},
+    ).fetchone() or (None, None)
+
+    assert reported == fields
+
+
+def test_an_adjustment_logs_one_event_carrying_its_movement_as_the_ledger_shows_it(
+    db: Connection[Any],
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
+
+    db.execute(ADJUST, {"sku": "a-1", "delta": -2})
+
+    sequence(db)
+    created, adjusted = events(db)
+    (movement,) = db.execute("SELECT movement_json(s) FROM stock_movements s").fetchone() or ()
+    assert adjusted["type"] == "product.updated"
+    assert adjusted["changed"] == ["quantity", "updated_at"]
+    assert adjusted["product"]["quantity"] == 3
+    assert adjusted["movement"] == movement
+    assert movement["delta"] == -2 and movement["quantity_after"] == 3
+    assert created["movement"] is None
+
+
+def test_a_movement_written_before_its_update_joins_that_update(
+    db: Connection[Any], connect: Any
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
+    tx = connect()
+    tx.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+        "SELECT id, 4, 'correction', 9 FROM products"
+    )
+    tx.execute("UPDATE products SET quantity = 9")
+    tx.commit()
+
+    sequence(db)
+    _, counted = events(db)
+    assert counted["changed"] == ["quantity", "updated_at"]
+    assert counted["product"]["quantity"] == 9
+    assert counted["movement"]["delta"] == 4
+
+
+def test_two_adjustments_in_one_transaction_are_two_events_each_with_its_movement(
+    db: Connection[Any], connect: Any
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
+    tx = connect()
+    tx.execute(ADJUST, {"sku": "A-1", "delta": 1})
+    tx.execute(ADJUST, {"sku": "A-1", "delta": -3})
+    tx.commit()
+
+    sequence(db)
+    _, first, second = events(db)
+    assert (first["product"]["quantity"], first["movement"]["delta"]) == (6, 1)
+    assert (second["product"]["quantity"], second["movement"]["delta"]) == (3, -3)
+
+
+def test_a_movement_without_an_update_is_logged_with_the_product_as_it_is(
+    db: Connection[Any],
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
+
+    db.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+        "SELECT id, 1, 'correction', 6 FROM products"
+    )
+
+    sequence(db)
+    _, logged = events(db)
+    assert logged["type"] == "product.updated"
+    assert logged["changed"] == []
+    assert logged["product"]["quantity"] == 5
+    assert logged["movement"]["quantity_after"] == 6
+
+
+def test_a_bulk_statement_logs_every_row(db: Connection[Any]) -> None:
+    db.execute(
+        "INSERT INTO products (sku, name, price) "
+        "SELECT 'B-' || g, 'n', 1 FROM generate_series(1, 500) g"
+    )
+    db.execute("UPDATE products SET price = 2 WHERE sku LIKE 'B-1%'")
+    db.execute("DELETE FROM products WHERE sku LIKE 'B-2%'")
+
+    sequence(db)
+    logged = types_and_skus(db)
+    assert len(logged) == 500 + 111 + 111
+    assert logged[:500] == [("product.created", f"B-{i}") for i in range(1, 501)]
+    assert {t for t, _ in logged[500:611]} == {"product.updated"}
+    assert {t for t, _ in logged[611:]} == {"product.deleted"}
+
+
+def test_an_upsert_logs_created_and_updated_rows(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'Mug', 1)")
+
+    db.execute(
+        "INSERT INTO products (sku, name, price) VALUES ('a-1', 'Cup', 1), ('B-1', 'Bowl', 1) "
+        "ON CONFLICT (lower(sku) text_pattern_ops) DO UPDATE SET name = excluded.name"
+    )
+
+    sequence(db)
+    assert [(e["type"], e["sku"], e["changed"]) for e in events(db)][1:] == [
+        ("product.updated", "A-1", ["name", "updated_at"]),
+        ("product.created", "B-1", []),
+    ]
+
+
+def test_triggers_ignore_the_callers_search_path(db: Connection[Any]) -> None:
+    db.execute(
+        "CREATE SCHEMA evil; "
+        "CREATE FUNCTION evil.product_json(p public.products) RETURNS json "
+        "LANGUAGE sql AS $$ SELECT '{\"hijacked\": true}'::json $$"
+    )
+    db.execute("SET search_path = evil, public")
+
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'Mug', 1)")
+
+    db.execute("RESET search_path")
+    sequence(db)
+    assert events(db)[0]["product"]["sku"] == "A-1"
+
+
+# --- Transactions --------------------------------------------------------------------------
+
+
+def test_a_rolled_back_change_never_appears(db: Connection[Any], connect: Any) -> None:
+    tx = connect()
+    tx.execute("INSERT INTO products (sku, name, price) VALUES ('GONE-1', 'n', 1)")
+    tx.rollback()
+    tx.execute("INSERT INTO products (sku, name, price) VALUES ('KEPT-1', 'n', 1)")
+    tx.execute("SAVEPOINT s")
+    tx.execute("UPDATE products SET name = 'undone'")
+    tx.execute("ROLLBACK TO SAVEPOINT s")
+    tx.commit()
+
+    sequence(db)
+    assert types_and_skus(db) == [("product.created", "KEPT-1")]
+
+
+def test_an_uncommitted_change_is_not_numbered_nor_served(
+    db: Connection[Any], connect: Any
+) -> None:
+    tx = connect()
+    tx.execute("INSERT INTO products (sku, name, price) VALUES ('OPEN-1', 'n', 1)")
+
+    assert sequence(db) == 0
+    assert events(db) == []
+    tx.rollback()
+
+
+def test_a_transaction_that_commits_late_is_served_after_what_was_served_never_skipped(
+    db: Connection[Any], connect: Any
+) -> None:
+    late = connect()
+    late.execute("INSERT INTO products (sku, name, price) VALUES ('LATE-1', 'n', 1)")
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('EARLY-1', 'n', 1)")
+    sequence(db)
+    served = events(db)
+    assert [e["sku"] for e in served] == ["EARLY-1"]
+    cursor = int(served[-1]["seq"])
+
+    late.commit()
+    sequence(db)
+
+    assert [e["sku"] for e in events(db, cursor)] == ["LATE-1"]
+    assert [e["sku"] for e in events(db)] == ["EARLY-1", "LATE-1"]
+    # Why a cursor on the insert order would have lost it: LATE-1 took the smaller id.
+    ids = dict(db.execute("SELECT sku, id FROM product_changes").fetchall())
+    assert ids["LATE-1"] < ids["EARLY-1"]
+
+
+def test_per_product_order_is_the_order_of_the_changes_not_of_transaction_ids(
+    db: Connection[Any], connect: Any
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'v0', 1)")
+    first_xid = connect()
+    (older,) = first_xid.execute("SELECT pg_current_xact_id()::text::bigint").fetchone() or ()
+    second_xid = connect()
+    second_xid.execute("UPDATE products SET name = 'v1'")
+    (newer,) = second_xid.execute("SELECT pg_current_xact_id()::text::bigint").fetchone() or ()
+    second_xid.commit()
+    first_xid.execute("UPDATE products SET name = 'v2'")  # after v1, from the older xid
+    first_xid.commit()
+
+    sequence(db)
+
+    assert older < newer
+    assert [e["product"]["name"] for e in events(db)] == ["v0", "v1", "v2"]
+
+
+def test_a_movement_waits_for_a_concurrent_delete_of_its_product_and_then_fails(
+    db: Connection[Any], connect: Any
+) -> None:
+    (product_id,) = (
+        db.execute(
+            "INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1) RETURNING id"
+        ).fetchone()
+        or ()
+    )
+    deleting = connect()
+    deleting.execute("DELETE FROM products")
+    outcome: list[BaseException] = []
+
+    def insert_movement() -> None:
+        with connect(autocommit=True) as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+                    "VALUES (%s, 1, 'received', 1)",
+                    (product_id,),
+                )
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+    mover = threading.Thread(target=insert_movement)
+    mover.start()
+    mover.join(0.5)
+    assert mover.is_alive()  # waiting for the delete's row lock
+    deleting.commit()
+    mover.join(5)
+
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.ForeignKeyViolation)
+
+
+def test_movements_outlive_their_product_and_keep_its_id(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'n', 1, 5)")
+    db.execute(ADJUST, {"sku": "A-1", "delta": -2})
+    (old_id,) = db.execute("SELECT id FROM products").fetchone() or ()
+
+    db.execute("DELETE FROM products")
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+
+    assert db.execute("SELECT product_id, delta FROM stock_movements").fetchall() == [(old_id, -2)]
+    sequence(db)
+    assert [e["type"] for e in events(db)] == [
+        "product.created", "product.updated", "product.deleted", "product.created",
+    ]  # fmt: skip
+
+
+def test_truncate_of_products_is_refused_because_it_would_bypass_the_log(
+    db: Connection[Any],
+) -> None:
+    with pytest.raises(errors.FeatureNotSupported, match="change log"):
+        db.execute("TRUNCATE products")
+
+
+# --- Who may do what -----------------------------------------------------------------------
+
+
+def test_the_service_may_read_and_number_the_log_but_never_write_it(
+    app_db: Connection[Any],
+) -> None:
+    app_db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    assert app_db.execute("SELECT product_changes_sequence()").fetchone() == (1,)
+    assert len(events(app_db)) == 1
+
+    for statement in (
+        "INSERT INTO product_changes (xact, type, product_id, sku, product) "
+        "VALUES (1, 'product.created', 1, 'X', '{}')",
+        "UPDATE product_changes SET sku = 'X'",
+        "DELETE FROM product_changes",
+        "TRUNCATE product_changes",
+        "UPDATE product_changes_purged SET through = 5",
+        "INSERT INTO webhook_deliveries (webhook_id, seq) VALUES (1, 1)",
+        "UPDATE webhook_attempts SET outcome = 'delivered'",
+        "DELETE FROM webhook_attempts",
+    ):
+        with pytest.raises(errors.InsufficientPrivilege):
+            app_db.execute(statement)  # type: ignore[arg-type]
+
+
+def test_only_the_service_role_may_run_the_sequencer_and_the_purge(db: Connection[Any]) -> None:
+    rows = db.execute(
+        "SELECT p.proname, coalesce(r.rolname, 'PUBLIC') "
+        "FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a "
+        "LEFT JOIN pg_roles r ON r.oid = a.grantee "
+        "WHERE p.proname IN ('product_changes_sequence', 'product_changes_purge') "
+        "AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner"
+    ).fetchall()
+
+    assert sorted(rows) == [
+        ("product_changes_purge", "inventory_rw"),
+        ("product_changes_sequence", "inventory_rw"),
+    ]
+
+
+# --- The sequencer -------------------------------------------------------------------------
+
+
+def test_one_sequencer_runs_at_a_time_the_other_returns_null(
+    db: Connection[Any], connect: Any
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    running = connect()
+    assert running.execute("SELECT product_changes_sequence()").fetchone() == (1,)
+
+    assert db.execute("SELECT product_changes_sequence()").fetchone() == (None,)
+    running.commit()
+    assert db.execute("SELECT product_changes_sequence()").fetchone() == (0,)
+
+
+def test_seq_continues_after_every_event_was_purged(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    sequence(db)
+    db.execute("UPDATE product_changes SET sequenced_at = now() - interval '40 days'")
+    assert db.execute("SELECT product_changes_purge(30)").fetchone() == (1,)
+
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('B-1', 'n', 1)")
+    sequence(db)
+
+    assert [e["seq"] for e in events(db)] == ["2"]
+
+
+def test_commits_wake_listeners_and_the_sequencer_announces_the_last_seq(
+    db: Connection[Any], connect: Any
+) -> None:
+    listener = connect(autocommit=True)
+    listener.execute("LISTEN product_changes_written")
+    listener.execute("LISTEN product_changes")
+    tx = connect()
+    tx.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    tx.execute("UPDATE products SET name = 'm'")
+    assert list(listener.notifies(timeout=0.3)) == []  # nothing before the commit
+
+    tx.commit()
+    written = [n.channel for n in listener.notifies(timeout=0.5, stop_after=1)]
+    sequence(db)
+    announced = [n.payload for n in listener.notifies(timeout=0.5, stop_after=1)]
+
+    assert written == ["product_changes_written"]
+    assert announced == ["2"]
+
+
+# --- Retention -----------------------------------------------------------------------------
+
+
+def _age(db: Connection[Any], through_seq: int, days: int) -> None:
+    db.execute(
+        "UPDATE product_changes SET sequenced_at = now() - make_interval(days => %s) "
+        "WHERE seq <= %s",
+        (days, through_seq),
+    )
+
+
+def test_retention_removes_old_events_in_batches_oldest_first(db: Connection[Any]) -> None:
+    db.execute(
+        "INSERT INTO products (sku, name, price) "
+        "SELECT 'A-' || g, 'n', 1 FROM generate_series(1, 5) g"
+    )
+    sequence(db)
+    _age(db, 3, days=31)
+
+    purged = [db.execute("SELECT product_changes_purge(30, 2)").fetchone() for _ in range(3)]
+
+    assert purged == [(2,), (1,), (0,)]
+    assert db.execute("SELECT through FROM product_changes_purged").fetchone() == (3,)
+    assert [e["seq"] for e in events(db)] == ["4", "5"]
+
+
+def test_retention_keeps_what_a_webhook_has_yet_to_receive(db: Connection[Any]) -> None:
+    db.execute(
+        "INSERT INTO webhooks (url, events, secret) "
+        "VALUES ('https://example.com/hook', '{product.deleted}', 'whsec_MDEyMzQ1Njc4OWFiY2RlZg==')"
+    )
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    db.execute("DELETE FROM products")
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('B-1', 'n', 1)")
+    sequence(db)
+    _age(db, 3, days=31)
+
+    assert db.execute("SELECT product_changes_purge(30)").fetchone() == (1,)
+    assert [e["seq"] for e in events(db)] == ["2", "3"]
+
+    db.execute("DELETE FROM webhook_deliveries")
+    assert db.execute("SELECT product_changes_purge(30)").fetchone() == (2,)
+
+
+def test_retention_of_less_than_a_day_is_refused(db: Connection[Any]) -> None:
+    with pytest.raises(errors.InvalidParameterValue):
+        db.execute("SELECT product_changes_purge(0)")
+
+
+# --- Webhook queueing ----------------------------------------------------------------------
+
+
+def test_the_sequencer_queues_one_delivery_per_matching_subscription(db: Connection[Any]) -> None:
+    secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
+    db.execute(
+        "INSERT INTO webhooks (url, events, secret) VALUES "
+        "('https://a.example/', '{*}', %(s)s), "
+        "('https://b.example/', '{product.updated,product.deleted}', %(s)s)",
+        {"s": secret},
+    )
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    db.execute("UPDATE products SET name = 'm'")
+    db.execute("DELETE FROM products")
+
+    sequence(db)
+
+    queued = db.execute(
+        "SELECT w.url, d.seq, d.attempts FROM webhook_deliveries d "
+        "JOIN webhooks w ON w.id = d.webhook_id ORDER BY 1, 2"
+    ).fetchall()
+    assert queued == [
+        ("https://a.example/", 1, 0),
+        ("https://a.example/", 2, 0),
+        ("https://a.example/", 3, 0),
+        ("https://b.example/", 2, 0),
+        ("https://b.example/", 3, 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("url", "ftp://example.com/"),
+        ("url", "https://"),
+        ("events", ["product.moved"]),
+        ("events", []),
+        ("secret", "plain"),
+    ],
+)
+def test_webhook_rules_are_constraints(db: Connection[Any], column: str, value: Any) -> None:
+    row = {
+        "url": "https://example.com/",
+        "events": ["*"],
+        "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZg==",
+        column: value,
+    }
+    with pytest.raises(errors.CheckViolation):
+        db.execute(
+            "INSERT INTO webhooks (url, events, secret) VALUES (%(url)s, %(events)s, %(secret)s)",
+            row,
+        )
+
+
+# --- Exactly once under concurrency --------------------------------------------------------
+
+
+def test_concurrent_writers_and_late_commits_each_change_is_served_once_in_product_order(
+    db: Connection[Any], connect: Any
+) -> None:
+    """8 writers adjust 5 shared products by +1 (some transactions touch two products and
+    commit late); 2 sequencers race for the lock; a reader follows the cursor 7 at a time.
+    Per product, the quantities it reads must be 1, 2, 3, ... with no gap or repeat."""
+    writers, changes_each, skus = 8, 200, [f"P-{i}" for i in range(5)]
+    db.execute("INSERT INTO products (sku, name, price) SELECT unnest(%s::text[]), 'n', 1", (skus,))
+    sequence(db)
+    start_after = len(skus)
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def guarded(work: Any) -> Any:
+        def run(*args: Any) -> None:
+            try:
+                work(*args)
+            except BaseException as exc:  # reported by the main thread
+                failures.append(exc)
+
+        return run
+
+    @guarded
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        with connect() as conn:
+            made = 0
+            while made < changes_each:
+                pair = sorted(rng.sample(skus, 2))  # sorted: no deadlock between writers
+                for sku in pair[: 1 + (made + 1 < changes_each and rng.random() < 0.2)]:
+                    conn.execute(ADJUST, {"sku": sku, "delta": 1})
+                    made += 1
+                if rng.random() < 0.05:
+                    time.sleep(0.02)  # commit late, after others numbered and served
+                conn.commit()
+
+    @guarded
+    def sequencer() -> None:
+        with connect(autocommit=True) as conn:
+            while not done.is_set():
+                conn.execute("SELECT product_changes_sequence(50)")
+                time.sleep(0.002)
+
+    seen: list[dict[str, Any]] = []
+
+    @guarded
+    def reader() -> None:
+        with connect(autocommit=True) as conn:
+            cursor = start_after
+            idle_after_done = 0
+            while idle_after_done < 3:
+                page = [row[0] for row in conn.execute(PAGE, (cursor, 7))]
+                seen.extend(page)
+                if page:
+                    cursor = int(page[-1]["seq"])
+                elif done.is_set():
+                    sequence(conn)
+                    idle_after_done += 1
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    helpers = [threading.Thread(target=sequencer) for _ in range(2)]
+    follower = threading.Thread(target=reader)
+    for t in [*threads, *helpers, follower]:
+        t.start()
+    for t in threads:
+        t.join(120)
+    done.set()
+    for t in [*helpers, follower]:
+        t.join(60)
+    elapsed = time.monotonic() - began
+
+    assert failures == []
+    seqs = [int(e["seq"]) for e in seen]
+    assert seqs == list(range(start_after + 1, start_after + writers * changes_each + 1))
+    by_product: dict[str, list[int]] = defaultdict(list)
+    for event in seen:
+        assert event["movement"]["quantity_after"] == event["product"]["quantity"]
+        by_product[event["sku"]].append(event["product"]["quantity"])
+    assert sum(map(len, by_product.values())) == writers * changes_each
+    for sku, quantities in by_product.items():
+        assert quantities == list(range(1, len(quantities) + 1)), sku
+    # The run did commit late: events whose id is below one numbered before them.
+    (late,) = (
+        db.execute(
+            "SELECT count(*) FROM (SELECT id < max(id) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED "
+            "PRECEDING AND 1 PRECEDING) AS late FROM product_changes) e WHERE late"
+        ).fetchone()
+        or ()
+    )
+    assert late > 0
+    print(
+        f"\n{writers} writers, {len(seen)} events ({late} committed late), 0 duplicates, "
+        f"0 lost, {elapsed:.1f} s"
+    )
