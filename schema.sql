@@ -89,10 +89,12 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION product_json(p products) RETURNS json
+-- The one place a product's fields are formatted for clients: the JSON of product_json and
+-- the columns of the CSV export both come from here.
+CREATE OR REPLACE FUNCTION product_fields(p products) RETURNS product_api
     LANGUAGE sql STABLE PARALLEL SAFE AS
 $$
-    SELECT row_to_json(ROW(
+    SELECT ROW(
         p.id,
         p.sku,
         p.name,
@@ -101,7 +103,13 @@ $$
         p.quantity,
         to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )::product_api)
+    )::product_api
+$$;
+
+CREATE OR REPLACE FUNCTION product_json(p products) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(product_fields(p))
 $$;
 
 COMMENT ON TABLE products IS
@@ -119,6 +127,8 @@ COMMENT ON COLUMN products.created_at IS 'When the row was inserted (set by the 
 COMMENT ON COLUMN products.updated_at IS
     'When the row last changed (maintained by trigger products_touch_updated_at).';
 COMMENT ON TYPE product_api IS 'The fields of a product as the API returns them (see product_json).';
+COMMENT ON FUNCTION product_fields(products) IS
+    'A product''s fields as the API shows them (price with 2 decimals, RFC 3339 UTC timestamps).';
 COMMENT ON FUNCTION product_json(products) IS
     'The API representation of a product: price with 2 decimals, RFC 3339 UTC timestamps.';
 
@@ -126,6 +136,7 @@ COMMENT ON FUNCTION product_json(products) IS
 GRANT USAGE ON SCHEMA public TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON products TO inventory_rw;
 GRANT USAGE ON TYPE product_api TO inventory_rw;
+GRANT EXECUTE ON FUNCTION product_fields(products) TO inventory_rw;
 GRANT EXECUTE ON FUNCTION product_json(products) TO inventory_rw;
 
 -- ---------------------------------------------------------------------------------------
