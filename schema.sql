@@ -663,7 +663,10 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     CONSTRAINT webhook_deliveries_webhook_id_seq_key UNIQUE (webhook_id, seq)
 );
 
--- The workers' queue; the oldest undelivered event (metrics, and where retention stops).
+-- The workers' queue, per subscription (webhook_deliveries_claim) and overall (when the next
+-- one falls due); the oldest undelivered event (metrics, and where retention stops).
+CREATE INDEX IF NOT EXISTS webhook_deliveries_webhook_id_next_attempt_at_idx
+    ON webhook_deliveries (webhook_id, next_attempt_at);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_next_attempt_at_idx
     ON webhook_deliveries (next_attempt_at);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_seq_idx
@@ -700,6 +703,153 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 -- GET /webhooks/{id}/deliveries, newest first; also serves the cascade from webhooks.
 CREATE INDEX IF NOT EXISTS webhook_attempts_webhook_id_id_idx
     ON webhook_attempts (webhook_id, id);
+
+-- The API representations of a subscription (never its secret) and of a delivery attempt.
+DO $$
+BEGIN
+    IF to_regtype('webhook_api') IS NULL THEN
+        CREATE TYPE webhook_api AS (
+            id          bigint,
+            url         text,
+            events      text[],
+            description text,
+            created_at  text
+        );
+    END IF;
+    IF to_regtype('webhook_attempt_api') IS NULL THEN
+        CREATE TYPE webhook_attempt_api AS (
+            seq         text,
+            attempt     integer,
+            status_code smallint,
+            error       text,
+            duration_ms integer,
+            at          text,
+            outcome     text
+        );
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION webhook_json(w webhooks) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        w.id,
+        w.url,
+        w.events,
+        w.description,
+        to_char(w.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::webhook_api)
+$$;
+
+CREATE OR REPLACE FUNCTION webhook_attempt_json(a webhook_attempts) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        a.seq::text,
+        a.attempt,
+        a.status_code,
+        a.error,
+        a.duration_ms,
+        to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        a.outcome
+    )::webhook_attempt_api)
+$$;
+
+-- The delivery protocol, shared by every process on every host.
+--
+-- Claim: up to max_rows due deliveries, at most per_webhook of each subscription and none of
+-- the subscriptions in `skip` (a process passes those at its own limit: a slow receiver
+-- cannot take every slot), oldest due first. Rows another process is claiming are skipped,
+-- never waited for. Each claimed row's attempt count goes up and its next_attempt_at moves
+-- lease_seconds ahead: a process that dies mid-attempt leaves the row due again then, so the
+-- lease must outlast an attempt. Call in its own short transaction (autocommit).
+CREATE OR REPLACE FUNCTION webhook_deliveries_claim(
+    max_rows integer, per_webhook integer, skip bigint[], lease_seconds double precision
+) RETURNS TABLE (delivery_id bigint, webhook_id bigint, seq bigint, attempt integer,
+                 url text, secret text, event text)
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, pg_temp AS
+$$
+    WITH due AS (
+        SELECT d.id
+        FROM webhooks w
+        CROSS JOIN LATERAL (
+            SELECT x.id, x.next_attempt_at
+            FROM webhook_deliveries x
+            WHERE x.webhook_id = w.id AND x.next_attempt_at <= now()
+            ORDER BY x.next_attempt_at
+            LIMIT per_webhook
+            FOR UPDATE SKIP LOCKED
+        ) d
+        WHERE w.id <> ALL (coalesce(skip, '{}'))
+        ORDER BY d.next_attempt_at
+        LIMIT max_rows
+    )
+    UPDATE webhook_deliveries x
+    SET attempts = x.attempts + 1,
+        next_attempt_at = now() + make_interval(secs => lease_seconds),
+        first_attempt_at = coalesce(x.first_attempt_at, now())
+    FROM due, webhooks w, product_changes c
+    WHERE x.id = due.id AND w.id = x.webhook_id AND c.seq = x.seq
+    RETURNING x.id, x.webhook_id, x.seq, x.attempts, w.url, w.secret,
+              product_change_json(c)::text
+$$;
+
+-- Finish: logs the attempt and applies what follows, in one transaction. A 2xx (ok)
+-- delivers; otherwise the next attempt comes retry_seconds * 2^(attempt - 1) later, but never
+-- later than give_up_after past the first attempt, and an attempt that fails after that
+-- gives up (failed). Returns the outcome; NULL when the attempt is no longer the caller's
+-- (its lease ran out and another process took the row, or the webhook was deleted).
+CREATE OR REPLACE FUNCTION webhook_delivery_finish(
+    delivery_id bigint, attempt integer, ok boolean, status_code integer, error text,
+    duration_ms integer, retry_seconds double precision, give_up_after interval
+) RETURNS text
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    claimed webhook_deliveries;
+    outcome text;
+BEGIN
+    SELECT * INTO claimed FROM webhook_deliveries x
+    WHERE x.id = delivery_id AND x.attempts = attempt
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    outcome := CASE WHEN ok THEN 'delivered'
+                    WHEN now() >= claimed.first_attempt_at + give_up_after THEN 'failed'
+                    ELSE 'retry' END;
+    INSERT INTO webhook_attempts (webhook_id, seq, attempt, outcome, status_code, error,
+                                  duration_ms)
+    VALUES (claimed.webhook_id, claimed.seq, attempt, outcome, status_code, left(error, 1000),
+            greatest(duration_ms, 0));
+    IF outcome = 'retry' THEN
+        UPDATE webhook_deliveries x
+        SET next_attempt_at = least(
+            now() + make_interval(secs => retry_seconds * 2 ^ least(attempt - 1, 30)),
+            claimed.first_attempt_at + give_up_after)
+        WHERE x.id = delivery_id;
+    ELSE
+        DELETE FROM webhook_deliveries x WHERE x.id = delivery_id;
+    END IF;
+    RETURN outcome;
+END
+$$;
+
+-- Release: a claimed delivery handed back unattempted (its process is stopping), due now and
+-- as if the claim had not happened. Returns false when it was no longer the caller's.
+CREATE OR REPLACE FUNCTION webhook_delivery_release(delivery_id bigint, attempt integer)
+    RETURNS boolean
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    WITH released AS (
+        UPDATE webhook_deliveries x
+        SET attempts = x.attempts - 1, next_attempt_at = now()
+        WHERE x.id = delivery_id AND x.attempts = attempt
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM released)
+$$;
 
 -- Retention: removes, in one batch of at most max_rows, the oldest events that were numbered
 -- more than retention_days ago, in seq order and never past an event a webhook has yet to
@@ -781,6 +931,19 @@ COMMENT ON TABLE webhook_deliveries IS
     'Deliveries still to make, one per (webhook, event); removed once delivered or given up.';
 COMMENT ON COLUMN webhook_deliveries.next_attempt_at IS
     'Due time; a claimed delivery''s lease (pushed past the attempt''s timeout).';
+COMMENT ON TYPE webhook_api IS 'The fields of a webhook as the API returns them (no secret).';
+COMMENT ON FUNCTION webhook_json(webhooks) IS 'The API representation of a webhook, without its secret.';
+COMMENT ON TYPE webhook_attempt_api IS 'The fields of a delivery attempt as the API returns them.';
+COMMENT ON FUNCTION webhook_attempt_json(webhook_attempts) IS
+    'The API representation of a delivery attempt (GET /webhooks/{id}/deliveries).';
+COMMENT ON FUNCTION webhook_deliveries_claim(integer, integer, bigint[], double precision) IS
+    'Claims due webhook deliveries for one process (SKIP LOCKED, with a lease).';
+COMMENT ON FUNCTION
+    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
+                            interval) IS
+    'Logs a delivery attempt and delivers, schedules the next attempt or gives up.';
+COMMENT ON FUNCTION webhook_delivery_release(bigint, integer) IS
+    'Hands a claimed webhook delivery back unattempted (the claiming process is stopping).';
 COMMENT ON TABLE webhook_attempts IS 'Every delivery attempt and its outcome (GET /webhooks/{id}/deliveries).';
 
 -- The service reads the log and never writes it: the triggers and the two functions do.
@@ -803,3 +966,18 @@ GRANT SELECT, INSERT, DELETE ON webhooks TO inventory_rw;
 GRANT SELECT, DELETE, UPDATE (attempts, next_attempt_at, first_attempt_at)
     ON webhook_deliveries TO inventory_rw;
 GRANT SELECT, INSERT ON webhook_attempts TO inventory_rw;
+GRANT USAGE ON TYPE webhook_api, webhook_attempt_api TO inventory_rw;
+GRANT EXECUTE ON FUNCTION webhook_json(webhooks), webhook_attempt_json(webhook_attempts)
+    TO inventory_rw;
+REVOKE EXECUTE ON FUNCTION
+    webhook_deliveries_claim(integer, integer, bigint[], double precision),
+    webhook_delivery_release(bigint, integer),
+    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
+                            interval)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    webhook_deliveries_claim(integer, integer, bigint[], double precision),
+    webhook_delivery_release(bigint, integer),
+    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
+                            interval)
+    TO inventory_rw;

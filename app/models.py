@@ -212,6 +212,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         CheckConstraint("attempts >= 0", name="webhook_deliveries_attempts_check"),
         UniqueConstraint("webhook_id", "seq", name="webhook_deliveries_webhook_id_seq_key"),
+        Index("webhook_deliveries_webhook_id_next_attempt_at_idx", webhook_id, next_attempt_at),
         Index("webhook_deliveries_next_attempt_at_idx", next_attempt_at),
         Index("webhook_deliveries_seq_idx", seq),
     )
