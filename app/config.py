@@ -55,3 +55,27 @@ class Settings(BaseSettings):
     # Bulk work (exports, imports): at most this many pool connections at once per process,
     # capped below pool_size so lookups and writes always find a connection.
     bulk_connections: int = Field(default=3, ge=1)
+
+    # --- The change log, its stream and webhooks (API.md "GET /changes", "Webhooks"). ---
+    # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None
+    # means the database URL. One such connection per process, whatever the number of streams.
+    listen_database_url: str | None = None
+    # Events are kept at least this long after they were numbered (then purged in batches).
+    changes_retention_days: int = Field(default=30, ge=1)
+    changes_purge_interval_seconds: float = Field(default=600.0, gt=0)
+    # Without a NOTIFY (lost on a listener reconnect, say), each process still numbers new
+    # events, refreshes its streams and looks for due webhook retries this often.
+    changes_poll_seconds: float = Field(default=0.5, gt=0, le=1)
+    # A comment line on every open stream at least this often (API.md: at least every 15 s).
+    stream_heartbeat_seconds: float = Field(default=10.0, gt=0, le=15)
+    # Webhooks: the first retry after this long, doubling, for at least 24 h.
+    webhook_retry_seconds: float = Field(default=5.0, gt=0)
+    # One attempt's limit, from connecting to the last header of the answer.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Attempts in flight per process, and per receiver within them: a slow or dead receiver
+    # holds at most its share, never every slot.
+    webhook_concurrency: int = Field(default=16, ge=1)
+    webhook_per_receiver: int = Field(default=4, ge=1)
+    # Webhook URLs resolving to loopback, private, link-local or metadata addresses are
+    # refused unless this is set (a receiver on the same host or network, on purpose).
+    webhook_allow_private: bool = False

@@ -224,8 +224,11 @@ class Database:
 
 
 @asynccontextmanager
-async def open_database(dsn: str, settings: Settings) -> AsyncIterator[Database]:
-    """Open the pool (waiting up to pool_timeout for the first connections) and yield it.
+async def open_database(
+    dsn: str, settings: Settings, *, wait: bool = True
+) -> AsyncIterator[Database]:
+    """Open the pool (waiting up to pool_timeout for the first connections, unless not
+    `wait`) and yield it.
 
     A database that is down at start-up does not stop the service: the pool keeps
     connecting in the background, requests get 503 and /readyz says not ready meanwhile.
@@ -248,7 +251,7 @@ async def open_database(dsn: str, settings: Settings) -> AsyncIterator[Database]
         name="inventory",
     )
     try:
-        await pool.open(wait=True, timeout=settings.pool_timeout)
+        await pool.open(wait=wait, timeout=settings.pool_timeout)
     except PoolTimeout:
         logger.warning("database not reachable at start-up; serving 503 until it is (see /readyz)")
     database = Database(pool, settings)

@@ -9,7 +9,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.access import Access
 from app.config import Settings
 from app.database import Database
-from app.errors import ProductNotFound
+from app.errors import ProductNotFound, WebhookNotFound
+from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
@@ -38,7 +39,13 @@ async def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+async def _feed(request: Request) -> Feed:
+    feed: Feed = request.state.feed
+    return feed
+
+
 DatabaseDep = Annotated[Database, Depends(_database)]
+FeedDep = Annotated[Feed, Depends(_feed)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
@@ -84,6 +91,21 @@ async def _product_sku(
 
 
 ProductSku = Annotated[str, Depends(_product_sku)]
+
+# bigint, as the column is.
+_WEBHOOK_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+async def _webhook_id(
+    webhook_id: Annotated[str, Path(alias="id", description="The webhook's id")],
+) -> int:
+    # A path segment that cannot be an id names no webhook: 404 without a query.
+    if not _WEBHOOK_ID.match(webhook_id):
+        raise WebhookNotFound(webhook_id)
+    return int(webhook_id)
+
+
+WebhookId = Annotated[int, Depends(_webhook_id)]
 
 IdempotencyKey = Annotated[
     str | None,

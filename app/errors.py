@@ -110,6 +110,26 @@ class ProductNotFound(ApiError):
         super().__init__(f"No product has SKU '{sku}'.")
 
 
+class WebhookNotFound(ApiError):
+    status = 404
+    code = "webhook_not_found"
+
+    def __init__(self, webhook_id: str | int) -> None:
+        super().__init__(f"No webhook has id '{webhook_id}'.")
+
+
+class CursorExpired(ApiError):
+    status = 410
+    code = "cursor_expired"
+
+    def __init__(self, after: int, oldest: int) -> None:
+        super().__init__(
+            f"Events after {after} are no longer retained: the log starts after {oldest}. "
+            "Read it again from the start (no `after`).",
+            oldest_after=str(oldest),
+        )
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"

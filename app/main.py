@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import errors, openapi
+from app import background, errors, openapi
 from app.access import Access, LoopbackOnly
 from app.config import Settings
 from app.database import open_database
@@ -40,8 +40,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 wait_seconds=settings.idempotency_wait_seconds,
             )
             metrics.pool.pool = database.pool
-            # Expired Idempotency-Keys are deleted in the background; cancelled on shutdown.
-            async with idempotency.purging(settings.idempotency_purge_interval_seconds):
+            # Expired Idempotency-Keys are deleted in the background; the change log is kept
+            # and webhooks are delivered by every process (app.background). Cancelled on
+            # shutdown.
+            async with (
+                idempotency.purging(settings.idempotency_purge_interval_seconds),
+                background.running(dsn, settings, metrics) as feed,
+            ):
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
                     "database": database,
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "settings": settings,
                     "access": access,
                     "metrics": metrics,
+                    "feed": feed,
                 }
             metrics.pool.pool = None
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.routing import iter_route_contexts
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -114,6 +114,22 @@ class PoolCollector(Collector):
         )
 
 
+class DeliveryBacklog(Collector):
+    """The age of the oldest webhook delivery still to make, as the delivery worker last read
+    it from the queue (every worker reads the same queue, so any worker's value will do)."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.seconds is not None:
+            yield GaugeMetricFamily(
+                "inventory_webhook_oldest_undelivered_seconds",
+                "Age of the oldest webhook delivery not yet made (0: none waiting).",
+                value=self.seconds,
+            )
+
+
 # Request latencies of an API answering from an index: most land well under 50 ms.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -148,8 +164,24 @@ class Metrics:
             ("sqlstate_class",),
             registry=self.registry,
         )
+        self.deliveries = Counter(
+            "inventory_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retry (another attempt follows), "
+            "failed (given up).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        # livesum: with several workers, the streams open in the live ones.
+        self.streams = Gauge(
+            "inventory_change_streams_open",
+            "GET /changes/stream responses open now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.pool = PoolCollector()
         self.registry.register(self.pool)
+        self.backlog = DeliveryBacklog()
+        self.registry.register(self.backlog)
         # labels() takes a lock and builds a key per call: cache the children per label set.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
@@ -162,12 +194,19 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def count_delivery(self, outcome: str) -> None:
+        self.deliveries.labels(outcome).inc()
+
+    def set_backlog(self, seconds: float) -> None:
+        self.backlog.seconds = seconds
+
     def exposition(self) -> bytes:
         """The Prometheus text format of everything this app (or all its workers) counted."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self.pool)
+            registry.register(self.backlog)
             return generate_latest(registry)
         return generate_latest(self.registry)
 

@@ -29,6 +29,15 @@ QUANTITY_MAX = INT4_MAX
 NOTE_MAX = 500
 Reason = Literal["received", "sold", "returned", "damaged", "correction"]
 REASONS: tuple[str, ...] = get_args(Reason)
+# The change log's event types, and what a webhook may subscribe to (schema.sql:
+# product_changes_type_check, webhooks_events_check).
+EventType = Literal["product.created", "product.updated", "product.deleted"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+ALL_EVENTS = "*"
+# Webhooks (webhooks_url_check, webhooks_description_check).
+WEBHOOK_URL_MAX = 2000
+WEBHOOK_SCHEMES = ("http", "https")
+WEBHOOK_DESCRIPTION_MAX = 500
 # Idempotency-Key (API.md): 1-255 printable ASCII characters.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
 

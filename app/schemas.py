@@ -3,7 +3,8 @@
 import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +19,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from app.rules import (
+    ALL_EVENTS,
     DESCRIPTION_MAX,
     INT4_MAX,
     INT4_MIN,
@@ -29,6 +31,10 @@ from app.rules import (
     QUANTITY_MAX,
     SKU_MAX,
     SKU_PATTERN,
+    WEBHOOK_DESCRIPTION_MAX,
+    WEBHOOK_SCHEMES,
+    WEBHOOK_URL_MAX,
+    EventType,
     Reason,
 )
 
@@ -225,3 +231,99 @@ class MovementRead(BaseModel):
     note: str | None
     quantity_after: int
     created_at: datetime
+
+
+# --- The change log and webhooks -----------------------------------------------------------
+
+
+class ChangeRead(BaseModel):
+    """One event of the change log (built by PostgreSQL's product_change_json)."""
+
+    seq: Annotated[str, Field(description="The cursor: pass the last one seen as `after`")]
+    type: EventType
+    sku: str
+    product: Annotated[
+        ProductRead, Field(description="After the change; the last state for a delete")
+    ]
+    changed: Annotated[
+        list[str], Field(description="Fields whose value changed; [] for created, deleted")
+    ]
+    movement: Annotated[
+        MovementRead | None, Field(description="The stock movement, if the change was one")
+    ]
+    at: datetime
+
+
+def _http_url(value: str) -> str:
+    # The shape only; where it leads (a private address?) is app.ssrf's question.
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError("must be an http or https URL") from None
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES or not parts.hostname:
+        raise ValueError("must be an http or https URL with a host")
+    if any(c.isspace() or ord(c) < 0x21 for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    return value
+
+
+def _unique(events: list[str]) -> list[str]:
+    return list(dict.fromkeys(events))
+
+
+class WebhookCreate(BaseModel):
+    """POST /webhooks body."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: Annotated[
+        str,
+        StringConstraints(max_length=WEBHOOK_URL_MAX),
+        AfterValidator(_http_url),
+        Field(examples=["https://example.com/hooks/inventory"]),
+    ]
+    events: Annotated[
+        list[Literal["*", EventType]],
+        Field(min_length=1, max_length=4, examples=[["product.updated"], [ALL_EVENTS]]),
+        AfterValidator(_unique),
+    ]
+    description: Annotated[str, StringConstraints(max_length=WEBHOOK_DESCRIPTION_MAX)] | None = None
+
+
+class WebhookRead(BaseModel):
+    """A webhook subscription as the API returns it (never with its secret)."""
+
+    id: int
+    url: str
+    events: list[str]
+    description: str | None
+    created_at: datetime
+
+
+class WebhookCreated(BaseModel):
+    """The answer to POST /webhooks: the only time the secret is shown."""
+
+    id: int
+    url: str
+    events: list[str]
+    description: str | None
+    secret: Annotated[
+        str, Field(description="whsec_ + base64: verify each delivery's webhook-signature")
+    ]
+    created_at: datetime
+
+
+class DeliveryRead(BaseModel):
+    """One delivery attempt (built by PostgreSQL's webhook_attempt_json)."""
+
+    seq: str
+    attempt: int
+    status_code: Annotated[int | None, Field(description="None when no answer came")]
+    error: Annotated[str | None, Field(description="Why no answer came")]
+    duration_ms: int
+    at: datetime
+    outcome: Annotated[
+        Literal["delivered", "retry", "failed"],
+        Field(description="delivered; retry: another attempt follows; failed: given up"),
+    ]

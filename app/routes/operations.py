@@ -29,7 +29,7 @@ async def readyz(db: DatabaseDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics: requests, latencies, pool, database errors",
+    summary="Prometheus metrics: requests, latencies, pool, database errors, webhooks, streams",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )

@@ -1,0 +1,115 @@
+"""The change log: pages of events after a cursor, numbering new events, removing old ones.
+
+Events leave PostgreSQL as API JSON (schema.sql: product_change_json). Only numbered events
+(seq not NULL) are ever read: schema.sql explains why that makes a cursor exactly-once.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, func, select, true
+
+from app.database import Database, compile_once
+from app.models import ProductChange, ProductChangesPurged
+
+CHANGE_ROW = ProductChange.__table__.table_valued()  # type: ignore[attr-defined]
+# Text, not json: the API sends the text PostgreSQL built as it is.
+CHANGE_JSON = cast(func.product_change_json(CHANGE_ROW), Text).label("json")
+
+# The page and the retention mark come from one statement, so from one snapshot: a purge
+# committing between two reads cannot make a page look complete while it is not. Without
+# `after`, the page starts at the oldest event retained.
+_events = (
+    select(ProductChange.seq, ProductChange.type, CHANGE_JSON)
+    .where(
+        ProductChange.seq
+        > func.coalesce(bindparam("after", type_=BigInteger), ProductChangesPurged.through)
+    )
+    .order_by(ProductChange.seq)
+    .limit(bindparam("limit", type_=Integer))
+    .lateral("e")
+)
+_PAGE = compile_once(
+    select(ProductChangesPurged.through, _events.c.seq, _events.c.type, _events.c.json)
+    .select_from(ProductChangesPurged.__table__.outerjoin(_events, true()))
+    .order_by(_events.c.seq)
+)
+# The newest seq given, also when retention has removed every event.
+_LAST = compile_once(
+    select(
+        func.coalesce(
+            select(func.max(ProductChange.seq)).scalar_subquery(),
+            select(ProductChangesPurged.through).scalar_subquery(),
+        )
+    )
+)
+_NUMBER = compile_once(
+    select(func.product_changes_sequence(bindparam("max_rows", type_=Integer), False))
+)
+_PURGE = compile_once(
+    select(
+        func.product_changes_purge(
+            bindparam("days", type_=Integer), bindparam("max_rows", type_=Integer)
+        )
+    )
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event: its cursor, its type and its JSON text."""
+
+    seq: int
+    type: str
+    json: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """Events in seq order, and the retention mark: every seq <= `purged` is gone."""
+
+    events: list[Event]
+    purged: int
+
+    def expired(self, after: int | None) -> bool:
+        """True when events after the cursor `after` have been removed."""
+        return after is not None and after < self.purged
+
+
+async def page(db: Database, *, after: int | None, limit: int) -> Page:
+    """Up to `limit` events with seq > `after` (None: from the oldest retained)."""
+    async with db.connection() as conn:
+        cur = await conn.execute(_PAGE.sql, _PAGE.params(after=after, limit=limit))
+        rows = await cur.fetchall()
+    return Page(
+        [Event(int(seq), type_, json) for _, seq, type_, json in rows if seq is not None],
+        int(rows[0][0]),
+    )
+
+
+async def last_seq(db: Database) -> int:
+    """The highest seq given so far (0 before the first)."""
+    async with db.connection() as conn:
+        row = await (await conn.execute(_LAST.sql, _LAST.params())).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+async def number(db: Database, *, max_rows: int) -> int | None:
+    """Number up to `max_rows` committed events (schema.sql: product_changes_sequence).
+
+    Returns how many; None when another process's sequencer held the lock.
+    """
+    async with db.connection() as conn:
+        cur = await conn.execute(_NUMBER.sql, _NUMBER.params(max_rows=max_rows))
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def purge(db: Database, *, days: int, max_rows: int) -> int | None:
+    """Remove one batch of events numbered more than `days` ago (product_changes_purge).
+
+    Returns how many; None when another process was purging.
+    """
+    async with db.connection() as conn:
+        cur = await conn.execute(_PURGE.sql, _PURGE.params(days=days, max_rows=max_rows))
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])

@@ -1,0 +1,151 @@
+"""/changes: the change log, page by page or as a live stream of server-sent events."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request, Response
+from prometheus_client import Gauge
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.database import Database
+from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep
+from app.errors import CursorExpired, ValidationFailed
+from app.feed import Feed
+from app.openapi import problems
+from app.pagination import next_link
+from app.queries import changes
+from app.schemas import ChangeRead
+
+router = APIRouter(tags=["changes"], responses=problems(503))
+
+SEQ_MAX = 2**63 - 1
+# Events per database read while a stream catches up from an old cursor.
+STREAM_BATCH = 500
+# How long a client waits before reconnecting after the stream ends (the SSE `retry:`).
+RECONNECT_MS = 1000
+# On shutdown a stream has this long to end by itself before it is cut off.
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+ChangeCursor = Annotated[
+    int | None,
+    Query(ge=0, le=SEQ_MAX, description="The `seq` of the last event you have; omit to start "
+          "at the oldest event kept"),
+]  # fmt: skip
+
+
+def _expired(page: changes.Page, after: int | None) -> None:
+    if page.expired(after):
+        assert after is not None
+        raise CursorExpired(after, page.purged)
+
+
+@router.get(
+    "/changes",
+    response_model=list[ChangeRead],
+    responses=problems(410, 422),
+    summary="Every change to a product, oldest first; follow `after` to see each exactly once",
+)
+async def list_changes(
+    request: Request,
+    db: DatabaseDep,
+    after: ChangeCursor = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
+) -> Response:
+    page = await changes.page(db, after=after, limit=limit + 1)
+    _expired(page, after)
+    events = page.events[:limit]
+    headers = {}
+    if len(page.events) > limit:
+        headers["Link"] = next_link(request, str(events[-1].seq))
+    body = "[" + ",".join(event.json for event in events) + "]"
+    return Response(body, headers=headers, media_type="application/json")
+
+
+def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
+    if last_event_id is None:
+        return after
+    if not last_event_id.isdigit() or int(last_event_id) > SEQ_MAX:
+        raise ValidationFailed.field("Last-Event-ID", "must be the seq of an event")
+    return int(last_event_id)
+
+
+@router.get(
+    "/changes/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Events as they happen"},
+        **problems(410, 422),
+    },
+    summary="The change log as server-sent events, live; resumes from Last-Event-ID",
+)
+async def stream_changes(
+    db: DatabaseDep,
+    feed: FeedDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    after: ChangeCursor = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect")
+    ] = None,
+) -> EventSourceResponse:
+    start = _resume_point(last_event_id, after)
+    # Before the 200: a cursor older than the retention is a 410, not an empty stream.
+    first = await changes.page(db, after=start, limit=STREAM_BATCH)
+    _expired(first, start)
+    cursor = first.purged if start is None else start
+    # When the server stops, sse-starlette sets `stopping`; the stream then ends on its own
+    # (the body completes) instead of being cut off.
+    stopping = anyio.Event()
+    return EventSourceResponse(
+        _events(
+            db,
+            feed,
+            first.events,
+            cursor,
+            open_streams=metrics.streams,
+            wait_seconds=settings.stream_heartbeat_seconds,
+            stopping=stopping,
+        ),
+        ping=settings.stream_heartbeat_seconds,
+        send_timeout=settings.send_timeout_seconds,
+        shutdown_event=stopping,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+    )
+
+
+async def _events(
+    db: Database,
+    feed: Feed,
+    first: list[changes.Event],
+    cursor: int,
+    *,
+    open_streams: Gauge,
+    wait_seconds: float,
+    stopping: anyio.Event,
+) -> AsyncIterator[ServerSentEvent]:
+    """Every event after `cursor`, then each new one as it is numbered, until the client
+    leaves or the server stops. `first` is the first page, already read."""
+    open_streams.inc()
+    try:
+        # Out at once: the client (and any proxy) sees the stream is up.
+        yield ServerSentEvent(comment="change log stream", retry=RECONNECT_MS)
+        async with feed.subscribed():
+            events: list[changes.Event] | None = first
+            while not (feed.closed or stopping.is_set()):
+                if events is None:
+                    page = await changes.page(db, after=cursor, limit=STREAM_BATCH)
+                    if page.expired(cursor):
+                        return  # fell behind the retention: a reconnect gets the 410
+                    events = page.events
+                for event in events:
+                    yield ServerSentEvent(data=event.json, event=event.type, id=str(event.seq))
+                    cursor = event.seq
+                # What the feed knows now, before waiting: it may have read new events
+                # while this stream was busy (or subscribing).
+                events = feed.since(cursor)
+                if events == []:
+                    await feed.wait(wait_seconds, or_until=stopping)
+                    events = feed.since(cursor)
+    finally:
+        open_streams.dec()
