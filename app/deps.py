@@ -1,7 +1,7 @@
 """Typed dependencies: everything a handler needs, taken from the lifespan's state here only."""
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.access import Access
 from app.config import Settings
 from app.database import Database
-from app.errors import ProductNotFound, WebhookNotFound
+from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
 from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
@@ -115,3 +115,19 @@ IdempotencyKey = Annotated[
         description="Makes the request safe to retry: 1-255 printable ASCII characters.",
     ),
 ]
+
+
+def only_query(*names: str) -> Any:
+    """A route dependency: any query parameter but `names` is 422 (a misspelt `limit` must
+    not be silently ignored)."""
+    known = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise ValidationFailed(
+                "Unknown query parameter.",
+                [field_error(n, "is not a known parameter") for n in unknown],
+            )
+
+    return Depends(check)

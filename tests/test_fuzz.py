@@ -25,6 +25,7 @@ TOKEN = "fuzz-token-4Wt"
 # schema-valid body may rightly get 409 or 422. Every other check runs, negative data included.
 EXCLUDED = [schemathesis.checks.positive_data_acceptance]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+ENDLESS = {"/changes/stream"}
 
 # schemathesis' pytest plugin (schemathesis.pytest.from_fixture) reads a node attribute pytest 9
 # no longer has, so the operations are walked here and each gets its own hypothesis run.
@@ -43,7 +44,12 @@ def test_api_conforms_to_its_openapi_document(settings: Settings) -> None:
     runs = 0
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-        operations = [result.ok() for result in schema.get_all_operations()]
+        # An endless stream has no complete body to check (tests/test_change_stream.py).
+        operations = [
+            operation
+            for operation in (result.ok() for result in schema.get_all_operations())
+            if operation.path not in ENDLESS
+        ]
         assert len(operations) >= 6
         for operation in operations:
             for mode in GenerationMode:

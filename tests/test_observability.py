@@ -208,7 +208,7 @@ def test_metrics_of_several_workers_are_summed(
         # A new connection per request, until both workers have answered some (each keeps
         # its counts in files named by its pid); bounded at 500 requests.
         sent = 0
-        while len({p.stem.rsplit("_", 1)[-1] for p in tmp_path.glob("*.db")}) < 2:
+        while len({p.stem.rsplit("_", 1)[-1] for p in tmp_path.glob("counter_*.db")}) < 2:
             assert sent < 500, "one worker took every connection"
             response = httpx.get(f"{server.url}/products/NOPE-1", headers={"Connection": "close"})
             assert response.status_code == 404

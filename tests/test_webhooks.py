@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from httpx import AsyncClient
 from psycopg import Connection
@@ -17,8 +18,10 @@ from pytest_httpserver import HTTPServer
 from standardwebhooks import Webhook
 from werkzeug import Request, Response
 
+from app.config import Settings
 from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import RFC3339_UTC, assert_problem, product
+from tests.live import live_server
 
 # Deliveries in these tests go to a receiver on 127.0.0.1: private addresses allowed, and
 # quick retries so that a test sees several attempts.
@@ -388,22 +391,43 @@ async def test_an_app_stopped_mid_backlog_delivers_the_rest_after_a_restart(
 
 @pytest.mark.slow
 async def test_two_processes_on_one_database_deliver_each_event_once(
-    make_app: AppFactory, receiver: Receiver, db: Connection[Any], make_client: ClientFactory
+    receiver: Receiver, db: Connection[Any], make_client: ClientFactory, settings: Settings
 ) -> None:
     receiver.delay = 0.01
-    async with make_client(**LOCAL) as client, make_app(**LOCAL):
-        await subscribe(client, receiver.url())
-        db.execute(
-            "INSERT INTO products (sku, name, price) "
-            "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 200) g"
-        )
-        await until(lambda: len(receiver.received) >= 200, within=30)
-        await asyncio.sleep(0.5)
+    # This process's app and a uvicorn process of its own, on the same database.
+    env = {
+        "DATABASE_URL": settings.database_url or "",
+        "INVENTORY_WEBHOOK_ALLOW_PRIVATE": "1",
+        "INVENTORY_WEBHOOK_RETRY_SECONDS": "0.1",
+        "INVENTORY_CHANGES_POLL_SECONDS": "0.1",
+        "INVENTORY_LOG_LEVEL": "WARNING",
+    }
+    with live_server(env) as other:
+        async with make_client(**LOCAL) as client:
+            await subscribe(client, receiver.url())
+            db.execute(
+                "INSERT INTO products (sku, name, price) "
+                "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 200) g"
+            )
+            await until(lambda: len(receiver.received) >= 200, within=30)
+            await asyncio.sleep(0.5)
+            here = delivered((await client.get("/metrics")).text)
+        async with httpx.AsyncClient(base_url=other.url) as direct:
+            there = delivered((await direct.get("/metrics")).text)
 
     seqs = Counter(e["seq"] for e in receiver.events())
     assert len(seqs) == 200 and set(seqs.values()) == {1}
     attempts = db.execute("SELECT count(*), count(DISTINCT seq) FROM webhook_attempts").fetchone()
     assert attempts == (200, 200)
+    # Both processes took part (each counts its own attempts).
+    assert here > 0 and there > 0 and here + there == 200
+
+
+def delivered(metrics: str) -> int:
+    for line in metrics.splitlines():
+        if line.startswith('inventory_webhook_deliveries_total{outcome="delivered"}'):
+            return int(float(line.split()[-1]))
+    return 0
 
 
 async def test_metrics_count_deliveries_by_outcome(

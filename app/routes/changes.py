@@ -9,7 +9,7 @@ from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.database import Database
-from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep
+from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep, only_query
 from app.errors import CursorExpired, ValidationFailed
 from app.feed import Feed
 from app.openapi import problems
@@ -45,6 +45,7 @@ def _expired(page: changes.Page, after: int | None) -> None:
     response_model=list[ChangeRead],
     responses=problems(410, 422),
     summary="Every change to a product, oldest first; follow `after` to see each exactly once",
+    dependencies=[only_query("after", "limit")],
 )
 async def list_changes(
     request: Request,
@@ -78,6 +79,7 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
         **problems(410, 422),
     },
     summary="The change log as server-sent events, live; resumes from Last-Event-ID",
+    dependencies=[only_query("after")],
 )
 async def stream_changes(
     db: DatabaseDep,
