@@ -135,6 +135,7 @@ def _copies_running(db: Connection[Any]) -> int:
     return int(row[0])
 
 
+@pytest.mark.slow
 async def test_client_disconnect_stops_the_query_and_the_pool_stays_healthy(
     settings: Settings, db: Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -210,6 +211,7 @@ async def test_exports_cannot_take_the_connections_lookups_need(
                 await ctx.__aexit__(None, None, None)
 
 
+@pytest.mark.slow
 async def test_streaming_200k_rows_keeps_memory_flat(
     settings: Settings, db: Connection[Any]
 ) -> None:
@@ -228,6 +230,7 @@ async def test_streaming_200k_rows_keeps_memory_flat(
     assert peak - baseline < 40_000_000, (baseline, peak)
 
 
+@pytest.mark.slow
 async def test_bulk_work_outlasts_the_roles_statement_timeout(
     make_client: ClientFactory, db: Connection[Any]
 ) -> None:
