@@ -132,8 +132,25 @@ def _is_loopback(host: str) -> bool:
         return True  # not an IP address (a unix socket, a test transport): not a network
 
 
+def _is_server_socket(sock: socket.socket) -> bool:
+    """A TCP socket bound to a port and connected to nobody: a server's socket.
+
+    Not SO_ACCEPTCONN: uvicorn's workers share one socket that the first of them to start
+    serving puts into listening mode, so an earlier worker sees it bound but not listening.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return False
+    try:
+        if sock.getsockname()[1] == 0:
+            return False
+        sock.getpeername()
+    except OSError:
+        return True  # ENOTCONN: bound and not connected
+    return False
+
+
 def _listening_addresses() -> list[str]:
-    """The local addresses of the listening TCP sockets this process holds (Linux: /proc).
+    """The local addresses of the server TCP sockets this process holds (Linux: /proc).
 
     Under `uvicorn --workers N` (and gunicorn) the sockets exist before the app starts;
     a single uvicorn process binds after start-up, and the request check below covers it.
@@ -151,12 +168,8 @@ def _listening_addresses() -> list[str]:
         except OSError:
             continue
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-            ):
+            if _is_server_socket(sock):
                 addresses.append(str(sock.getsockname()[0]))
-        except OSError:
-            pass
         finally:
             sock.detach()  # the descriptor stays open: it belongs to the server
     return addresses
