@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The embedded, private PostgreSQL cluster of the Inventory API.
 #
-#   db/cluster.sh start           initialise (first time), start, create database inventory, apply
-#                                 db/roles.sql and schema.sql; stdout is one line, the service
-#                                 role's DATABASE_URL=...
+#   db/cluster.sh start           initialise (first time), start, create database inventory, run
+#                                 db/migrate.sh (db/roles.sql and schema.sql, applied only when they
+#                                 changed); stdout is one line, the service role's DATABASE_URL=...
 #   db/cluster.sh stop            fast shutdown; fine when not running
 #   db/cluster.sh status          exit 0 when running, 3 when not
 #   db/cluster.sh env             print the env file (DATABASE_URL=...)
@@ -134,7 +134,7 @@ ensure_bindir() {
 # Data directory
 
 # Serialises start/stop for one data dir: two processes starting at once (say two
-# uvicorn workers) must not both initdb or both pg_ctl start.
+# uvicorn workers) must not both initdb, both pg_ctl start or both apply the schema.
 lock_data_dir() {
   if command -v flock >/dev/null 2>&1; then
     exec 9>>"$DATA_DIR/.lock"
@@ -385,11 +385,11 @@ SQL
       die "could not remove the superuser's password (see above)"
     say "removed the superuser's password (an earlier cluster.sh set one): superuser access is now only over $SOCK_DIR"
   fi
-  # Every start, so that schema changes reach an existing cluster: schema.sql is idempotent.
-  # The password goes in on stdin, not argv: argv is visible to every local user in ps.
-  { printf "\\set app_password '%s'\n" "$APP_PW"; cat "$REPO/db/roles.sql"; } |
-    admin_psql "$port" -d inventory -f - || die "applying db/roles.sql failed (see above)"
-  admin_psql "$port" -d inventory -f "$REPO/schema.sql" || die "applying schema.sql failed (see above)"
+  # Applies roles.sql and schema.sql only when they changed since the last apply, and sets
+  # the service role's password (from the environment: never on a command line).
+  PGHOST=$SOCK_DIR PGPORT=$port PGUSER=postgres PGDATABASE=inventory PGCONNECT_TIMEOUT=10 \
+    PSQL=$PSQL INVENTORY_APP_PASSWORD=$APP_PW bash "$REPO/db/migrate.sh" >&2 ||
+    die "db/migrate.sh failed (see above)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """Deploying: db/cluster.sh, db/migrate.sh, ./run.sh and compose, on real clusters and processes."""
 
+import hashlib
 import os
 import pwd
 import re
 import shutil
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +18,7 @@ import pytest
 
 from app.embedded import start_embedded
 from tests.cluster import (
+    CLUSTER_SCRIPT,
     REPO,
     Cluster,
     new_data_dir,
@@ -26,6 +30,17 @@ from tests.cluster import (
 PREVIOUS_RELEASE = "52af07a"
 IS_ROOT = os.geteuid() == 0
 SERVER_UID = pwd.getpwnam("postgres").pw_uid if IS_ROOT else os.geteuid()
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+
+
+def bindir() -> Path:
+    out = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "bindir"], stdout=subprocess.PIPE, text=True, check=True
+    )
+    return Path(out.stdout.strip())
 
 
 def git_show(path: str) -> str:
@@ -50,7 +65,7 @@ def make_checkout(root: Path, files: dict[str, str] | None = None) -> Path:
     without touching the real one. `files` gives other contents (e.g. an older release)."""
     root.mkdir(parents=True)
     (root / "db").mkdir()
-    for name in ("db/cluster.sh", "db/roles.sql", "schema.sql"):
+    for name in ("db/cluster.sh", "db/migrate.sh", "db/roles.sql", "schema.sql"):
         text = files[name] if files and name in files else (REPO / name).read_text()
         (root / name).write_text(text)
     return root
@@ -66,6 +81,137 @@ def scratch(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         remove_cluster(cluster)
+
+
+def applied(cluster: Cluster) -> list[str]:
+    """The digests db/migrate.sh recorded, oldest first."""
+    with psycopg.connect(cluster.admin_dsn("inventory")) as conn:
+        rows = conn.execute("SELECT sha256 FROM inventory_deploy.schema_applied ORDER BY id")
+        return [digest for (digest,) in rows]
+
+
+def digest_of(checkout: Path) -> str:
+    files = (checkout / "db" / "roles.sql", checkout / "schema.sql")
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+
+
+def run_script(
+    cluster: Cluster, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """cluster.sh with stderr captured (what it says to the user), whatever its exit status."""
+    return subprocess.run(
+        ["bash", str(cluster.script), *args],
+        env=cluster.env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The schema is applied once per change, by one applier
+
+
+def test_unchanged_schema_is_not_reapplied_so_a_restart_never_waits_for_table_locks(
+    scratch: Cluster,
+) -> None:
+    scratch.start()
+    assert applied(scratch) == [digest_of(scratch.script.parent.parent)]
+    # A long import holds products: applying schema.sql (CREATE OR REPLACE TRIGGER) would
+    # queue behind it, and every write behind that.
+    with psycopg.connect(scratch.admin_dsn("inventory")) as holder:
+        holder.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        again = run_script(scratch, "start", timeout=60)
+        elapsed = time.monotonic() - began
+        holder.rollback()
+    assert again.returncode == 0, again.stderr
+    assert elapsed < 20
+    assert "unchanged" in again.stderr and "nothing applied" in again.stderr
+    assert again.stdout.startswith("DATABASE_URL=postgresql://inventory_app:")
+    assert len(applied(scratch)) == 1
+
+
+def test_changed_schema_is_applied_once_by_concurrent_starts(scratch: Cluster) -> None:
+    scratch.start()
+    checkout = scratch.script.parent.parent
+    with (checkout / "schema.sql").open("a") as schema:
+        schema.write("\nCREATE TABLE IF NOT EXISTS deploy_probe (id integer);\n")
+
+    # Several workers of `uvicorn --workers N` start (or join) the cluster at once.
+    results: list[subprocess.CompletedProcess[str]] = []
+    workers = [
+        threading.Thread(target=lambda: results.append(run_script(scratch, "start")))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
+    assert sum("migrate: applied" in r.stderr for r in results) == 1
+    assert applied(scratch)[1:] == [digest_of(checkout)]
+    with psycopg.connect(scratch.admin_dsn("inventory")) as conn:
+        assert conn.execute("SELECT to_regclass('deploy_probe') IS NOT NULL").fetchone() == (True,)
+
+    # roles.sql is part of the digest too.
+    with (checkout / "db" / "roles.sql").open("a") as roles:
+        roles.write("\n-- a change\n")
+    scratch.start()
+    assert applied(scratch)[2:] == [digest_of(checkout)]
+
+
+def test_a_failed_apply_records_nothing_and_the_next_start_applies_again(
+    scratch: Cluster,
+) -> None:
+    scratch.start()
+    checkout = scratch.script.parent.parent
+    good = (checkout / "schema.sql").read_text()
+    (checkout / "schema.sql").write_text(good + "\nCREATE TABLE broken (;\n")
+    failed = run_script(scratch, "start")
+    assert failed.returncode != 0
+    assert "db/migrate.sh failed" in failed.stderr
+    assert len(applied(scratch)) == 1
+
+    (checkout / "schema.sql").write_text(good + "\nCREATE TABLE IF NOT EXISTS fixed (id int);\n")
+    scratch.start()
+    assert applied(scratch)[1:] == [digest_of(checkout)]
+
+
+def test_migrate_sets_a_changed_service_password_without_reapplying(scratch: Cluster) -> None:
+    """As compose's migrate service runs it: libpq's environment, INVENTORY_APP_PASSWORD."""
+    scratch.start()
+    password = "new 'pass\\word' ü"
+    done = subprocess.run(
+        ["bash", str(scratch.script.parent / "migrate.sh")],
+        env={
+            **os.environ,
+            "PGHOST": scratch.host,
+            "PGPORT": str(scratch.port),
+            "PGUSER": "postgres",
+            "PGDATABASE": "inventory",
+            "PSQL": str(bindir() / "psql"),
+            "INVENTORY_APP_PASSWORD": password,
+        },
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing applied" in done.stderr
+    assert password not in done.stderr
+    with psycopg.connect(
+        host=scratch.app_host,
+        port=scratch.port,
+        dbname="inventory",
+        user="inventory_app",
+        password=password,
+    ) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("inventory_app",)
+    assert len(applied(scratch)) == 1
 
 
 # ------------------------------------------------------------------------------------------
