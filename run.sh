@@ -88,6 +88,8 @@ cmd_serve() {
   fi
   serve_requirements
   if [[ -z ${DATABASE_URL:-} ]]; then
+    # bindir first: this explicit set-up command may install PostgreSQL, start never does.
+    db/cluster.sh bindir >/dev/null
     env_lines=$(db/cluster.sh start) || die "the embedded PostgreSQL did not start (see above)"
     DATABASE_URL=$(printf '%s\n' "$env_lines" | sed -n 's/^DATABASE_URL=//p' | tail -n 1)
     export DATABASE_URL
@@ -113,8 +115,10 @@ cmd_psql() {
     [[ -t 0 ]] || tty=(-T) # no terminal (a pipe, CI): no pseudo-TTY either
     exec docker compose exec ${tty[@]+"${tty[@]}"} db psql -U postgres inventory "$@"
   fi
-  db/cluster.sh status >/dev/null 2>&1 || db/cluster.sh start >/dev/null ||
-    die "the embedded PostgreSQL did not start (see above)"
+  if ! db/cluster.sh status >/dev/null 2>&1; then
+    db/cluster.sh bindir >/dev/null
+    db/cluster.sh start >/dev/null || die "the embedded PostgreSQL did not start (see above)"
+  fi
   exec db/cluster.sh psql "$@"
 }
 

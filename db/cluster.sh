@@ -9,7 +9,8 @@
 #   db/cluster.sh env             print the env file (DATABASE_URL=...)
 #   db/cluster.sh psql [args]     psql as the superuser on database inventory
 #   db/cluster.sh admin-url       the superuser's libpq URL: the private unix socket, no password
-#   db/cluster.sh bindir          print the server binary directory, installing PostgreSQL if needed
+#   db/cluster.sh bindir          print the server binary directory; the one command that installs
+#                                 PostgreSQL (apt-get, as root on Debian/Ubuntu) when it is missing
 #
 # Environment: INVENTORY_DATA_DIR (default <repo>/.data), INVENTORY_PG_PORT (default 54320),
 # INVENTORY_PG_FAST=1 (throwaway test clusters only: no fsync), PG_BINDIR (server binaries).
@@ -98,8 +99,16 @@ find_bindir() {
 }
 
 missing_server() {
+  local installing=$1
+  if ((installing)); then
+    say "the PostgreSQL server (initdb, pg_ctl) is not installed. Install it and run again:"
+  else
+    # start runs from the app's lifespan too (uvicorn without DATABASE_URL): a web worker must
+    # never run a package manager, so only the explicit set-up commands install.
+    say "the PostgreSQL server (initdb, pg_ctl) is not installed, and starting the database never installs it."
+    say "Run ./run.sh once (as root on Debian/Ubuntu it installs PostgreSQL), or install it yourself:"
+  fi
   cat >&2 <<'MSG'
-cluster.sh: the PostgreSQL server (initdb, pg_ctl) is not installed. Install it and run again:
   Debian/Ubuntu:  sudo apt-get install postgresql
   Fedora:         sudo dnf install postgresql-server
   macOS:          brew install postgresql@15
@@ -108,18 +117,20 @@ MSG
   exit 2
 }
 
-# Sets BINDIR and PSQL; installs the server with apt-get when we are root on Debian/Ubuntu.
+# Sets BINDIR and PSQL. With $1 = 1 (the bindir command only) a missing server is installed
+# with apt-get when we are root on Debian/Ubuntu.
 ensure_bindir() {
+  local install=${1:-0}
   if ! BINDIR=$(find_bindir); then
-    if ((IS_ROOT)) && [[ -z ${PG_BINDIR:-} ]] && command -v apt-get >/dev/null 2>&1; then
+    if ((install && IS_ROOT)) && [[ -z ${PG_BINDIR:-} ]] && command -v apt-get >/dev/null 2>&1; then
       say "PostgreSQL server not found; installing it: apt-get install postgresql"
       export DEBIAN_FRONTEND=noninteractive
       if ! { apt-get update -q >&2 && apt-get install -y -q postgresql >&2; }; then
         die "apt-get install postgresql failed (see above)"
       fi
-      BINDIR=$(find_bindir) || missing_server
+      BINDIR=$(find_bindir) || missing_server "$install"
     else
-      missing_server
+      missing_server "$install"
     fi
   fi
   PSQL=$BINDIR/psql
@@ -403,7 +414,7 @@ canonical_data_dir() {
 cmd_start() {
   # stdout carries only the final DATABASE_URL=... line; everything else goes to stderr.
   exec 3>&1 1>&2
-  ensure_bindir
+  ensure_bindir 0
   mkdir -p "$DATA_DIR"
   canonical_data_dir
   lock_data_dir
@@ -528,6 +539,6 @@ case $cmd in
   env) cmd_env ;;
   psql) cmd_psql "$@" ;;
   admin-url) cmd_admin_url ;;
-  bindir) ensure_bindir; echo "$BINDIR" ;;
+  bindir) ensure_bindir 1; echo "$BINDIR" ;;
   *) usage ;;
 esac

@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from tests.cluster import (
     CLUSTER_SCRIPT,
     REPO,
     Cluster,
+    free_port,
     new_data_dir,
     remove_cluster,
 )
@@ -425,3 +427,68 @@ def test_a_cluster_of_the_previous_release_is_taken_over(tmp_path: Path) -> None
         assert stat.S_IMODE((old.data_dir / "postgres.log").stat().st_mode) == 0o600
     finally:
         remove_cluster(new)
+
+
+# ------------------------------------------------------------------------------------------
+# No package manager from the app; no deleted data
+
+
+def unshare_works() -> bool:
+    if not IS_ROOT or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], stderr=subprocess.DEVNULL).returncode == 0
+
+
+def without_postgres(command: list[str]) -> list[str]:
+    """`command` in a private mount namespace where the installed server is hidden."""
+    hide = " && ".join(
+        f"mount -t tmpfs none {d}"
+        for d in ("/usr/lib/postgresql", "/opt/homebrew/opt", "/usr/local/opt")
+        if Path(d).is_dir()
+    )
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{hide} && exec "$@"',
+            "sh", *command]  # fmt: skip
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs root and unshare -m to hide the server")
+def test_the_app_never_runs_the_package_manager_and_says_to_run_run_sh(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "apt-get-calls"
+    # Records its calls; "installs" nothing, so the server stays missing.
+    (fake / "apt-get").write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n[ "$1" = update ] && exit 0\nexit 1\n'
+    )
+    (fake / "apt-get").chmod(0o755)
+    data_dir = new_data_dir()
+    env = {
+        **os.environ,
+        "PATH": f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "INVENTORY_PG_PORT": str(free_port()),
+    }
+    env.pop("PG_BINDIR", None)
+    try:
+        # What the lifespan of `uvicorn app.main:app` does without DATABASE_URL.
+        lifespan = subprocess.run(
+            without_postgres([
+                sys.executable, "-c",
+                "import asyncio; from app.embedded import start_embedded; "
+                f"asyncio.run(start_embedded({str(data_dir)!r}))",
+            ]),
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert lifespan.returncode != 0
+        assert "EmbeddedDatabaseError" in lifespan.stderr
+        assert "Run ./run.sh once" in lifespan.stderr
+        assert not calls.exists(), calls.read_text()
+
+        # The explicit set-up command does install.
+        setup = subprocess.run(
+            without_postgres(["bash", str(CLUSTER_SCRIPT), "bindir"]),
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert setup.returncode != 0  # the fake apt-get fails
+        assert "install -y -q postgresql" in calls.read_text()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
