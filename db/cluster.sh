@@ -11,6 +11,7 @@
 #   db/cluster.sh admin-url       the superuser's libpq URL: the private unix socket, no password
 #   db/cluster.sh bindir          print the server binary directory; the one command that installs
 #                                 PostgreSQL (apt-get, as root on Debian/Ubuntu) when it is missing
+#   db/cluster.sh destroy --yes   stop this data dir's cluster and delete it, data and all
 #
 # Environment: INVENTORY_DATA_DIR (default <repo>/.data), INVENTORY_PG_PORT (default 54320),
 # INVENTORY_PG_FAST=1 (throwaway test clusters only: no fsync), PG_BINDIR (server binaries).
@@ -23,8 +24,9 @@
 #
 # Layout of the data dir: pgdata/ (the cluster), postgres.log (mode 0600), env (mode 0600),
 # socket/ (the superuser's socket; elsewhere when the path is too long for a socket). As root,
-# pgdata may instead live under /var/lib/inventory-api, with pgdata and postgres.log here as
-# symlinks to it (see prepare_layout).
+# when the OS user postgres cannot enter the data dir (a checkout under /root or inside a
+# mktemp -d directory), pgdata lives in /var/lib/inventory-api/<hash of the data dir path>,
+# linked from the data dir; every start says so, and only `destroy` ever deletes it.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -58,6 +60,7 @@ set_paths() {
     PGDATA_DIR=$DATA_DIR/pgdata
   fi
   LOG_FILE=$(dirname "$PGDATA_DIR")/postgres.log
+  RELOCATED_DIR=$RELOCATE_ROOT/$(printf %s "$DATA_DIR" | sha256 | cut -c1-16)
 }
 set_paths
 
@@ -144,7 +147,7 @@ ensure_bindir() {
 # ---------------------------------------------------------------------------------------------
 # Data directory
 
-# Serialises start/stop for one data dir: two processes starting at once (say two
+# Serialises start/stop/destroy for one data dir: two processes starting at once (say two
 # uvicorn workers) must not both initdb, both pg_ctl start or both apply the schema.
 lock_data_dir() {
   if command -v flock >/dev/null 2>&1; then
@@ -155,13 +158,24 @@ lock_data_dir() {
     local dir=$DATA_DIR/.lock.d waited=0 holder
     until mkdir "$dir" 2>/dev/null; do
       holder=$(cat "$dir/pid" 2>/dev/null || true)
-      if [[ -n $holder ]] && ! kill -0 "$holder" 2>/dev/null; then rm -rf "$dir"; continue; fi
+      if [[ -n $holder ]] && ! kill -0 "$holder" 2>/dev/null; then rm -f "$dir/pid"; rmdir "$dir"; continue; fi
       ((waited++ < 300)) || die "timed out waiting for the lock $dir"
       sleep 1
     done
     echo $$ >"$dir/pid"
-    trap 'rm -rf "$DATA_DIR/.lock.d"' EXIT
+    trap 'rm -f "$DATA_DIR/.lock.d/pid"; rmdir "$DATA_DIR/.lock.d"' EXIT
   fi
+}
+
+# The first directory on the way to $1 that the postgres OS user cannot enter.
+first_blocked() {
+  local path=$1 prefix="" part
+  local -a parts
+  IFS=/ read -ra parts <<<"${path#/}"
+  for part in "${parts[@]}"; do
+    prefix+=/$part
+    pg_can_reach "$prefix" || { echo "$prefix"; return 0; }
+  done
 }
 
 # As root the server runs as postgres, which must reach pgdata and postgres.log. The data dir is
@@ -175,6 +189,7 @@ prepare_layout() {
     elif [[ ! -L $DATA_DIR/pgdata ]]; then
       chmod go+x "$DATA_DIR"
     fi
+    [[ -L $DATA_DIR/pgdata ]] && explain_relocation
     mkdir -p "$PGDATA_DIR"
     chown postgres: "$PGDATA_DIR"
     chmod 700 "$PGDATA_DIR"
@@ -191,16 +206,13 @@ prepare_layout() {
 }
 
 relocate() {
-  local hash dir
-  hash=$(printf %s "$DATA_DIR" | sha256 | cut -c1-16)
-  dir=$RELOCATE_ROOT/$hash
-  say "user postgres cannot reach $DATA_DIR; keeping the cluster in $dir"
-  collect_orphans
-  if [[ -e $dir && ! -f $ENV_FILE ]]; then
-    # Left by an earlier data dir at this same path whose env (passwords) is gone: unusable.
-    say "removing the stale cluster $dir"
-    as_pg "$BINDIR/pg_ctl" -D "$dir/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
-    rm -rf "$dir" || true
+  local dir=$RELOCATED_DIR owner
+  if [[ -e $dir ]]; then
+    owner=$(cat "$dir/owner" 2>/dev/null || true)
+    [[ $owner == "$DATA_DIR" ]] ||
+      die "$dir exists and does not belong to $DATA_DIR (its owner file says '${owner:-nothing}'); left alone. Set INVENTORY_DATA_DIR to another path"
+    # Never deleted for us: whatever it holds was someone's data at this same path.
+    say "reusing the cluster kept in $dir for an earlier data dir at this same path"
   fi
   mkdir -p "$dir"
   chmod 755 "$RELOCATE_ROOT" "$dir"
@@ -210,17 +222,21 @@ relocate() {
   set_paths
 }
 
-# A relocated cluster whose data dir was deleted (a test's temp dir, say) is garbage: nobody
-# has its passwords any more. Stop and remove those, so throwaway clusters do not pile up.
-collect_orphans() {
-  local d owner
+# Said on every start of a relocated cluster, so nobody is surprised where the data went.
+explain_relocation() {
+  local blocked d owner
+  blocked=$(first_blocked "$DATA_DIR")
+  say "NOTE: this cluster's data is in $(dirname "$PGDATA_DIR"), not in $DATA_DIR:"
+  say "  PostgreSQL refuses to run as root, and the OS user postgres that runs it cannot enter ${blocked:-a parent directory of $DATA_DIR}."
+  say "  $DATA_DIR/pgdata and postgres.log link there. Nothing removes it but you, when you no longer need the data:"
+  say "    INVENTORY_DATA_DIR=$DATA_DIR db/cluster.sh destroy --yes"
+  say "  To keep the data in the checkout instead, use a checkout (or INVENTORY_DATA_DIR) that postgres can enter."
+  # Clusters of data dirs that are gone are listed, never removed: they may be someone's data.
   for d in "$RELOCATE_ROOT"/*; do
     [[ -f $d/owner ]] || continue
     owner=$(cat "$d/owner")
     [[ -e $owner ]] && continue
-    say "removing the cluster $d of the deleted data dir $owner"
-    as_pg "$BINDIR/pg_ctl" -D "$d/pgdata" -m immediate -w stop >/dev/null 2>&1 || true
-    rm -rf "$d" || true
+    say "  $d belongs to $owner, which no longer exists; left alone (to delete it: INVENTORY_DATA_DIR=$owner db/cluster.sh destroy --yes)"
   done
 }
 
@@ -525,8 +541,61 @@ cmd_admin_url() {
   printf 'postgresql://postgres@/inventory?host=%s&port=%s\n' "$(urlencode "$SOCK_DIR")" "$RUNNING_PORT"
 }
 
+# The only command that deletes a cluster, and only this data dir's: pgdata (wherever it was
+# relocated to), postgres.log, env and the socket directory; the data dir itself if that
+# leaves it empty.
+cmd_destroy() {
+  local confirmed=0 targets=() t answer
+  [[ ${1:-} == --yes ]] && confirmed=1
+  if [[ -d $DATA_DIR ]]; then open_existing; fi
+  if [[ -d $DATA_DIR ]]; then
+    for t in "$DATA_DIR/pgdata" "$DATA_DIR/postgres.log" "$DATA_DIR/env"; do
+      [[ -e $t || -L $t ]] && targets+=("$t")
+    done
+  fi
+  if [[ -f $RELOCATED_DIR/owner && $(cat "$RELOCATED_DIR/owner") == "$DATA_DIR" ]]; then
+    targets+=("$RELOCATED_DIR")
+    # Its data dir (and so the link) may be gone while the server still runs from there.
+    [[ -L $DATA_DIR/pgdata ]] || PGDATA_DIR=$RELOCATED_DIR/pgdata
+  fi
+  if ((${#targets[@]} == 0)); then
+    say "no cluster at $DATA_DIR; nothing to destroy"
+    return 0
+  fi
+  if ((!confirmed)); then
+    if [[ -t 0 ]]; then
+      printf 'Delete the database cluster of %s for good (%s)? Type yes: ' "$DATA_DIR" "${targets[*]}" >&2
+      read -r answer
+      [[ $answer == yes ]] || die "nothing deleted"
+    else
+      die "destroy deletes the cluster of $DATA_DIR and all its data (${targets[*]}); to confirm, run: db/cluster.sh destroy --yes"
+    fi
+  fi
+  if [[ -d $DATA_DIR ]]; then lock_data_dir; fi
+  if [[ -f $PGDATA_DIR/PG_VERSION ]]; then
+    BINDIR=${BINDIR:-$(find_bindir 2>/dev/null || true)}
+    if is_running; then
+      say "stopping PostgreSQL ($DATA_DIR)"
+      stop_server || as_pg "$BINDIR/pg_ctl" -D "$PGDATA_DIR" -m immediate -w stop >&2 3>&- 9>&-
+    fi
+  fi
+  choose_socket_dir
+  # A pgdata that holds something other than a cluster was not made here: left alone.
+  if [[ -d $PGDATA_DIR && ! -f $PGDATA_DIR/PG_VERSION && -n $(ls -A "$PGDATA_DIR" 2>/dev/null) ]]; then
+    die "$PGDATA_DIR is not a PostgreSQL data directory; nothing deleted"
+  fi
+  say "deleting the cluster of $DATA_DIR: ${targets[*]}"
+  for t in "${targets[@]}"; do rm -rf -- "$t"; done
+  [[ $SOCK_DIR == "$DATA_DIR"/* || $SOCK_DIR == "$RELOCATED_DIR"/* ]] || rm -rf -- "$SOCK_DIR"
+  if [[ -d $DATA_DIR ]]; then
+    rm -rf -- "$DATA_DIR/socket"
+    rm -f -- "$DATA_DIR/.lock" "$DATA_DIR"/.env.*
+    rmdir -- "$DATA_DIR" 2>/dev/null || true
+  fi
+}
+
 usage() {
-  echo "usage: db/cluster.sh start|stop|status|env|psql [psql args...]|admin-url|bindir" >&2
+  echo "usage: db/cluster.sh start|stop|status|env|psql [psql args...]|admin-url|bindir|destroy --yes" >&2
   exit 2
 }
 
@@ -540,5 +609,6 @@ case $cmd in
   psql) cmd_psql "$@" ;;
   admin-url) cmd_admin_url ;;
   bindir) ensure_bindir 1; echo "$BINDIR" ;;
+  destroy) cmd_destroy "$@" ;;
   *) usage ;;
 esac

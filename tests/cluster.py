@@ -80,6 +80,9 @@ class Cluster:
     def stop(self) -> None:
         self.run("stop")
 
+    def destroy(self) -> None:
+        self.run("destroy", "--yes")
+
     def app_dsn(self, dbname: str) -> str:
         """The service role's URL for one database of this cluster."""
         return (
@@ -96,7 +99,8 @@ def new_cluster() -> Cluster:
 
 
 def remove_cluster(cluster: Cluster) -> None:
+    """Stops and deletes this cluster only (db/cluster.sh destroy), then its temp dir."""
     try:
-        cluster.stop()
+        cluster.destroy()
     finally:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)

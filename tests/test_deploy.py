@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from tests.cluster import (
 # The release before the current work: its schema.sql is what a live database holds when the
 # new one is applied. Move it forward when a release is cut.
 PREVIOUS_RELEASE = "52af07a"
+RELOCATE_ROOT = Path("/var/lib/inventory-api")
 IS_ROOT = os.geteuid() == 0
 SERVER_UID = pwd.getpwnam("postgres").pw_uid if IS_ROOT else os.geteuid()
 
@@ -399,6 +401,11 @@ def test_cluster_log_and_data_files_are_private(pg_server: Cluster) -> None:
         assert info.st_uid == SERVER_UID, path
 
 
+def test_test_clusters_are_not_relocated(pg_server: Cluster) -> None:
+    pgdata = pg_server.data_dir / "pgdata"
+    assert pgdata.is_dir() and not pgdata.is_symlink()
+
+
 def test_a_cluster_of_the_previous_release_is_taken_over(tmp_path: Path) -> None:
     files = {name: git_show(name) for name in ("db/cluster.sh", "db/roles.sql", "schema.sql")}
     old = Cluster(
@@ -492,3 +499,43 @@ def test_the_app_never_runs_the_package_manager_and_says_to_run_run_sh(tmp_path:
         assert "install -y -q postgresql" in calls.read_text()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root relocates a cluster")
+def test_relocation_is_announced_every_start_and_never_deletes_another_cluster() -> None:
+    closed = Path(tempfile.mkdtemp(prefix="inventory-closed-"))  # 0700: postgres cannot enter
+    cluster = Cluster(data_dir=closed / "data")
+    relocated = RELOCATE_ROOT / hashlib.sha256(str(cluster.data_dir).encode()).hexdigest()[:16]
+    # The cluster of another checkout whose data dir is gone: not ours to delete.
+    foreign = RELOCATE_ROOT / f"test-foreign-{uuid.uuid4().hex[:8]}"
+    (foreign / "pgdata").mkdir(parents=True)
+    (foreign / "pgdata" / "PG_VERSION").write_text("15\n")
+    (foreign / "owner").write_text(f"/nonexistent/{uuid.uuid4().hex}/data\n")
+    try:
+        for _ in range(2):
+            started = run_script(cluster, "start")
+            assert started.returncode == 0, started.stderr
+            assert f"data is in {relocated}, not in {cluster.data_dir}" in started.stderr
+            assert f"cannot enter {closed}" in started.stderr
+            assert f"INVENTORY_DATA_DIR={cluster.data_dir} db/cluster.sh destroy --yes" in (
+                started.stderr
+            )
+            assert f"{foreign} belongs to" in started.stderr and "left alone" in started.stderr
+        assert (relocated / "pgdata" / "PG_VERSION").is_file()
+        assert (foreign / "pgdata" / "PG_VERSION").is_file()
+
+        refused = run_script(cluster, "destroy")
+        assert refused.returncode != 0
+        assert "--yes" in refused.stderr
+        assert (relocated / "pgdata" / "PG_VERSION").is_file()
+
+        destroyed = run_script(cluster, "destroy", "--yes")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert not relocated.exists()
+        assert not cluster.data_dir.exists()
+        assert closed.is_dir()
+        assert (foreign / "pgdata" / "PG_VERSION").is_file()
+    finally:
+        run_script(cluster, "destroy", "--yes")
+        shutil.rmtree(foreign, ignore_errors=True)
+        shutil.rmtree(closed, ignore_errors=True)
