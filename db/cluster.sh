@@ -370,6 +370,20 @@ running_socket_dir() { sed -n 5p "$PGDATA_DIR/postmaster.pid"; }
 
 port_in_use() { (exec 5<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# For the server, which outlives us: it must hold none of our descriptors but 0-2 (which pg_ctl
+# points at the log). Not our stdout (a caller reading it would never see EOF), not the lock (it
+# would stay held as long as the server runs), and nothing our caller left open: uvloop's
+# subprocesses (the app's lifespan under uvicorn) pass on the ends of their own pipes, so a
+# worker waiting for the script's output would wait as long as the server runs. Call in a subshell.
+close_inherited_fds() {
+  local fd
+  for fd in "/proc/$BASHPID/fd"/* /dev/fd/*; do
+    fd=${fd##*/}
+    # 255: bash's own handle on this script (close-on-exec already).
+    if [[ $fd =~ ^[0-9]+$ ]] && ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+  done
+}
+
 start_server() {
   local opts="-p $PORT -k '$SOCK_DIR'"
   if [[ ${INVENTORY_PG_FAST:-} == 1 ]]; then
@@ -377,9 +391,7 @@ start_server() {
     opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   fi
   say "starting PostgreSQL on 127.0.0.1:$PORT (log: $DATA_DIR/postgres.log)"
-  # 3>&- 9>&-: the server must not inherit our stdout (a caller reading it would never see EOF)
-  # nor the lock (it would stay held as long as the server runs).
-  if ! as_pg "$BINDIR/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 60 -o "$opts" start >&2 3>&- 9>&-; then
+  if ! (close_inherited_fds && as_pg "$BINDIR/pg_ctl" -D "$PGDATA_DIR" -l "$LOG_FILE" -w -t 60 -o "$opts" start >&2); then
     if tail -n 20 "$LOG_FILE" | grep -q 'could not bind\|Address already in use'; then
       die "port $PORT on 127.0.0.1 is already taken by another program; set INVENTORY_PG_PORT to a free port"
     fi

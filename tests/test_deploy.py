@@ -388,6 +388,32 @@ async def test_the_embedded_path_gives_the_app_the_service_role_only(
     assert urlsplit(url).hostname == "127.0.0.1"
 
 
+def test_the_lifespan_under_uvloop_returns_once_the_cluster_runs(tmp_path: Path) -> None:
+    """uvicorn's workers run uvloop, whose subprocesses inherit descriptors beyond 0-2; a
+    server that kept one of them would keep the worker waiting for the script's output."""
+    pytest.importorskip("uvloop", reason="uvicorn[standard] brings uvloop")
+    data_dir = new_data_dir()
+    env = {**os.environ, "INVENTORY_PG_PORT": str(free_port()), "INVENTORY_PG_FAST": "1"}
+    try:
+        started = subprocess.run(
+            [
+                sys.executable, "-c",
+                "import uvloop; from app.embedded import start_embedded; "
+                f"print(uvloop.run(start_embedded({str(data_dir)!r})))",
+            ],
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("postgresql://inventory_app:")
+    finally:
+        subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "destroy", "--yes"],
+            env={**env, "INVENTORY_DATA_DIR": str(data_dir)}, check=False,
+        )  # fmt: skip
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def test_cluster_log_and_data_files_are_private(pg_server: Cluster) -> None:
     log = pg_server.data_dir / "postgres.log"
     assert log.stat().st_size > 0
