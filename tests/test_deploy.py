@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from app.config import Settings
 from app.embedded import start_embedded
 from tests.cluster import (
     CLUSTER_SCRIPT,
@@ -647,3 +648,54 @@ def test_a_second_run_sh_is_refused_and_stop_still_stops_the_first(tmp_path: Pat
         # Whatever run.sh did, the cluster must not outlive its data dir.
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "destroy", "--yes"], env=env, check=False)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Compose and the image
+
+
+def compose() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML reads docker-compose.yml")
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_migrate_runs_the_applier_with_no_password_on_a_command_line() -> None:
+    migrate = compose()["services"]["migrate"]
+    assert migrate["entrypoint"] == ["bash", "/migrate/db/migrate.sh"]
+    assert "command" not in migrate
+    mounts = {m["source"]: m["target"] for m in migrate["volumes"]}
+    # The repository's layout, so migrate.sh finds the files as it does here.
+    assert mounts == {
+        "./db/migrate.sh": "/migrate/db/migrate.sh",
+        "./db/roles.sql": "/migrate/db/roles.sql",
+        "./schema.sql": "/migrate/schema.sql",
+    }
+    assert all((REPO / source).is_file() for source in mounts)
+    assert set(migrate["environment"]) >= {"PGPASSWORD", "INVENTORY_APP_PASSWORD"}
+
+
+def test_compose_serves_open_only_on_loopback_and_passes_every_setting_through() -> None:
+    api = compose()["services"]["api"]
+    environment: list[str] = api["environment"]
+    assert "INVENTORY_ALLOW_OPEN=${INVENTORY_ALLOW_OPEN:-1}" in environment
+    assert all(str(p).startswith("127.0.0.1:") for p in api["ports"])
+    passed = {entry.split("=", 1)[0] for entry in environment}
+    # Settings the container gets another way (DATABASE_URL) or has no use for.
+    elsewhere = {"database_url", "data_dir", "bench_ceiling"}
+    wanted = {f"INVENTORY_{name.upper()}" for name in Settings.model_fields} - {
+        f"INVENTORY_{name.upper()}" for name in elsewhere
+    }
+    assert wanted <= passed, wanted - passed
+
+
+def test_the_image_binds_all_interfaces_with_no_open_api_default() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in dockerfile.splitlines() if not line.startswith("#")]
+    assert "--host 0.0.0.0" in dockerfile
+    assert not any("INVENTORY_ALLOW_OPEN" in line for line in instructions)
+
+
+def test_no_shell_script_is_left_unexecutable() -> None:
+    for script in ("run.sh", "db/cluster.sh", "db/migrate.sh", ".ci/run"):
+        assert os.access(REPO / script, os.X_OK), script
