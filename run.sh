@@ -95,6 +95,8 @@ claim_serve_lock() {
   if command -v flock >/dev/null 2>&1; then
     exec 8>>"$SERVE_LOCK"
     flock -n 8 || already_running
+    # Says where this one serves, for a second one to report while this one starts up.
+    printf 'pid %s, http://%s\n' $$ "$1" >"$SERVE_LOCK"
   elif [[ -f $UVICORN_PID ]] && is_uvicorn "$(cat "$UVICORN_PID")"; then
     already_running # no flock(1) (macOS): a live uvicorn behind the pid file says the same
   fi
@@ -112,7 +114,7 @@ cmd_serve() {
     say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, ./run.sh stop to stop"
     exec docker compose up --build
   fi
-  claim_serve_lock
+  claim_serve_lock "$host:$port"
   serve_requirements
   if [[ -z ${DATABASE_URL:-} ]]; then
     # 8>&-: the database server must not inherit the serve lock (it outlives uvicorn).
@@ -125,7 +127,6 @@ cmd_serve() {
   say "the API on http://$host:$port (docs: http://$host:$port/docs); ./run.sh psql for SQL, ./run.sh stop to stop"
   # exec keeps this PID, so it is uvicorn's: ./run.sh stop finds it here.
   echo $$ >"$UVICORN_PID"
-  printf 'pid %s, http://%s:%s\n' $$ "$host" "$port" >"$SERVE_LOCK"
   # Metrics of all workers summed (README "Metrics"): prometheus_client's multiprocess files,
   # emptied on every start so counters begin at zero with the new processes. Only here, with
   # the lock held: no other serve of this data dir is writing to them.
