@@ -116,6 +116,11 @@ cmd_serve() {
   fi
   claim_serve_lock "$host:$port"
   serve_requirements
+  # The app's own start-up checks, before anything starts: token variables that hold no
+  # token, or an open API bound beyond loopback (uvicorn's supervisor would exit 0 after its
+  # workers refused to start, which reads like success).
+  "$VENV/bin/python" -c 'import sys; from app.access import Access; from app.config import Settings
+Access.from_settings(Settings()).refuse_bind(sys.argv[1])' "$host" || die "not starting (see above)"
   if [[ -z ${DATABASE_URL:-} ]]; then
     # 8>&-: the database server must not inherit the serve lock (it outlives uvicorn).
     # bindir first: this explicit set-up command may install PostgreSQL, start never does.
@@ -204,7 +209,14 @@ cmd_test() {
   dev_requirements
   # The tests start a throwaway cluster through db/cluster.sh: make sure the server is installed.
   db/cluster.sh bindir >/dev/null
-  exec "$VENV/bin/python" -m pytest "$@"
+  if [[ $# -gt 0 ]]; then
+    exec "$VENV/bin/python" -m pytest "$@"
+  fi
+  # Everything: the fast tests spread over every core (each worker with its own cluster),
+  # then the slow system tests one at a time, so that their timings (outages, shutdowns,
+  # live servers) are not measured on a machine the other worker is keeping busy.
+  "$VENV/bin/python" -m pytest -m "not slow" -n auto
+  exec "$VENV/bin/python" -m pytest -m slow
 }
 
 cmd_lint() {

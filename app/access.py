@@ -36,6 +36,10 @@ class TokenConfigError(ValueError):
     """A token variable is set but holds no usable token."""
 
 
+class ExposedOpenApi(RuntimeError):
+    """An API without tokens would answer beyond loopback, and that was not allowed."""
+
+
 def _digests(name: str, tokens: SecretStr | None) -> tuple[bytes, ...]:
     if tokens is None:
         return ()
@@ -103,7 +107,7 @@ class Access:
         return candidate.hex()
 
     def refuse_exposed_sockets(self) -> None:
-        """At start-up: raise RuntimeError when an open API listens beyond loopback."""
+        """At start-up: raise ExposedOpenApi when an open API listens beyond loopback."""
         if not self.open:
             return
         if self.allow_open:
@@ -112,17 +116,31 @@ class Access:
                 "API is open to anyone who can reach it (INVENTORY_ALLOW_OPEN=1)"
             )
             return
-        exposed = [address for address in _listening_addresses() if not _is_loopback(address)]
-        if exposed:
-            raise RuntimeError(
-                f"no API tokens are configured and the server listens on {exposed[0]}: set "
-                "INVENTORY_API_TOKENS (and/or INVENTORY_READ_TOKENS), listen on 127.0.0.1, or "
-                "set INVENTORY_ALLOW_OPEN=1 if an open API is intended"
-            )
+        self.refuse_exposure(_listening_addresses())
         logger.warning(
             "no API tokens configured (INVENTORY_API_TOKENS, INVENTORY_READ_TOKENS): the API "
             "is open to local clients and answers only on loopback"
         )
+
+    def refuse_bind(self, host: str) -> None:
+        """Before binding `host` (a name or an address): raise ExposedOpenApi when an open
+        API would answer beyond loopback there. run.sh asks before it starts uvicorn."""
+        try:
+            addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+        except OSError:
+            addresses = [host]
+        self.refuse_exposure(addresses)
+
+    def refuse_exposure(self, addresses: list[str]) -> None:
+        if not self.open or self.allow_open:
+            return
+        exposed = [address for address in addresses if not _is_loopback(address)]
+        if exposed:
+            raise ExposedOpenApi(
+                f"no API tokens are configured and the server would answer on {exposed[0]}: "
+                "set INVENTORY_API_TOKENS (and/or INVENTORY_READ_TOKENS), listen on "
+                "127.0.0.1, or set INVENTORY_ALLOW_OPEN=1 if an open API is intended"
+            )
 
 
 def _is_loopback(host: str) -> bool:

@@ -71,6 +71,11 @@ def cluster(tmp: Path) -> Iterator[dict[str, str]]:
             ["bash", str(REPO / "db" / "cluster.sh"), "start"], env=env, stdout=subprocess.PIPE
         )
         urls = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        # The superuser has no password: a unix-socket URL, for psql and the loaders.
+        admin = run(
+            ["bash", str(REPO / "db" / "cluster.sh"), "admin-url"], env=env, stdout=subprocess.PIPE
+        )
+        urls["ADMIN_DATABASE_URL"] = admin.stdout.strip()
         yield urls
     finally:
         subprocess.run(["bash", str(REPO / "db" / "cluster.sh"), "stop"], env=env, check=False)

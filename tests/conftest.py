@@ -21,6 +21,7 @@ from pytest_postgresql import factories
 from app.config import Settings
 from app.main import create_app
 from tests.cluster import REPO, Cluster, new_cluster, remove_cluster
+from tests.databases import Databases
 from tests.stock_helpers import Overlap, broken_ledgers
 
 SCHEMA = REPO / "schema.sql"
@@ -39,9 +40,25 @@ def pg_server() -> Iterator[Cluster]:
         remove_cluster(cluster)
 
 
-# Each test gets a database cloned from a template that has schema.sql loaded once.
+# schema.sql is loaded once per run into a template database; tests get clones of it.
 postgresql_noproc = factories.postgresql_noproc(load=[SCHEMA], depends_on="pg_server")
-postgresql = factories.postgresql("postgresql_noproc")
+
+
+@pytest.fixture(scope="session")
+def databases(postgresql_noproc: Any, pg_server: Cluster) -> Iterator[Databases]:
+    pool = Databases(pg_server, template=postgresql_noproc.template_dbname)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def postgresql(databases: Databases) -> Iterator[Connection[Any]]:
+    """A superuser connection to this test's database: empty tables, the schema exactly as
+    schema.sql makes it (see tests/databases.py for how that is kept cheap)."""
+    with databases.checkout() as conn:
+        yield conn
 
 
 @pytest.fixture
