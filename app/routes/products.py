@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from app import etags
 from app.database import Connection
@@ -26,10 +26,19 @@ router = APIRouter(
 IfNoneMatch = Annotated[
     str | None, Header(alias="If-None-Match", description="ETags you hold: 304 if current")
 ]
-IfMatch = Annotated[
-    str | None,
-    Header(alias="If-Match", description="Change only if the product still has this ETag"),
-]
+
+
+async def _if_match(
+    if_match: Annotated[
+        str | None,
+        Header(alias="If-Match", description="Change only if the product still has this ETag"),
+    ] = None,
+) -> list[str] | None:
+    return etags.if_match_tags(if_match)
+
+
+# The ETags a conditional write accepts (None: no condition).
+IfMatch = Annotated[list[str] | None, Depends(_if_match)]
 SkuPrefix = Annotated[
     str | None,
     Query(
@@ -160,10 +169,8 @@ async def get_product(
     summary="Change name, description or price (JSON merge patch)",
 )
 async def patch_product(
-    sku: ProductSku, body: ProductUpdate, db: DatabaseDep, if_match: IfMatch = None
+    sku: ProductSku, body: ProductUpdate, db: DatabaseDep, accepted: IfMatch
 ) -> Response:
-    accepted = etags.if_match_tags(if_match)
-
     async def operation(conn: Connection) -> Response:
         return _json(await products.patch_product(conn, sku=sku, patch=body, etags=accepted))
 
@@ -176,9 +183,7 @@ async def patch_product(
     responses=problems(404, 412),
     summary="Delete a product",
 )
-async def delete_product(sku: ProductSku, db: DatabaseDep, if_match: IfMatch = None) -> Response:
-    accepted = etags.if_match_tags(if_match)
-
+async def delete_product(sku: ProductSku, db: DatabaseDep, accepted: IfMatch) -> Response:
     async def operation(conn: Connection) -> Response:
         await products.delete_product(conn, sku=sku, etags=accepted)
         return Response(status_code=204)
