@@ -6,8 +6,8 @@ Per process: one LISTEN connection (app.listener), a sequencer and retention
 and requests never wait behind them: per process that is `pool_size` + 2 connections, and
 one more for LISTEN. How they wake each other:
 
-    a commit that wrote events --NOTIFY--> listener --> sequencer numbers them
-    numbered (NOTIFY from any process, or this sequencer) --> feed, deliverer
+    every changes_poll_seconds --> sequencer numbers what committed since (one process at a time)
+    numbered (NOTIFY from any process's sequencer, or this one's) --> feed, deliverer
 """
 
 import asyncio
@@ -51,9 +51,7 @@ async def running(dsn: str, settings: Settings, metrics: Metrics) -> AsyncIterat
         sequencer = Sequencer(
             upkeep, poll_seconds=settings.changes_poll_seconds, on_numbered=numbered
         )
-        listener = Listener(
-            settings.listen_database_url or dsn, on_written=sequencer.wake, on_numbered=numbered
-        )
+        listener = Listener(settings.listen_database_url or dsn, on_numbered=numbered)
         retention = Retention(
             upkeep,
             days=settings.changes_retention_days,

@@ -1,8 +1,7 @@
-"""The process's one LISTEN connection: PostgreSQL's NOTIFYs, turned into wake-ups.
+"""The process's one LISTEN connection: the sequencer's NOTIFYs, turned into wake-ups.
 
-schema.sql's triggers NOTIFY `product_changes_written` when a transaction that wrote
-events commits; the sequencer NOTIFYs `product_changes` when it has numbered some. One
-connection per process listens to both, however many streams are open, on
+The sequencer (any process's) NOTIFYs `product_changes` when it has numbered events. One
+connection per process listens, however many streams are open, on
 INVENTORY_LISTEN_DATABASE_URL (a direct connection: PgBouncer's transaction pooling cannot
 carry LISTEN). It reconnects on its own; notifications sent while it was away are lost, so
 a reconnect wakes everyone as if something had happened, and the pollers cover the gap.
@@ -17,7 +16,6 @@ from psycopg.conninfo import make_conninfo
 
 logger = logging.getLogger("app.listener")
 
-WRITTEN = "product_changes_written"
 NUMBERED = "product_changes"
 # Reconnect backoff: first retry, cap.
 RETRY_FIRST = 0.1
@@ -25,16 +23,13 @@ RETRY_MAX = 5.0
 
 
 class Listener:
-    """Calls `on_written` for committed writes, `on_numbered` for newly numbered events.
+    """Calls `on_numbered` when events were numbered, and after every (re)connection.
 
-    Both also run after every (re)connection. Callbacks must be quick and not raise.
+    The callback must be quick and not raise.
     """
 
-    def __init__(
-        self, dsn: str, *, on_written: Callable[[], None], on_numbered: Callable[[], None]
-    ) -> None:
+    def __init__(self, dsn: str, *, on_numbered: Callable[[], None]) -> None:
         self._dsn = dsn
-        self._on_written = on_written
         self._on_numbered = on_numbered
         self.connected = asyncio.Event()
 
@@ -60,18 +55,13 @@ class Listener:
                 continue
             try:
                 async with conn:
-                    await conn.execute(f"LISTEN {WRITTEN}")
                     await conn.execute(f"LISTEN {NUMBERED}")
                     delay = RETRY_FIRST
                     self.connected.set()
                     # Whatever was notified while nobody listened: look now.
-                    self._on_written()
                     self._on_numbered()
-                    async for notify in conn.notifies():
-                        if notify.channel == WRITTEN:
-                            self._on_written()
-                        else:
-                            self._on_numbered()
+                    async for _ in conn.notifies():
+                        self._on_numbered()
             except psycopg.Error as exc:
                 logger.warning("LISTEN connection lost, reconnecting: %s", exc)
             finally:
