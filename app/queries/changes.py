@@ -17,20 +17,21 @@ CHANGE_JSON = cast(func.product_change_json(CHANGE_ROW), Text).label("json")
 
 # The page and the retention mark come from one statement, so from one snapshot: a purge
 # committing between two reads cannot make a page look complete while it is not. Without
-# `after`, the page starts at the oldest event retained.
+# `after`, the page starts at the oldest event retained. (max() makes the mark one row,
+# 0, even if its row is missing.)
+_mark = select(func.coalesce(func.max(ProductChangesPurged.through), 0).label("through")).subquery(
+    "mark"
+)
 _events = (
     select(ProductChange.seq, ProductChange.type, CHANGE_JSON)
-    .where(
-        ProductChange.seq
-        > func.coalesce(bindparam("after", type_=BigInteger), ProductChangesPurged.through)
-    )
+    .where(ProductChange.seq > func.coalesce(bindparam("after", type_=BigInteger), _mark.c.through))
     .order_by(ProductChange.seq)
     .limit(bindparam("limit", type_=Integer))
     .lateral("e")
 )
 _PAGE = compile_once(
-    select(ProductChangesPurged.through, _events.c.seq, _events.c.type, _events.c.json)
-    .select_from(ProductChangesPurged.__table__.outerjoin(_events, true()))
+    select(_mark.c.through, _events.c.seq, _events.c.type, _events.c.json)
+    .select_from(_mark.outerjoin(_events, true()))
     .order_by(_events.c.seq)
 )
 # The newest seq given, also when retention has removed every event.
