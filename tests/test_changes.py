@@ -140,7 +140,25 @@ async def test_a_cursor_older_than_the_retention_is_410(
     assert (await client.get("/changes?after=2")).json() == oldest.json()
 
 
-@pytest.mark.parametrize("query", ["after=abc", "after=-1", "limit=0", "limit=1001"])
+async def test_the_service_purges_events_past_the_retention_by_itself(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    async with make_client(changes_purge_interval_seconds=0.1) as client:
+        for i in range(3):
+            await client.post("/products", json=product(f"P-{i}"))
+        await changes(client, 3)
+        db.execute("UPDATE product_changes SET sequenced_at = now() - interval '31 days'")
+        for _ in range(250):
+            if (await client.get("/changes")).json() == []:
+                break
+            await asyncio.sleep(0.02)
+        expired = await client.get("/changes?after=0")
+
+    assert_problem(expired, 410, "cursor_expired")
+    assert db.execute("SELECT through FROM product_changes_purged").fetchone() == (3,)
+
+
+@pytest.mark.parametrize("query", ["after=abc", "after=-1", "limit=0", "limit=1001", "limt=5"])
 async def test_bad_paging_parameters_are_422(client: AsyncClient, query: str) -> None:
     assert_problem(await client.get(f"/changes?{query}"), 422, "validation_failed")
 

@@ -43,6 +43,9 @@ class Receiver:
     server: HTTPServer
     statuses: list[int] = field(default_factory=list)
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    # Answer 200 with a body that never ends.
+    endless: bool = False
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -57,7 +60,9 @@ class Receiver:
             status = self.statuses.pop(0) if self.statuses else 200
         if self.delay:
             time.sleep(self.delay)
-        return Response("ok", status=status)
+        if self.endless:
+            return Response(_forever(), status=200, direct_passthrough=True)
+        return Response("ok", status=status, headers=self.headers)
 
     def events(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -72,6 +77,21 @@ def start_receiver(path: str = "/hook") -> Receiver:
     server.expect_request(path, method="POST").respond_with_handler(got.handle)
     server.start()
     return got
+
+
+def _forever() -> Iterator[bytes]:
+    # Stops when the client has gone (the write fails) or after a minute.
+    for _ in range(600):
+        yield b"still talking\n"
+        time.sleep(0.1)
+
+
+async def changes_numbered(client: AsyncClient, count: int) -> None:
+    for _ in range(250):
+        if len((await client.get("/changes")).json()) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("events not numbered")
 
 
 @pytest.fixture
@@ -249,6 +269,58 @@ async def test_a_delivery_is_the_event_signed_with_the_subscriptions_secret(
     assert abs(int(delivery.headers["Webhook-Timestamp"]) - time.time()) < 60
     with pytest.raises(Exception, match="signature"):
         Webhook("whsec_" + "A" * 43 + "=").verify(delivery.body, delivery.headers)
+
+
+async def test_a_subscription_gets_the_events_after_it_was_created(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    async with make_client(**LOCAL) as client:
+        await client.post("/products", json=product("BEFORE-1"))
+        await changes_numbered(client, 1)
+        await subscribe(client, receiver.url())
+        await client.post("/products", json=product("AFTER-1"))
+        await until(lambda: len(receiver.received) == 1)
+        await asyncio.sleep(0.3)
+
+    assert [e["sku"] for e in receiver.events()] == ["AFTER-1"]
+
+
+async def test_a_redirect_is_an_answer_not_followed(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    elsewhere = start_receiver()
+    try:
+        receiver.statuses = [302]
+        receiver.headers = {"Location": elsewhere.url()}
+        async with make_client(**LOCAL) as client:
+            webhook = await subscribe(client, receiver.url())
+            await client.post("/products", json=product("ABC-1"))
+            await until(lambda: len(receiver.received) == 2)  # retried, then 200
+            await asyncio.sleep(0.2)
+            log = (await client.get(f"/webhooks/{webhook['id']}/deliveries")).json()
+    finally:
+        elsewhere.server.stop()
+
+    assert elsewhere.received == []
+    assert [(a["status_code"], a["outcome"]) for a in log] == [(200, "delivered"), (302, "retry")]
+
+
+async def test_an_answer_that_never_ends_does_not_hold_the_attempt(
+    make_client: ClientFactory, receiver: Receiver
+) -> None:
+    receiver.endless = True
+    async with make_client(**LOCAL, webhook_timeout_seconds=2.0) as client:
+        webhook = await subscribe(client, receiver.url())
+        await client.post("/products", json=product("ABC-1"))
+        for _ in range(250):
+            log = (await client.get(f"/webhooks/{webhook['id']}/deliveries")).json()
+            if log:
+                break
+            await asyncio.sleep(0.02)
+
+    # Delivered on the status line: the body that followed was never waited for.
+    assert [(a["status_code"], a["outcome"]) for a in log] == [(200, "delivered")]
+    assert log[0]["duration_ms"] < 1000
 
 
 async def test_only_the_subscribed_event_types_are_delivered(
