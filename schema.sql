@@ -54,6 +54,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS products_sku_lower_key
 CREATE INDEX IF NOT EXISTS products_created_at_id_idx
     ON products (created_at, id);
 
+-- reorder_point came after the first release. Added, never recreated: an existing table
+-- keeps its rows, and every database has the same column order (the new column is last).
+-- The type bounds it above at 2147483647, as it does quantity.
+ALTER TABLE products ADD COLUMN IF NOT EXISTS reorder_point integer;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint
+                   WHERE conrelid = 'products'::regclass
+                     AND conname = 'products_reorder_point_check') THEN
+        ALTER TABLE products ADD CONSTRAINT products_reorder_point_check
+            CHECK (reorder_point >= 0);
+    END IF;
+END
+$$;
+
 -- updated_at moves on every change, whoever makes it (API, psql, a migration).
 CREATE OR REPLACE FUNCTION products_touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql AS
@@ -72,19 +87,31 @@ CREATE OR REPLACE TRIGGER products_touch_updated_at
 -- this text without turning rows into Python objects, and psql users get the same view.
 -- A row cast to this type serialises compactly with field names (json_build_object would
 -- put spaces around every colon) and keeps product_json a plain, inlinable expression.
+--
+-- The attributes are the API's fields in API order. A composite type can only grow at its
+-- end, so a database whose product_api differs from this list (one from an earlier release)
+-- gets the type dropped and created anew. Nothing stores values of it (product_json only
+-- casts to it), so no data goes; DROP without CASCADE fails loudly should anything ever
+-- depend on it. One transaction with product_json, so a live service never calls the old
+-- function against the new type.
+BEGIN;
+
 DO $$
+DECLARE
+    wanted CONSTANT text :=
+        'id bigint, sku text, name text, description text, price text, quantity integer, '
+        'reorder_point integer, created_at text, updated_at text';
+    stored text;
 BEGIN
-    IF to_regtype('product_api') IS NULL THEN
-        CREATE TYPE product_api AS (
-            id          bigint,
-            sku         text,
-            name        text,
-            description text,
-            price       text,
-            quantity    integer,
-            created_at  text,
-            updated_at  text
-        );
+    SELECT string_agg(format('%s %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                      ORDER BY a.attnum)
+      INTO stored
+      FROM pg_type t
+      JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE t.oid = to_regtype('product_api');
+    IF stored IS DISTINCT FROM wanted THEN
+        DROP TYPE IF EXISTS product_api;
+        EXECUTE format('CREATE TYPE product_api AS (%s)', wanted);
     END IF;
 END
 $$;
@@ -99,10 +126,13 @@ $$
         p.description,
         to_char(p.price, 'FM9999999990.00'),
         p.quantity,
+        p.reorder_point,
         to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     )::product_api)
 $$;
+
+COMMIT;
 
 COMMENT ON TABLE products IS
     'Products of the inventory. Rules are CHECK constraints so every client obeys them.';
@@ -115,6 +145,8 @@ COMMENT ON COLUMN products.description IS 'Optional free text, at most 2000 char
 COMMENT ON COLUMN products.price IS
     'Unit price, 0 to 9999999999.99 with at most 2 decimals; more decimals are refused, not rounded.';
 COMMENT ON COLUMN products.quantity IS 'Units in stock, never negative.';
+COMMENT ON COLUMN products.reorder_point IS
+    'Optional: the product is low on stock when quantity <= reorder_point; NULL = never low.';
 COMMENT ON COLUMN products.created_at IS 'When the row was inserted (set by the database).';
 COMMENT ON COLUMN products.updated_at IS
     'When the row last changed (maintained by trigger products_touch_updated_at).';

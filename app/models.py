@@ -37,6 +37,8 @@ class Product(Base):
     quantity: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Last: added by a guarded ALTER (schema.sql), so it follows the columns of the first release.
+    reorder_point: Mapped[int | None] = mapped_column(Integer)
 
     # Same expressions and names as schema.sql; the names are what the API maps to fields.
     __table_args__ = (
@@ -56,6 +58,7 @@ class Product(Base):
             name="products_price_check",
         ),
         CheckConstraint("quantity >= 0", name="products_quantity_check"),
+        CheckConstraint("reorder_point >= 0", name="products_reorder_point_check"),
         Index(
             "products_sku_lower_key",
             func.lower(sku),

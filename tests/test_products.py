@@ -22,9 +22,11 @@ async def test_create_returns_201_with_location_and_stored_product(
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {
-        "id", "sku", "name", "description", "price", "quantity", "created_at", "updated_at",
+        "id", "sku", "name", "description", "price", "quantity", "reorder_point",
+        "created_at", "updated_at",
     }  # fmt: skip
     assert isinstance(body["id"], int)
+    assert body["reorder_point"] is None
     assert (body["sku"], body["name"], body["description"]) == ("Mug-1", "Blue mug", "Blue")
     assert body["price"] == "19.90"
     assert body["quantity"] == 3
