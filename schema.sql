@@ -69,6 +69,29 @@ BEGIN
 END
 $$;
 
+-- Search (GET /products?q=): a literal, case-insensitive substring of the name or the SKU,
+-- asked as `lower(name) LIKE '%' || lower(:pattern) || '%'` (with %, _ and \ escaped), which
+-- these trigram indexes answer by bitmap scan; the two are ORed. pg_trgm is a trusted
+-- extension shipped with PostgreSQL; the superuser applying this file creates it.
+-- A term without a trigram (under 3 characters) cannot use them; the API runs such a term
+-- as strpos() so that no plan scans a whole GIN index.
+-- On a large live table CREATE INDEX holds writes back while it builds: create these with
+-- CREATE INDEX CONCURRENTLY under the same names first, and IF NOT EXISTS then skips them.
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+CREATE INDEX IF NOT EXISTS products_name_trgm_idx
+    ON products USING gin (lower(name) gin_trgm_ops);
+CREATE INDEX IF NOT EXISTS products_sku_trgm_idx
+    ON products USING gin (lower(sku) gin_trgm_ops);
+
+-- quantity_max: few products at or below a small quantity, found without a scan.
+CREATE INDEX IF NOT EXISTS products_quantity_idx
+    ON products (quantity);
+
+-- low_stock: only the products at or below their reorder point, already in list order. A
+-- partial index is as small as the shortage; a NULL reorder point is never low, so never in it.
+CREATE INDEX IF NOT EXISTS products_low_stock_idx
+    ON products (created_at, id) WHERE quantity <= reorder_point;
+
 -- updated_at moves on every change, whoever makes it (API, psql, a migration).
 CREATE OR REPLACE FUNCTION products_touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql AS

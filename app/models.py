@@ -66,6 +66,25 @@ class Product(Base):
             postgresql_ops={"lower(sku)": "text_pattern_ops"},
         ),
         Index("products_created_at_id_idx", created_at, id),
+        Index(
+            "products_name_trgm_idx",
+            func.lower(name),
+            postgresql_using="gin",
+            postgresql_ops={"lower(name)": "gin_trgm_ops"},
+        ),
+        Index(
+            "products_sku_trgm_idx",
+            func.lower(sku),
+            postgresql_using="gin",
+            postgresql_ops={"lower(sku)": "gin_trgm_ops"},
+        ),
+        Index("products_quantity_idx", quantity),
+        Index(
+            "products_low_stock_idx",
+            created_at,
+            id,
+            postgresql_where=text("quantity <= reorder_point"),
+        ),
     )
 
 
