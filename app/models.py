@@ -111,6 +111,7 @@ class StockMovement(Base):
         CheckConstraint("char_length(note) <= 500", name="stock_movements_note_length_check"),
         CheckConstraint("quantity_after >= 0", name="stock_movements_quantity_after_check"),
         Index("stock_movements_product_id_id_idx", product_id, id),
+        Index("stock_movements_created_at_idx", created_at, postgresql_include=["reason", "delta"]),
     )
 
 

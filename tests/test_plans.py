@@ -1,4 +1,4 @@
-"""Plans on big tables: a million products answer from indexes.
+"""Plans on big tables: a million products and ten million movements answer from indexes.
 
 Each test prints its execution time (run with -s to see them).
 """
@@ -18,6 +18,7 @@ from tests.conftest import SCHEMA
 pytestmark = pytest.mark.slow
 
 PRODUCTS = 1_000_000
+MOVEMENTS = 10_000_000
 # A sequential scan of a million products takes about a second here; a page from an index a
 # few milliseconds. The bound sits far from both, so a busy machine does not make it flaky.
 PAGE_BOUND_MS = 250
@@ -37,6 +38,17 @@ SELECT 'SKU-' || lpad(i::text, 7, '0'),
        CASE WHEN i % 100 = 0 THEN 10 END,
        '2020-01-01Z'::timestamptz + i * interval '1 second'
 FROM generate_series(1, {PRODUCTS}) i
+"""
+
+# A year of movements, 3 s apart, over 1,000 products.
+_MOVEMENTS = f"""
+INSERT INTO stock_movements (product_id, delta, reason, quantity_after, created_at)
+SELECT (SELECT min(id) FROM products) + i % 1000,
+       CASE WHEN i % 5 = 0 THEN 7 ELSE -1 END,
+       (ARRAY['received', 'sold', 'returned', 'damaged', 'correction'])[i % 5 + 1],
+       0,
+       '2025-01-01Z'::timestamptz + i * interval '3 seconds'
+FROM generate_series(1, {MOVEMENTS}) i
 """
 
 LIST = (
@@ -66,6 +78,31 @@ def big(pg_server: Cluster) -> Iterator[Connection[Any]]:
     finally:
         with psycopg.connect(pg_server.admin_dsn("postgres"), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def ledger(big: Connection[Any]) -> Connection[Any]:
+    """Ten million movements in the same database.
+
+    Loaded the quick way a test may take: foreign keys unchecked (session_replication_role)
+    and the secondary indexes built after the rows, from their own definitions, so the table
+    ends exactly as schema.sql makes it.
+    """
+    started = time.monotonic()
+    indexes = big.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'stock_movements' "
+        "AND indexname <> 'stock_movements_pkey'"
+    ).fetchall()
+    for index, _ in indexes:
+        big.execute(f"DROP INDEX {index}")  # type: ignore[arg-type]
+    big.execute("SET session_replication_role = replica")
+    big.execute(_MOVEMENTS)  # type: ignore[arg-type]
+    big.execute("RESET session_replication_role")
+    for _, definition in indexes:
+        big.execute(definition)
+    big.execute("VACUUM ANALYZE stock_movements")
+    print(f"\n{MOVEMENTS:,} movements loaded in {time.monotonic() - started:.1f} s")
+    return big
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -177,3 +214,27 @@ def test_filters_combined_use_indexes(big: Connection[Any]) -> None:
 
     assert seq_scans(nodes) == []
     assert ms < PAGE_BOUND_MS
+
+
+def test_a_month_of_the_ledger_reads_only_that_month(ledger: Connection[Any]) -> None:
+    month = ledger.execute(
+        "SELECT count(*) FROM stock_movements "
+        "WHERE created_at >= '2025-03-01Z' AND created_at < '2025-04-01Z'"
+    ).fetchone()
+
+    nodes, ms = explain(
+        ledger,
+        "SELECT date_trunc('week', day)::date AS bucket, reason, sum(movements), sum(units) "
+        "FROM movement_daily(%(from)s, %(to)s) GROUP BY 1, 2 ORDER BY 1, 2",
+        {"from": "2025-03-01T00:00:00Z", "to": "2025-04-01T00:00:00Z"},
+    )
+
+    assert seq_scans(nodes) == []
+    scanned = [n for n in nodes if n.get("Relation Name") == "stock_movements"]
+    assert [(n["Node Type"], n["Index Name"]) for n in scanned] == [
+        ("Index Only Scan", "stock_movements_created_at_idx")
+    ]
+    assert [(n["Actual Rows"],) for n in scanned] == [month]
+    assert month[0] < MOVEMENTS / 10  # type: ignore[index]
+    # A whole-ledger aggregate takes several seconds here.
+    assert ms < 3000
