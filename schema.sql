@@ -113,10 +113,10 @@ CREATE OR REPLACE TRIGGER products_touch_updated_at
 --
 -- The attributes are the API's fields in API order. A composite type can only grow at its
 -- end, so a database whose product_api differs from this list (one from an earlier release)
--- gets the type dropped and created anew. Nothing stores values of it (product_json only
--- casts to it), so no data goes; DROP without CASCADE fails loudly should anything ever
--- depend on it. One transaction with product_json, so a live service never calls the old
--- function against the new type.
+-- gets the type dropped and created anew, with product_fields, which returns it; both are
+-- created again right below. Nothing stores values of the type, so no data goes; DROP
+-- without CASCADE fails loudly should anything else ever depend on it. One transaction with
+-- the functions, so a live service never calls an old function against the new type.
 BEGIN;
 
 DO $$
@@ -133,16 +133,19 @@ BEGIN
       JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
      WHERE t.oid = to_regtype('product_api');
     IF stored IS DISTINCT FROM wanted THEN
+        DROP FUNCTION IF EXISTS product_fields(products);
         DROP TYPE IF EXISTS product_api;
         EXECUTE format('CREATE TYPE product_api AS (%s)', wanted);
     END IF;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION product_json(p products) RETURNS json
+-- The one place a product's fields are formatted for clients: the JSON of product_json and
+-- the columns of the CSV export both come from here.
+CREATE OR REPLACE FUNCTION product_fields(p products) RETURNS product_api
     LANGUAGE sql STABLE PARALLEL SAFE AS
 $$
-    SELECT row_to_json(ROW(
+    SELECT ROW(
         p.id,
         p.sku,
         p.name,
@@ -152,7 +155,13 @@ $$
         p.reorder_point,
         to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )::product_api)
+    )::product_api
+$$;
+
+CREATE OR REPLACE FUNCTION product_json(p products) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(product_fields(p))
 $$;
 
 COMMIT;
@@ -174,6 +183,8 @@ COMMENT ON COLUMN products.created_at IS 'When the row was inserted (set by the 
 COMMENT ON COLUMN products.updated_at IS
     'When the row last changed (maintained by trigger products_touch_updated_at).';
 COMMENT ON TYPE product_api IS 'The fields of a product as the API returns them (see product_json).';
+COMMENT ON FUNCTION product_fields(products) IS
+    'A product''s fields as the API shows them (price with 2 decimals, RFC 3339 UTC timestamps).';
 COMMENT ON FUNCTION product_json(products) IS
     'The API representation of a product: price with 2 decimals, RFC 3339 UTC timestamps.';
 
@@ -181,6 +192,7 @@ COMMENT ON FUNCTION product_json(products) IS
 GRANT USAGE ON SCHEMA public TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON products TO inventory_rw;
 GRANT USAGE ON TYPE product_api TO inventory_rw;
+GRANT EXECUTE ON FUNCTION product_fields(products) TO inventory_rw;
 GRANT EXECUTE ON FUNCTION product_json(products) TO inventory_rw;
 
 -- ---------------------------------------------------------------------------------------

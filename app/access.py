@@ -1,36 +1,52 @@
-"""Bearer tokens for /products: who may read and who may write (API.md "Access")."""
+"""Who may call the API: bearer tokens, and where an open API may be reached (API.md "Access").
+
+Tokens come from INVENTORY_API_TOKENS (read-write) and INVENTORY_READ_TOKENS (read-only).
+A variable that is set but holds no usable token is a start-up error, never an open API.
+With no tokens at all the API is open, and then it answers only on loopback unless
+INVENTORY_ALLOW_OPEN=1 says that is intended: the check runs at start-up on the sockets
+the process already listens on, and on every request's local address.
+"""
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import os
+import socket
+import stat
 from dataclasses import dataclass
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import ApiError
+from app.errors import Forbidden, Unauthorized
 
 logger = logging.getLogger("app.auth")
 
+# What a token guards when tokens are configured (API.md "Access"); the rest is open.
+PROTECTED = ("/products", "/changes", "/reports", "/webhooks")
 # Methods a read-only token may use; everything else writes.
 READ_METHODS = frozenset({"GET", "HEAD"})
-
-# auto_error=False: a missing or non-Bearer header comes back as None, and the 401 below is
-# ours (problem+json, WWW-Authenticate). The scheme also puts `bearerAuth` into the OpenAPI.
-_bearer = HTTPBearer(
-    scheme_name="bearerAuth",
-    description="A token from INVENTORY_API_TOKENS (read-write) or INVENTORY_READ_TOKENS "
-    "(GET only). Not needed when the server runs without tokens.",
-    auto_error=False,
-)
+# The credential of requests to an open API: they all share one idempotency namespace.
+ANONYMOUS = ""
 
 
-def _digests(tokens: SecretStr) -> tuple[bytes, ...]:
-    raw = (t.strip() for t in tokens.get_secret_value().split(","))
-    return tuple(hashlib.sha256(t.encode()).digest() for t in raw if t)
+class TokenConfigError(ValueError):
+    """A token variable is set but holds no usable token."""
+
+
+def _digests(name: str, tokens: SecretStr | None) -> tuple[bytes, ...]:
+    if tokens is None:
+        return ()
+    raw = [t.strip() for t in tokens.get_secret_value().split(",")]
+    usable = tuple(hashlib.sha256(t.encode()).digest() for t in raw if t)
+    if not usable:
+        raise TokenConfigError(
+            f"{name} is set but holds no token: give comma-separated tokens, or unset it "
+            "(with no tokens at all the API is open)"
+        )
+    return usable
 
 
 def _any_match(candidate: bytes, digests: tuple[bytes, ...]) -> bool:
@@ -48,62 +64,119 @@ class Access:
 
     writers: tuple[bytes, ...]
     readers: tuple[bytes, ...]
+    allow_open: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Access":
-        return cls(_digests(settings.api_tokens), _digests(settings.read_tokens))
+        """Raises TokenConfigError for a token variable that is set but empty."""
+        return cls(
+            _digests("INVENTORY_API_TOKENS", settings.api_tokens),
+            _digests("INVENTORY_READ_TOKENS", settings.read_tokens),
+            settings.allow_open,
+        )
 
     @property
     def open(self) -> bool:
         return not self.writers and not self.readers
 
-    def check(self, method: str, token: str | None) -> None:
-        """Return when a request with this method and bearer token may proceed.
+    def check(self, method: str, token: str | None, *, writers_only: bool = False) -> str:
+        """The credential a request with this method and bearer token acts as.
 
-        Raises ApiError 401 `unauthorized` (no or unknown token) or 403 `forbidden` (a
-        read-only token used for a write).
+        Raises Unauthorized (no or unknown token) or Forbidden (a read-only token writing,
+        or reading where only read-write tokens may). The credential is a digest of the
+        token: it scopes Idempotency-Keys, and it is not the token.
         """
         if self.open:
-            return
+            return ANONYMOUS
         if token is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "This API needs an 'Authorization: Bearer <token>' header.",
-                headers={"WWW-Authenticate": 'Bearer realm="inventory"'},
+            raise Unauthorized(
+                "This API needs an 'Authorization: Bearer <token>' header.", invalid_token=False
             )
         candidate = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        # Both lists, always: the time taken must not tell a writer's token from a reader's.
         writer = _any_match(candidate, self.writers)
         reader = _any_match(candidate, self.readers)
         if not (writer or reader):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "The bearer token is not valid.",
-                headers={"WWW-Authenticate": 'Bearer realm="inventory", error="invalid_token"'},
+            raise Unauthorized("The bearer token is not valid.", invalid_token=True)
+        if not writer and (writers_only or method not in READ_METHODS):
+            raise Forbidden("This token may only read.")
+        return candidate.hex()
+
+    def refuse_exposed_sockets(self) -> None:
+        """At start-up: raise RuntimeError when an open API listens beyond loopback."""
+        if not self.open:
+            return
+        if self.allow_open:
+            logger.warning(
+                "no API tokens configured (INVENTORY_API_TOKENS, INVENTORY_READ_TOKENS): the "
+                "API is open to anyone who can reach it (INVENTORY_ALLOW_OPEN=1)"
             )
-        if not writer and method not in READ_METHODS:
-            raise ApiError(403, "forbidden", "This token may only read.")
-
-
-def install(app: FastAPI, settings: Settings) -> None:
-    app.state.access = Access.from_settings(settings)
-
-
-def warn_if_open(app: FastAPI) -> None:
-    """Log the start-up warning API.md asks for when no token is configured."""
-    access: Access = app.state.access
-    if access.open:
+            return
+        exposed = [address for address in _listening_addresses() if not _is_loopback(address)]
+        if exposed:
+            raise RuntimeError(
+                f"no API tokens are configured and the server listens on {exposed[0]}: set "
+                "INVENTORY_API_TOKENS (and/or INVENTORY_READ_TOKENS), listen on 127.0.0.1, or "
+                "set INVENTORY_ALLOW_OPEN=1 if an open API is intended"
+            )
         logger.warning(
-            "no API tokens configured (INVENTORY_API_TOKENS, INVENTORY_READ_TOKENS): "
-            "/products is open to anyone who can reach this server"
+            "no API tokens configured (INVENTORY_API_TOKENS, INVENTORY_READ_TOKENS): the API "
+            "is open to local clients and answers only on loopback"
         )
 
 
-async def require_token(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Dependency for every /products route (attached in app.routes)."""
-    access: Access = request.app.state.access
-    access.check(request.method, None if credentials is None else credentials.credentials)
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # not an IP address (a unix socket, a test transport): not a network
+
+
+def _listening_addresses() -> list[str]:
+    """The local addresses of the listening TCP sockets this process holds (Linux: /proc).
+
+    Under `uvicorn --workers N` (and gunicorn) the sockets exist before the app starts;
+    a single uvicorn process binds after start-up, and the request check below covers it.
+    """
+    addresses = []
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+            ):
+                addresses.append(str(sock.getsockname()[0]))
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the descriptor stays open: it belongs to the server
+    return addresses
+
+
+class LoopbackOnly:
+    """Pure ASGI middleware for an open API: requests that reached the server on a
+    non-loopback address are refused (403) unless INVENTORY_ALLOW_OPEN=1."""
+
+    def __init__(self, app: ASGIApp, *, retry_after: int) -> None:
+        self.app = app
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] == "http" and server and not _is_loopback(str(server[0])):
+            refusal = Forbidden(
+                "This server has no API tokens configured and answers only on loopback. Set "
+                "INVENTORY_API_TOKENS, or INVENTORY_ALLOW_OPEN=1 if an open API is intended."
+            )
+            await refusal.response(retry_after=self.retry_after)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -34,18 +34,24 @@ class Settings(BaseSettings):
     # Attempts for a unit of work that hits a serialization failure or deadlock before 503.
     conflict_attempts: int = Field(default=4, ge=1, le=20)
 
-    # --- Production readiness (API.md "Access", README "Security"). ---
-    # Comma-separated bearer tokens. Both empty: the API is open (a warning says so at start-up).
-    # SecretStr keeps them out of any repr or log line that shows the settings.
-    api_tokens: SecretStr = SecretStr("")
-    read_tokens: SecretStr = SecretStr("")
-    # Request body limits in bytes: every JSON endpoint, and the bulk import (its own, larger).
+    # --- Access (API.md "Access", README "Security"). ---
+    # Comma-separated bearer tokens; unset (None) means none. Set but empty is a start-up
+    # error (app/access.py). SecretStr keeps them out of any repr or log line.
+    api_tokens: SecretStr | None = None
+    read_tokens: SecretStr | None = None
+    # With no tokens the API answers only on loopback, unless this says an open API is meant.
+    allow_open: bool = False
+    # Request body limits in bytes: every body but the import's, and the import (streamed).
     json_max_bytes: int = Field(default=1 << 20, ge=1)
-    import_max_bytes: int = Field(default=100 << 20, ge=1)
+    import_max_bytes: int = Field(default=1 << 30, ge=1)
+    # A request body that stalls this long (between two chunks, or a JSON body not complete
+    # by then) is cut off with 408: a slow client cannot pin a worker or a pool connection.
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A response write the client does not take within this long ends the response: a
+    # client that stops reading cannot pin a pool connection, a COPY or a bulk slot.
+    send_timeout_seconds: float = Field(default=30.0, gt=0)
     # The level of the JSON log lines on stdout (one per request at INFO).
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     # Bulk work (exports, imports): at most this many pool connections at once per process,
     # capped below pool_size so lookups and writes always find a connection.
     bulk_connections: int = Field(default=3, ge=1)
-    # Mounts GET /bench/ceiling, a constant response used by bench/ as the framework ceiling.
-    bench_ceiling: bool = False

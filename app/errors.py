@@ -1,19 +1,24 @@
-"""Every failure as an RFC 9457 problem: SQLSTATE and validation errors to API codes."""
+"""Every failure as an RFC 9457 problem: one class per problem code, one SQLSTATE table.
+
+Code anywhere raises one of the classes below; `install` renders them, and maps what
+PostgreSQL and the frameworks raise, in exactly one place. No other module builds a
+problem body.
+"""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
 
-from app.observability import REQUEST_ID_KEY, Metrics, count_database_error
+from app.rules import rule_for
 
 logger = logging.getLogger("app.errors")
 
@@ -21,115 +26,274 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class ApiError(Exception):
-    """An expected failure with its status, stable code and a detail for people."""
+    """A failure the API answers with a problem: its class gives status and code.
+
+    `retryable` problems carry `Retry-After` (the configured seconds) when rendered.
+    Extra keyword arguments become members of the problem body (`available`, `errors`).
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+    retryable: bool = False
 
     def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
+        self, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
     ) -> None:
         super().__init__(detail)
-        self.status = status
-        self.code = code
         self.detail = detail
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         self.extra = extra
 
+    def body(self) -> dict[str, Any]:
+        return {
+            "type": "about:blank",
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+            **self.extra,
+        }
 
-def problem(
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
-    body = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "code": code,
-        "detail": detail,
-        **extra,
-    }
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
-def product_not_found(sku: str) -> ApiError:
-    return ApiError(404, "product_not_found", f"No product has SKU '{sku}'.")
+    def response(self, *, retry_after: int) -> Response:
+        headers = dict(self.headers)
+        if self.retryable:
+            headers.setdefault("Retry-After", str(retry_after))
+        return JSONResponse(
+            self.body(), status_code=self.status, headers=headers, media_type=PROBLEM_JSON
+        )
 
 
-# Constraint name -> (API field, what the rule says). Clients see the constraint name.
-_CONSTRAINT_FIELDS: dict[str, tuple[str, str]] = {
-    "products_sku_format_check": ("sku", "must be 1-64 characters of A-Z a-z 0-9 . _ -"),
-    "products_name_check": ("name", "must be 1-200 characters and not blank"),
-    "products_description_length_check": ("description", "must be at most 2000 characters"),
-    "products_price_check": ("price", "must be 0 to 9999999999.99 with at most 2 decimals"),
-    "products_quantity_check": ("quantity", "must not be negative"),
-}
-
-# Exact SQLSTATEs first, then two-character classes (PostgREST's mapSQLtoHTTP order).
-_TRANSIENT_CLASSES = {"08", "53", "57"}
-_RETRY_STATES = {"40001", "40P01"}
+def field_error(field: str, message: str, **more: Any) -> dict[str, Any]:
+    """One member of a validation problem's `errors` list."""
+    return {"field": field, "message": message, **more}
 
 
-def _unavailable(retry_after: int) -> ApiError:
-    return ApiError(
-        503,
-        "database_unavailable",
-        "The database is unavailable. Retry later.",
-        headers={"Retry-After": str(retry_after)},
+class ValidationFailed(ApiError):
+    status = 422
+    code = "validation_failed"
+
+    def __init__(self, detail: str, errors: Sequence[Mapping[str, Any]], **extra: Any) -> None:
+        super().__init__(detail, errors=[dict(e) for e in errors], **extra)
+
+    @classmethod
+    def field(
+        cls, field: str, message: str, detail: str = "The request is invalid."
+    ) -> "ValidationFailed":
+        return cls(detail, [field_error(field, message)])
+
+
+class DuplicateSku(ApiError):
+    status = 409
+    code = "duplicate_sku"
+
+    def __init__(self, sku: str | None = None, **extra: Any) -> None:
+        what = f"SKU '{sku}'" if sku else "this SKU"
+        super().__init__(f"A product with {what} already exists.", **extra)
+
+
+class InsufficientStock(ApiError):
+    status = 409
+    code = "insufficient_stock"
+
+    def __init__(self, sku: str, *, available: int, delta: int) -> None:
+        super().__init__(
+            f"Product '{sku}' has {available} in stock; cannot remove {-delta}.",
+            available=available,
+        )
+
+
+class ProductNotFound(ApiError):
+    status = 404
+    code = "product_not_found"
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(f"No product has SKU '{sku}'.")
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class NotAcceptable(ApiError):
+    status = 406
+    code = "not_acceptable"
+
+
+class RequestTimeout(ApiError):
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        # The rest of the body may still be on its way: the connection cannot be reused.
+        super().__init__(
+            f"The request body did not arrive within {seconds:g} s.",
+            headers={"Connection": "close"},
+        )
+
+
+class PreconditionFailed(ApiError):
+    status = 412
+    code = "precondition_failed"
+
+    def __init__(self, sku: str) -> None:
+        super().__init__(
+            f"Product '{sku}' has changed since the ETag in If-Match; nothing was changed."
+        )
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than the limit of {limit} bytes.", max_bytes=limit
+        )
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str, *, invalid_token: bool) -> None:
+        challenge = 'Bearer realm="inventory"'
+        if invalid_token:
+            challenge += ', error="invalid_token"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class IdempotencyKeyReused(ApiError):
+    status = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request.")
+
+
+class RequestInProgress(ApiError):
+    status = 409
+    code = "request_in_progress"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed. Retry later."
+        )
+
+
+class DatabaseUnavailable(ApiError):
+    status = 503
+    code = "database_unavailable"
+    retryable = True
+
+    def __init__(self, detail: str = "The database is unavailable. Retry later.") -> None:
+        super().__init__(detail)
+
+
+class ConflictRetry(ApiError):
+    status = 503
+    code = "conflict_retry"
+    retryable = True
+
+    def __init__(self) -> None:
+        super().__init__("The request kept conflicting with concurrent changes. Retry it.")
+
+
+class InternalError(ApiError):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("An unexpected error occurred.")
+
+
+# --- PostgreSQL errors ----------------------------------------------------------------------
+# Exact SQLSTATEs first, then two-character classes, as PostgREST's mapSQLtoHTTP does.
+# A state in neither table is a bug: a logged 500.
+
+
+def _unique_violation(exc: psycopg.Error) -> ApiError | None:
+    if exc.diag.constraint_name == "products_sku_lower_key":
+        return DuplicateSku()
+    return None
+
+
+def _invalid_value(exc: psycopg.Error) -> ApiError:
+    constraint = exc.diag.constraint_name or ""
+    rule = rule_for(constraint)
+    name = constraint or exc.sqlstate or "a database rule"
+    field = rule.field if rule else (exc.diag.column_name or "body")
+    message = rule.message if rule else "violates a database rule"
+    return ValidationFailed(
+        f"The database refused the value: {name}.", [field_error(field, f"{message} ({name})")]
     )
 
 
-def database_problem(exc: BaseException, *, retry_after: int) -> ApiError | None:
-    """Translate a database failure into the API's problem, or None if it is a bug (500)."""
+_BY_SQLSTATE: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
+    "23505": _unique_violation,
+    "23514": _invalid_value,  # check_violation
+    "23502": _invalid_value,  # not_null_violation
+    "40001": lambda exc: ConflictRetry(),  # serialization_failure, after the retries
+    "40P01": lambda exc: ConflictRetry(),  # deadlock_detected, after the retries
+}
+_BY_CLASS: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
+    "22": _invalid_value,  # data exception: out of range, bad text for a type
+    "08": lambda exc: DatabaseUnavailable(),  # connection exception
+    "53": lambda exc: DatabaseUnavailable(),  # insufficient resources
+    "57": lambda exc: DatabaseUnavailable(),  # operator intervention: shutdown, timeout
+}
+
+
+def from_database(exc: BaseException) -> ApiError | None:
+    """The problem a database failure means for the client, or None when it is a bug."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     if isinstance(exc, PoolTimeout):
-        return _unavailable(retry_after)
+        return DatabaseUnavailable()
     if not isinstance(exc, psycopg.Error):
         return None
-    state = exc.sqlstate or ""
-    constraint = exc.diag.constraint_name or ""
-    if state == "23505":
-        if constraint == "products_sku_lower_key":
-            return ApiError(409, "duplicate_sku", "A product with this SKU already exists.")
-        return None
-    if state in _RETRY_STATES:
-        return ApiError(
-            503,
-            "conflict_retry",
-            "The request kept conflicting with concurrent changes. Retry it.",
-            headers={"Retry-After": str(retry_after)},
+    state = exc.sqlstate
+    if state:
+        handler = _BY_SQLSTATE.get(state) or _BY_CLASS.get(state[:2])
+        return handler(exc) if handler else None
+    # No SQLSTATE: psycopg refused a value before sending it (a NUL byte, an int past
+    # bigint), or the connection broke or could not be made.
+    if isinstance(exc, psycopg.DataError):
+        return ValidationFailed.field(
+            "body", "holds a value the database cannot store", "A value cannot be stored."
         )
-    if state in {"23514", "23502"} or state.startswith("22"):
-        field, message = _CONSTRAINT_FIELDS.get(
-            constraint, (exc.diag.column_name or "body", "violates a database rule")
-        )
-        name = constraint or state
-        return ApiError(
-            422,
-            "validation_failed",
-            f"The database refused the value: {name}.",
-            errors=[{"field": field, "message": f"{message} ({name})"}],
-        )
-    # Refused by psycopg before sending (a NUL byte in a string, an int past bigint): bad input.
-    if not state and isinstance(exc, psycopg.DataError):
-        return ApiError(
-            422,
-            "validation_failed",
-            "A value cannot be stored in the database.",
-            errors=[{"field": "body", "message": "holds a value the database cannot store"}],
-        )
-    # No SQLSTATE at all: the connection broke or could not be made.
-    if state[:2] in _TRANSIENT_CLASSES or (not state and isinstance(exc, psycopg.OperationalError)):
-        return _unavailable(retry_after)
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable()
     return None
+
+
+def sqlstate_class(exc: BaseException) -> str:
+    """A metrics label for a database failure: the SQLSTATE class, pool_timeout or none."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    if isinstance(exc, PoolTimeout):
+        return "pool_timeout"
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return state[:2] if state else "none"
+
+
+# --- Rendering ------------------------------------------------------------------------------
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
@@ -138,7 +302,7 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def _validation_message(error: dict[str, Any]) -> str:
+def _validation_message(error: Mapping[str, Any]) -> str:
     if error.get("type") == "extra_forbidden":
         return "is not a known field"
     if error.get("type") == "missing":
@@ -147,47 +311,64 @@ def _validation_message(error: dict[str, Any]) -> str:
     return str(error.get("msg", "is invalid")).removeprefix("Value error, ")
 
 
-def install(app: FastAPI, *, retry_after: int) -> None:
+def from_validation(exc: RequestValidationError) -> ValidationFailed:
+    errors = [
+        field_error(_field_of(tuple(e.get("loc", ()))), _validation_message(e))
+        for e in exc.errors()
+    ]
+    return ValidationFailed("The request is invalid.", errors)
+
+
+def from_http(exc: StarletteHTTPException) -> ApiError:
+    """Starlette's own 404 (no route) and 405 (route, other method) as our problems."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        return MethodNotAllowed("This method is not allowed here.", headers=headers)
+    if exc.status_code == 404:
+        return NotFound("Nothing is here.", headers=headers)
+    error = ApiError(str(exc.detail), headers=headers)
+    error.status = exc.status_code
+    error.code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    return error
+
+
+def install(
+    app: FastAPI,
+    *,
+    retry_after: int,
+    request_id: Callable[[Request], str | None],
+    count_database_error: Callable[[str], None],
+) -> None:
     """Register the handlers that turn every exception into a problem response."""
 
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return problem(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
+        return exc.response(retry_after=retry_after)
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"field": _field_of(tuple(e.get("loc", ()))), "message": _validation_message(e)}
-            for e in exc.errors()
-        ]
-        return problem(422, "validation_failed", "The request is invalid.", errors=errors)
+        return from_validation(exc).response(retry_after=retry_after)
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        status = exc.status_code
-        code = {404: "not_found", 405: "method_not_allowed"}.get(
-            status, HTTPStatus(status).phrase.lower().replace(" ", "_")
-        )
-        return problem(status, code, str(exc.detail), headers=dict(exc.headers or {}))
+        return from_http(exc).response(retry_after=retry_after)
 
-    async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        _count_database_error(request, exc)
-        mapped = database_problem(exc, retry_after=retry_after)
+    async def database_error(request: Request, exc: Exception) -> Response:
+        count_database_error(sqlstate_class(exc))
+        mapped = from_database(exc)
         if mapped is None:
             return await unexpected(request, exc)
-        return await api_error(request, mapped)
+        return mapped.response(retry_after=retry_after)
 
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # The request-id middleware adds X-Request-ID to this answer too; the log line names it.
-        request_id = request.scope.get(REQUEST_ID_KEY)
+    async def unexpected(request: Request, exc: Exception) -> Response:
         logger.error(
             "unhandled error on %s %s",
             request.method,
             request.url.path,
             exc_info=exc,
-            extra={"request_id": request_id},
+            extra={"request_id": request_id(request)},
         )
-        return problem(500, "internal_error", "An unexpected error occurred.")
+        return InternalError().response(retry_after=retry_after)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -195,19 +376,3 @@ def install(app: FastAPI, *, retry_after: int) -> None:
     app.add_exception_handler(psycopg.Error, database_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)
-
-
-def _count_database_error(request: Request, exc: BaseException) -> None:
-    # inventory_db_errors_total by SQLSTATE class (app/observability.py).
-    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
-    if metrics is None:
-        return
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    sqlstate = exc.sqlstate if isinstance(exc, psycopg.Error) else None
-    count_database_error(metrics, sqlstate, pool_timeout=isinstance(exc, PoolTimeout))
-
-
-def constraint_rule(name: str) -> tuple[str, str] | None:
-    """(API field, what the rule says) for one of the products table's CHECK constraints."""
-    return _CONSTRAINT_FIELDS.get(name)

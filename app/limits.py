@@ -1,46 +1,38 @@
-"""Request bodies checked before the app reads them: size, media type, strict JSON."""
+"""Request bodies and response writes, bounded in one place, before the app sees them.
+
+BodyGuard holds every request body to a limit chosen by method and route: the bulk import
+(`POST /products/import`) streams under its own large limit; every other body, whatever its
+path or method, is held to the JSON limit and, for POST/PUT/PATCH, must be strict JSON. A
+body that stalls is cut off (408). SendDeadline ends a response whose client stops taking
+it. Prices and other decimals are parsed as Decimal, never through a binary float, and the
+parsed body is handed to the route (JsonRoute) so it is parsed once.
+"""
 
 import json
-import math
+from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from typing import Any
 
+import anyio
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ApiError, problem
+from app.errors import (
+    ApiError,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
-# Methods whose bodies the API reads; the others pass through untouched and unread.
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# POST /products/import takes CSV or NDJSON, its own (larger) limit, and checks its own media
-# type; it is streamed to PostgreSQL, so here its bytes are only counted.
-IMPORT_PATH = "/products/import"
-
-
-def _too_large_detail(limit: int) -> str:
-    return f"The request body is larger than the limit of {limit} bytes."
-
-
-class BodyTooLarge(ApiError):
-    """Raised from receive() when a streamed body passes its limit: the app answers 413."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "payload_too_large", _too_large_detail(limit))
-
-
-def _too_large(limit: int) -> Any:
-    return problem(413, "payload_too_large", _too_large_detail(limit))
-
-
-def _unsupported(detail: str) -> Any:
-    return problem(415, "unsupported_media_type", detail)
-
-
-def _invalid(field: str, message: str) -> Any:
-    return problem(
-        422,
-        "validation_failed",
-        "The request body is invalid.",
-        errors=[{"field": field, "message": message}],
-    )
+# Methods whose bodies the API reads as JSON.
+_JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The one route whose body is not JSON: CSV or NDJSON, streamed to PostgreSQL, its media
+# type checked by the route itself.
+IMPORT_ROUTE = ("POST", "/products/import")
+# Where BodyGuard leaves the parsed JSON body for JsonRoute.
+_PARSED_KEY = "inventory.json"
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -73,16 +65,6 @@ def _reject_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise ValueError(f"duplicate key {key[:50]!r}")
             seen.add(key)
     return obj
-
-
-def _finite_float(text: str) -> float:
-    # float() turns 1e999999 into inf and 1e-999999 into 0.0: a price of 1e-999999 would be
-    # stored as 0.00, silently rounded. A number a float cannot hold is refused instead.
-    value = float(text)
-    mantissa = text.lower().partition("e")[0]
-    if math.isinf(value) or (value == 0 and mantissa.strip("-+0.") != ""):
-        raise ValueError(f"the number {text[:30]} is out of range")
-    return value
 
 
 def _reject_constant(name: str) -> Any:
@@ -119,45 +101,60 @@ def _check_strings(value: Any) -> None:
             stack.extend((f"{path}.{i}" if path else str(i), child) for i, child in enumerate(item))
 
 
-def strict_json_error(body: bytes) -> tuple[str, str] | None:
-    """(field, why) when `body` is not strict JSON (RFC 8259, UTF-8, unique keys, storable
-    strings), else None."""
+def parse_json(body: bytes) -> Any:
+    """A body parsed as strict JSON: RFC 8259, UTF-8, unique keys, storable strings, and
+    every number with a fraction or exponent as an exact Decimal.
+
+    Raises ValidationFailed naming the field (or `body`) otherwise.
+    """
     try:
-        text = body.decode("utf-8")
         value = json.loads(
-            text,
+            body.decode("utf-8"),
             object_pairs_hook=_reject_pairs,
             parse_constant=_reject_constant,
-            parse_float=_finite_float,
+            parse_float=Decimal,
         )
         _check_strings(value)
     except UnicodeDecodeError:
-        return "body", "is not UTF-8"
+        raise ValidationFailed.field(
+            "body", "is not UTF-8", "The request body is invalid."
+        ) from None
     except RecursionError:
-        return "body", "is nested too deeply"
+        raise ValidationFailed.field(
+            "body", "is nested too deeply", "The request body is invalid."
+        ) from None
     except _Unstorable as exc:
-        return exc.field, str(exc)
+        raise ValidationFailed.field(exc.field, str(exc), "The request body is invalid.") from None
     except ValueError as exc:  # JSONDecodeError, duplicate keys, NaN, ints past 4300 digits
-        return "body", f"is not valid JSON: {str(exc)[:200]}"
-    return None
+        raise ValidationFailed.field(
+            "body", f"is not valid JSON: {str(exc)[:200]}", "The request body is invalid."
+        ) from None
+    return value
 
 
 class BodyGuard:
-    """Pure ASGI middleware: 413, 415 and 422 for hostile bodies, before the app sees them.
+    """Pure ASGI middleware: 408, 413, 415 and 422 for hostile bodies, before any parsing."""
 
-    JSON bodies (every POST/PUT/PATCH but the import) must declare a JSON media type, fit in
-    json_max_bytes (a Content-Length over it is refused unread; a chunked body is counted as
-    it arrives and refused as soon as it passes) and be strict JSON; the checked body is then
-    handed to the app. The import's body is streamed through, counted against its own limit.
-    """
-
-    def __init__(self, app: ASGIApp, *, json_max_bytes: int, import_max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        json_max_bytes: int,
+        import_max_bytes: int,
+        timeout: float,
+        retry_after: int,
+    ) -> None:
         self.app = app
         self.json_max_bytes = json_max_bytes
         self.import_max_bytes = import_max_bytes
+        self.timeout = timeout
+        self.retry_after = retry_after
+
+    async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+        await error.response(retry_after=self.retry_after)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         length: int | None = None
@@ -170,36 +167,51 @@ class BodyGuard:
                 content_type = value
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-        is_import = scope["path"].rstrip("/") == IMPORT_PATH
-        limit = self.import_max_bytes if is_import else self.json_max_bytes
+        streamed = (scope["method"], scope["path"]) == IMPORT_ROUTE
+        limit = self.import_max_bytes if streamed else self.json_max_bytes
         if length is not None and length > limit:
-            await _too_large(limit)(scope, receive, send)
+            await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
-        if is_import:
+        if streamed or scope["method"] not in _JSON_METHODS:
+            # Counted as it streams (a body the app ignores is counted all the same).
             await self._counted(scope, receive, send, limit)
             return
         if (length or chunked) and (content_type is None or not _is_json(content_type)):
-            await _unsupported(
+            detail = (
                 "Send JSON: Content-Type application/json (UTF-8)."
                 if content_type is None
                 else "This endpoint takes application/json (UTF-8)."
-            )(scope, receive, send)
+            )
+            await self._refuse(UnsupportedMediaType(detail), scope, receive, send)
             return
+        try:
+            body = await self._read(receive, limit)
+            parsed = parse_json(body) if body else None
+        except ApiError as error:
+            await self._refuse(error, scope, receive, send)
+            return
+        except _Disconnected:
+            return  # nobody to answer
+        if body:
+            scope[_PARSED_KEY] = parsed
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive, limit: int) -> bytes:
+        """The whole body, within the limit and the deadline (a JSON body is small)."""
         body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away: nobody to answer
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                await _too_large(limit)(scope, receive, send)
-                return
-        if body and (reason := strict_json_error(bytes(body))):
-            await _invalid(*reason)(scope, receive, send)
-            return
-        await self.app(scope, _replay(bytes(body), receive), send)
+        with anyio.move_on_after(self.timeout) as waiting:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    raise _Disconnected
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    raise PayloadTooLarge(limit)
+        if waiting.cancelled_caught:
+            raise RequestTimeout(self.timeout)
+        return bytes(body)
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
@@ -207,11 +219,14 @@ class BodyGuard:
 
         async def counting_receive() -> Message:
             nonlocal received
-            message = await receive()
+            with anyio.move_on_after(self.timeout) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                raise RequestTimeout(self.timeout)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise PayloadTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -221,15 +236,28 @@ class BodyGuard:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+        except (PayloadTooLarge, RequestTimeout) as error:
             if response_started:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await self._refuse(error, scope, receive, send)
         except BaseExceptionGroup as group:
             # The app read the body in a task group: the limit is still the answer.
-            if response_started or not group.subgroup(BodyTooLarge):
+            matched = group.subgroup((PayloadTooLarge, RequestTimeout))
+            if response_started or matched is None:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await self._refuse(_first(matched), scope, receive, send)
+
+
+class _Disconnected(Exception):
+    """The client went away while sending its body."""
+
+
+def _first(group: BaseExceptionGroup[Any]) -> ApiError:
+    error = group.exceptions[0]
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, ApiError)
+    return error
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -244,3 +272,47 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class _ParsedJsonRequest(Request):
+    async def json(self) -> Any:
+        if _PARSED_KEY in self.scope:
+            return self.scope[_PARSED_KEY]
+        return parse_json(await self.body())
+
+
+class JsonRoute(APIRoute):
+    """A route that takes the body BodyGuard already parsed (exact decimals, strict JSON)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def parsed_once(request: Request) -> Response:
+            return await handler(_ParsedJsonRequest(request.scope, request.receive))
+
+        return parsed_once
+
+
+class SendDeadline:
+    """Pure ASGI middleware: a response write the client does not take in time ends it.
+
+    uvicorn's send waits while the client's socket buffer is full; a client that stops
+    reading would otherwise hold the response, and with it a pool connection, a COPY
+    snapshot or a bulk slot, for as long as it likes. TimeoutError ends the request; the
+    streaming code gives its connection back on the way out.
+    """
+
+    def __init__(self, app: ASGIApp, *, timeout: float) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_in_time(message: Message) -> None:
+            with anyio.fail_after(self.timeout):
+                await send(message)
+
+        await self.app(scope, receive, send_in_time)

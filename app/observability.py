@@ -172,11 +172,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def count_database_error(metrics: Metrics, sqlstate: str | None, *, pool_timeout: bool) -> None:
-    label = "pool_timeout" if pool_timeout else (sqlstate[:2] if sqlstate else "none")
-    metrics.db_errors.labels(label).inc()
-
-
 # ---------------------------------------------------------------------------------------------
 # The middleware
 

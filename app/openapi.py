@@ -63,3 +63,10 @@ def install(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries declaring problem+json bodies for these statuses."""
+    from app.schemas import Problem
+
+    return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in statuses}

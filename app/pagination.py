@@ -7,13 +7,19 @@ from typing import Annotated, Any
 
 from fastapi import Query, Request
 
-from app.errors import ApiError
+from app.errors import ValidationFailed
+
+# The alphabet of the cursors encode_cursor makes (unpadded base64url).
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}$"
 
 # Shared by every paged listing (API.md: limit 1-1000, after an opaque cursor).
 Limit = Annotated[int | None, Query(ge=1, le=1000, description="Page size; omit for everything")]
 After = Annotated[
     str | None,
-    Query(max_length=512, description="Opaque cursor from a previous page's Link header"),
+    Query(
+        pattern=CURSOR_PATTERN,
+        description="Opaque cursor from a previous page's Link header",
+    ),
 ]
 
 
@@ -23,10 +29,16 @@ def encode_cursor(*key: str | int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def invalid_cursor() -> ValidationFailed:
+    return ValidationFailed.field(
+        "after", "is not a valid cursor", "The cursor is not one this service issued."
+    )
+
+
 def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
     """The sort key of a cursor made by encode_cursor, checked against the expected types.
 
-    Raises ApiError 422 (field `after`) for anything else: a client's cursor is input.
+    Raises ValidationFailed (field `after`) for anything else: a client's cursor is input.
     """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -38,12 +50,7 @@ def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
         or len(key) != len(types)
         or not all(type(v) is t for v, t in zip(key, types, strict=True))
     ):
-        raise ApiError(
-            422,
-            "validation_failed",
-            "The cursor is not one this service issued.",
-            errors=[{"field": "after", "message": "is not a valid cursor"}],
-        )
+        raise invalid_cursor()
     return tuple(key)
 
 

@@ -3,7 +3,7 @@
 import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -17,36 +17,43 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-MAX_PRICE = Decimal("9999999999.99")
-CENT = Decimal("0.01")
+from app.rules import (
+    DESCRIPTION_MAX,
+    INT4_MAX,
+    INT4_MIN,
+    NAME_MAX,
+    NOT_BLANK,
+    NOTE_MAX,
+    PRICE_DECIMALS,
+    PRICE_MAX,
+    QUANTITY_MAX,
+    SKU_MAX,
+    SKU_PATTERN,
+    Reason,
+)
+
+CENT = Decimal(1).scaleb(-PRICE_DECIMALS)
 # A price sent as a string: plain ASCII decimal notation, nothing else.
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it here rather than fail in the driver.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def _not_blank(value: str) -> str:
-    if not value.strip():
+    if not NOT_BLANK.search(value):
         raise ValueError("must not be blank")
     return value
 
 
 def _parse_price(value: Any) -> Decimal:
-    # JSON numbers arrive as int or float; str(float) is the shortest text that reads back
-    # as the same float, so 19.99 stays 19.99 and 1.005 stays three decimals (refused).
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+    # JSON numbers arrive as int or as an exact Decimal (app.limits parses with
+    # parse_float=Decimal): never through a binary float, so 19.9900000000000001 keeps its
+    # 16 decimals and is refused rather than stored as 19.99.
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
         raise ValueError("must be a decimal number or a string holding one")
     # Decimal() alone would also take "1_000", "1e2", " 5", "+5" and non-ASCII digits ("١٢").
     if isinstance(value, str) and not _DECIMAL_TEXT.match(value):
         raise ValueError("must be a decimal number such as 19.99")
     try:
-        price = Decimal(value) if isinstance(value, str) else Decimal(str(value))
+        price = Decimal(value)
     except InvalidOperation:
         raise ValueError("must be a decimal number such as 19.99") from None
     if not price.is_finite():
@@ -55,26 +62,26 @@ def _parse_price(value: Any) -> Decimal:
 
 
 def _check_price(price: Decimal) -> Decimal:
-    if price < 0 or price > MAX_PRICE:
-        raise ValueError("must be between 0 and 9999999999.99")
+    # Range first: quantize() of a number like 1e999999 would itself fail.
+    if price < 0 or price > PRICE_MAX:
+        raise ValueError(f"must be between 0 and {PRICE_MAX}")
     if price != price.quantize(CENT):
-        raise ValueError("must have at most 2 decimal places (it is not rounded)")
+        raise ValueError(f"must have at most {PRICE_DECIMALS} decimal places (it is not rounded)")
     return price.quantize(CENT)
 
 
 Sku = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=64, pattern=SKU_PATTERN),
+    StringConstraints(min_length=1, max_length=SKU_MAX, pattern=SKU_PATTERN),
     Field(examples=["ABC-1"]),
 ]
 Name = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=200),
-    AfterValidator(_no_nul),
+    StringConstraints(min_length=1, max_length=NAME_MAX),
     AfterValidator(_not_blank),
     Field(examples=["Blue mug"]),
 ]
-Description = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_no_nul)]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
 Price = Annotated[
     Decimal,
     BeforeValidator(_parse_price),
@@ -83,7 +90,7 @@ Price = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0, "maximum": 9999999999.99},
+                {"type": "number", "minimum": 0, "maximum": float(PRICE_MAX)},
                 {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
             ]
         }
@@ -93,7 +100,7 @@ Price = Annotated[
         examples=["19.99"],
     ),
 ]
-Quantity = Annotated[int, Field(ge=0, le=2_147_483_647)]
+Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
 
 
 class ProductCreate(BaseModel):
@@ -173,6 +180,10 @@ class ProductUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
 
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent and may change, with their values (None clears)."""
+        return self.model_dump(include=self.model_fields_set & self.PATCHABLE)
+
     # Defaults are never validated, so None here means "not sent"; a null sent is refused.
     # Documented as the plain type: null is refused, so the docs do not offer it.
     name: Annotated[Name | None, BeforeValidator(_not_null), _documented_as(Name)] = None
@@ -191,9 +202,6 @@ def _non_zero(value: int) -> int:
     return value
 
 
-Reason = Literal["received", "sold", "returned", "damaged", "correction"]
-
-
 class AdjustmentCreate(BaseModel):
     """POST /products/{sku}/adjustments body: a relative change of stock."""
 
@@ -201,19 +209,11 @@ class AdjustmentCreate(BaseModel):
 
     delta: Annotated[
         int,
-        Field(ge=-2_147_483_648, le=2_147_483_647, examples=[5, -1]),
+        Field(ge=INT4_MIN, le=INT4_MAX, examples=[5, -1]),
         AfterValidator(_non_zero),
     ]
     reason: Reason
-    note: Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)] | None = None
-
-
-def could_be_sku(value: str) -> bool:
-    """False for a path segment that cannot name a product: it gets 404 without a query."""
-    return len(value) <= 64 and _SKU.match(value) is not None
-
-
-_SKU = re.compile(SKU_PATTERN)
+    note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
 
 
 class MovementRead(BaseModel):

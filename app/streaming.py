@@ -1,140 +1,129 @@
-"""Responses that stream a COPY ... TO STDOUT from a pooled connection with flat memory."""
+"""Responses that stream rows from PostgreSQL with flat memory, inside a bulk slot.
+
+The connection is taken in __call__ (Database.bulk: a slot, a transaction, no statement
+timeout) and given back in its finally block, so it is held exactly while the body
+streams. The first chunk is read before the status line goes out: a database that is down
+or a failing query still becomes a problem response instead of a truncated 200. A client
+that goes away stops the query (psycopg cancels it; the connection goes back clean or is
+replaced); one that stops reading is cut off by the send deadline (app.limits).
+"""
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from psycopg import AsyncConnection, AsyncCopy
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncCopy, sql
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.errors import ApiError
+from app.database import Connection, Database
+from app.formats import FRAMINGS, Format, Framing
 
 # Bytes per network write: one write per row was 8x slower than batches of ~1000 rows.
 CHUNK_BYTES = 256 * 1024
+# Rows per network write when streaming a query's rows (not a COPY).
+BATCH_ROWS = 1000
 # How long a cancelled COPY may take to wind down before its connection is closed instead.
 EXIT_TIMEOUT = 5.0
 
-
-@dataclass(frozen=True)
-class Framing:
-    """How COPY rows (each without its newline) become a body: JSON array, NDJSON or CSV."""
-
-    first: bytes  # before the first chunk
-    between: bytes  # before every later chunk
-    sep: bytes  # between rows inside a chunk
-    after: bytes  # after every chunk
-    close: bytes  # after the last chunk
-    empty: bytes  # the whole body when there are no rows
+_JSON_ARRAY = FRAMINGS[Format.JSON]
 
 
-JSON_ARRAY = Framing(b"[", b",", b",", b"", b"]", b"[]")
-NDJSON = Framing(b"", b"", b"\n", b"\n", b"", b"")
+class _Streamed(Response):
+    """A response whose body is produced by `chunks(conn)` on a bulk connection."""
+
+    def __init__(self, db: Database, *, media_type: str, framing: Framing) -> None:
+        super().__init__(content=None, media_type=media_type)
+        # The length is unknown until the end: stream with chunked transfer encoding.
+        del self.headers["content-length"]
+        self._db = db
+        self._framing = framing
+
+    def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self._db.bulk() as conn:
+            chunks = self.chunks(conn)
+            try:
+                first = await anext(chunks, None)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+                if first is None:
+                    await send({"type": "http.response.body", "body": self._framing.empty})
+                    return
+                await _send_chunks(receive, send, _then(first, chunks, self._framing.close))
+            finally:
+                # Shielded (the request may be being cancelled too): the query is cancelled
+                # and drained, so the connection goes back idle. Bounded: past EXIT_TIMEOUT
+                # psycopg closes it and the pool replaces it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
+                    await chunks.aclose()
 
 
-def csv_framing(header: str) -> Framing:
-    # RFC 4180 ends records with CRLF; COPY ends them with LF, which we replace per row.
-    head = header.encode() + b"\r\n"
-    return Framing(head, b"", b"\r\n", b"\r\n", b"", head)
-
-
-class BulkSlots:
-    """A share of the pool for exports and imports, so they cannot starve other requests.
-
-    Long-running bulk work holds a connection for seconds to minutes; at most `slots` of
-    them run at once per process, the rest wait up to `timeout` and then get 503.
-    """
-
-    def __init__(self, slots: int, *, timeout: float, retry_after: int) -> None:
-        self.slots = slots
-        self._semaphore = anyio.Semaphore(slots)
-        self._timeout = timeout
-        self._retry_after = retry_after
-
-    @asynccontextmanager
-    async def hold(self) -> AsyncGenerator[None, None]:
-        with anyio.move_on_after(self._timeout) as waiting:
-            await self._semaphore.acquire()
-        if waiting.cancelled_caught:
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "Too many exports and imports are running. Retry later.",
-                headers={"Retry-After": str(self._retry_after)},
-            )
-        try:
-            yield
-        finally:
-            self._semaphore.release()
-
-
-# Rows per network write for JsonArrayStream (a query, not a COPY): one write per row was
-# 8x slower than batches of ~1000.
-BATCH_ROWS = 1000
-
-
-class JsonArrayStream(Response):
-    """A JSON array whose elements are the single text column of a query, streamed.
-
-    The connection is taken in __call__ and given back in its finally block, so it is held
-    exactly while the body streams, whatever happens. The first batch is read before the
-    status line goes out: a database that is down or a failing query still becomes a
-    problem response (503, 500) instead of a truncated 200. A client that goes away stops
-    the query; psycopg cancels it and the pool replaces that connection.
-    """
-
-    media_type = "application/json"
+class CopyStream(_Streamed):
+    """The rows of a COPY ... TO STDOUT, framed (see formats.Framing), in ~CHUNK_BYTES."""
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[Any],
-        sql: str,
-        params: Any = None,
+        db: Database,
+        statement: sql.Composed,
+        params: Any,
         *,
-        headers: dict[str, str] | None = None,
+        framing: Framing,
+        media_type: str,
     ) -> None:
-        super().__init__(content=None, headers=headers, media_type=self.media_type)
-        # The length is unknown until the end: stream with chunked transfer encoding.
-        del self.headers["content-length"]
-        self._pool = pool
-        self._sql = sql
+        super().__init__(db, media_type=media_type, framing=framing)
+        self._statement = statement
         self._params = params
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with self._pool.connection() as conn:
-            rows = conn.cursor().stream(self._sql, self._params, size=BATCH_ROWS)
-            batches = _batches(rows)
-            try:
-                first = await anext(batches, None)
-                await _start(send, self.status_code, self.raw_headers)
-                if first is None:
-                    await send({"type": "http.response.body", "body": b"[]"})
+    async def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
+        framing = self._framing
+        prefix = framing.first
+        async with _exit_shielded(conn.cursor().copy(self._statement, self._params)) as copy:
+            while True:
+                # Shielded: a cancellation landing inside psycopg's wait makes it close the
+                # connection; here it waits for the next yield, and the COPY ends cleanly.
+                with anyio.CancelScope(shield=True):
+                    rows = await _read_chunk(copy)
+                if not rows:
                     return
-                await _send_chunks(receive, send, _then(first, batches, b"]"))
-            finally:
-                await batches.aclose()
-                await rows.aclose()
+                # No unshielded await in here: a cancellation can only arrive at this yield,
+                # from where the exit is shielded (__call__), never midway.
+                yield prefix + framing.sep.join(rows) + framing.after
+                prefix = framing.between
 
 
-async def _batches(rows: AsyncIterator[tuple[Any, ...]]) -> AsyncGenerator[bytes, None]:
-    """A JSON array's text in pieces of up to BATCH_ROWS rows' first column, less the `]`."""
-    batch: list[str] = []
-    prefix = "["
-    async for row in rows:
-        batch.append(row[0])
-        if len(batch) == BATCH_ROWS:
-            yield (prefix + ",".join(batch)).encode()
-            batch.clear()
-            prefix = ","
-    if batch:
-        yield (prefix + ",".join(batch)).encode()
+class JsonArrayStream(_Streamed):
+    """A JSON array whose elements are the single text column of a query, in batches."""
 
+    def __init__(self, db: Database, statement: str, params: Any) -> None:
+        super().__init__(db, media_type="application/json", framing=_JSON_ARRAY)
+        self._statement = statement
+        self._params = params
 
-async def _start(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    async def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
+        rows = conn.cursor().stream(self._statement, self._params, size=BATCH_ROWS)
+        assert isinstance(rows, AsyncGenerator)
+        prefix = b"["
+        batch: list[str] = []
+        try:
+            async for (text,) in rows:
+                batch.append(text)
+                if len(batch) == BATCH_ROWS:
+                    yield prefix + ",".join(batch).encode()
+                    batch.clear()
+                    prefix = b","
+            if batch:
+                yield prefix + ",".join(batch).encode()
+        finally:
+            await rows.aclose()
 
 
 async def _then(
@@ -149,9 +138,8 @@ async def _then(
 async def _send_chunks(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> None:
     """Send every chunk, then end the body; a client that disconnects stops it midway.
 
-    The sender runs beside a watcher of `receive`: when the client goes away the sender
-    is cancelled at its next await, which is what stops the query producing the chunks
-    (the caller closes that query's generator in its finally block).
+    The sender runs beside a watcher of `receive`: when the client goes away the sender is
+    cancelled at its next await, which is what stops the query producing the chunks.
     """
     async with anyio.create_task_group() as tasks:
 
@@ -170,78 +158,6 @@ async def _send_chunks(receive: Receive, send: Send, chunks: AsyncIterator[bytes
 
         tasks.start_soon(send_all)
         tasks.start_soon(stop_on_disconnect)
-
-
-class CopyStream(Response):
-    """The rows of a COPY ... TO STDOUT, framed (see Framing) and streamed in chunks.
-
-    The connection is taken in __call__ (inside a bulk slot) and given back in its finally
-    block, so it is held exactly while the body streams. The first chunk is read before
-    the status line goes out: a database that is down or a failing query still becomes a
-    problem response (503, 500) instead of a truncated 200. A client that goes away stops
-    the query: psycopg cancels the COPY and drains it, so the connection goes back clean
-    (or, if that is interrupted, the pool sees it is not idle and replaces it).
-    """
-
-    def __init__(
-        self,
-        pool: AsyncConnectionPool[Any],
-        slots: BulkSlots,
-        sql: str,
-        params: Any,
-        *,
-        framing: Framing,
-        media_type: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(content=None, headers=headers, media_type=media_type)
-        # The length is unknown until the end: stream with chunked transfer encoding.
-        del self.headers["content-length"]
-        self._pool = pool
-        self._slots = slots
-        self._sql = sql
-        self._params = params
-        self._framing = framing
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with self._slots.hold(), self._pool.connection() as conn:
-            chunks = _chunks(conn, self._sql, self._params, self._framing)
-            try:
-                first = await anext(chunks, None)
-                await _start(send, self.status_code, self.raw_headers)
-                if first is None:
-                    await send({"type": "http.response.body", "body": self._framing.empty})
-                    return
-                await _send_chunks(receive, send, _then(first, chunks, self._framing.close))
-            finally:
-                # Shielded (the request may be being cancelled too): the COPY is cancelled
-                # and drained and the transaction rolled back, so the connection goes back
-                # idle. Bounded: past EXIT_TIMEOUT psycopg closes it and the pool replaces it.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
-                    await chunks.aclose()
-
-
-async def _chunks(
-    conn: AsyncConnection[Any], sql: str, params: Any, framing: Framing
-) -> AsyncGenerator[bytes, None]:
-    """Framed chunks of about CHUNK_BYTES; one COPY message is one row ending in LF."""
-    prefix = framing.first
-    # An export of millions of rows is one statement that may outlast the role's
-    # statement_timeout (db/roles.sql); lifted for this transaction only.
-    async with conn.transaction():
-        await conn.execute("SET LOCAL statement_timeout = 0")
-        async with _exit_shielded(conn.cursor().copy(sql, params)) as copy:
-            while True:
-                # Shielded: a cancellation landing inside psycopg's wait makes it close the
-                # connection; here it waits for the next yield, and the COPY ends cleanly.
-                with anyio.CancelScope(shield=True):
-                    rows = await _read_chunk(copy)
-                if not rows:
-                    return
-                # No unshielded await in here: a cancellation can only arrive at this yield,
-                # from where the exit is shielded (CopyStream.__call__), never midway.
-                yield prefix + framing.sep.join(rows) + framing.after
-                prefix = framing.between
 
 
 async def _read_chunk(copy: AsyncCopy) -> list[Any]:

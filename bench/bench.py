@@ -4,7 +4,8 @@ Starts a throwaway PostgreSQL cluster (db/cluster.sh, temp dir, free port) and t
 recommended for production on 2 cores (uvicorn, 2 workers, uvloop + httptools), loads
 products, then measures:
   - HTTP (wrk): POST /products, GET /products/{sku}, GET /products?limit=50 and the framework
-    ceiling GET /bench/ceiling (same app, middleware and server), at 32 and 64 connections;
+    ceiling GET /ceiling of bench/ceiling.py (a plain FastAPI app, same server and workers),
+    at 32 and 64 connections;
   - the same statements through pgbench -M prepared: the database's ceiling;
   - exporting every product: GET /products (JSON, CSV) vs psql \\copy of the same rows;
   - importing products: POST /products/import vs a plain COPY of the same file.
@@ -33,8 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from app.listing import CSV_COLUMNS, Query  # noqa: E402
-from app.queries import _GET_PRODUCT, _INSERT_PRODUCT  # noqa: E402
+from app.queries import listing, products  # noqa: E402
 
 BENCH = REPO / "bench"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -78,7 +78,12 @@ def cluster(tmp: Path) -> Iterator[dict[str, str]]:
 
 @contextmanager
 def service(
-    database_url: str, workers: int, log_dir: Path, pool_size: int = 4
+    database_url: str,
+    workers: int,
+    log_dir: Path,
+    pool_size: int = 4,
+    app: str = "app.main:app",
+    name: str = "service",
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {
@@ -88,16 +93,15 @@ def service(
         # worker; 10 per worker halved lookups here (more backends than cores to run them).
         "INVENTORY_POOL_SIZE": str(pool_size),
         "INVENTORY_BULK_CONNECTIONS": str(max(1, pool_size // 2)),
-        "INVENTORY_BENCH_CEILING": "1",
         "INVENTORY_IMPORT_MAX_BYTES": str(4 << 30),
     }
     cmd = [
-        str(VENV_BIN / "uvicorn"), "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+        str(VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     # One JSON access-log line per request (app/observability.py), as in production; kept
     # in a file here, or they would bury the results.
-    log = (log_dir / "service.log").open("wb")
+    log = (log_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
     )
@@ -109,7 +113,7 @@ def service(
                     break
             except OSError:
                 if proc.poll() is not None:
-                    tail = (log_dir / "service.log").read_text()[-2000:]
+                    tail = (log_dir / f"{name}.log").read_text()[-2000:]
                     raise RuntimeError(f"uvicorn exited at start-up:\n{tail}") from None
                 time.sleep(0.1)
         time.sleep(1.0)  # every worker up, pools filled
@@ -217,7 +221,7 @@ end
 """,
     "ceiling": """
 request = function()
-  return wrk.format("GET", "/bench/ceiling")
+  return wrk.format("GET", "/ceiling")
 end
 """,
 }
@@ -240,15 +244,15 @@ def wrk(
     return result
 
 
-def http(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def http(url: str, ceiling_url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     results: dict[str, Any] = {name: {} for name in ("lookup", "create", "page", "ceiling")}
     for conns in args.connections:
         say(f"wrk ceiling -c {conns}")
-        ceilings = [wrk(url, "ceiling", conns, args.duration, args.rows, tmp)]
+        ceilings = [wrk(ceiling_url, "ceiling", conns, args.duration, args.rows, tmp)]
         for name in ("lookup", "page", "create"):
             say(f"wrk {name} -c {conns}, then the ceiling again")
             result = wrk(url, name, conns, args.duration, args.rows, tmp)
-            ceilings.append(wrk(url, "ceiling", conns, args.duration, args.rows, tmp))
+            ceilings.append(wrk(ceiling_url, "ceiling", conns, args.duration, args.rows, tmp))
             result["ceiling_rps"] = (ceilings[-2]["rps"] + ceilings[-1]["rps"]) / 2
             results[name][conns] = result
         mean = statistics.mean(c["rps"] for c in ceilings)
@@ -269,14 +273,14 @@ def pgbench_scripts() -> dict[str, str]:
     def numbered(sql: str, values: dict[str, str]) -> str:
         return re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], " ".join(sql.split()))
 
-    page_sql, _ = Query(limit=50).page_sql()
+    page_sql = listing.Listing(limit=50).page().sql
     return {
         "lookup": "\\set i random(1, ROWS)\n"
-        + _GET_PRODUCT.replace("%s", "'bench-' || :i")
+        + numbered(products._GET.sql, {"sku": "'bench-' || :i"})
         + ";\n",
         "create": "\\set r random(1, 9000000000000000000)\n"
         + numbered(
-            _INSERT_PRODUCT,
+            products._INSERT.sql,
             {
                 "sku": "'P-' || :client_id || '-' || :r",
                 "name": "'Bench mug'",
@@ -334,7 +338,7 @@ def export(url: str, admin_url: str, pid: int, repeats: int) -> dict[str, Any]:
     order = " ORDER BY p.created_at, p.id"
     copies = {
         "json": f"\\copy (SELECT product_json(p) FROM products p{order}) to stdout",
-        "csv": f"\\copy (SELECT {' '.join(CSV_COLUMNS.split())} FROM products p{order}) "
+        "csv": f"\\copy (SELECT (product_fields(p)).* FROM products p{order}) "
         "to stdout with (format csv, header)",
     }
     accepts = {"json": "application/json", "csv": "text/csv"}
@@ -412,7 +416,7 @@ def table(results: dict[str, Any]) -> str:
         "lookup": "GET /products/{sku}",
         "create": "POST /products",
         "page": "GET /products?limit=50",
-        "ceiling": "GET /bench/ceiling",
+        "ceiling": "GET /ceiling (bench/ceiling.py)",
     }
     lines.append(
         f"{'HTTP (wrk)':<24}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
@@ -491,10 +495,14 @@ def main() -> None:
             app_url, admin_url = urls["DATABASE_URL"], urls["ADMIN_DATABASE_URL"]
             say(f"loading {args.rows} products")
             load(admin_url, args.rows)
-            with service(app_url, args.workers, tmp, args.pool_size) as (url, proc):
+            ceiling = service(app_url, args.workers, tmp, app="bench.ceiling:app", name="ceiling")
+            with (
+                service(app_url, args.workers, tmp, args.pool_size) as (url, proc),
+                ceiling as (ceiling_url, _),
+            ):
                 # The ceiling runs before and after every endpoint: each ratio compares runs
                 # minutes apart at most, on a machine whose load drifts.
-                results["http"] = http(url, args, tmp)
+                results["http"] = http(url, ceiling_url, args, tmp)
                 results["pgbench"] = {}
                 for name in ("lookup", "page", "create"):
                     results["pgbench"][name] = {}

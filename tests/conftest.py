@@ -1,7 +1,13 @@
-"""Fixtures: one throwaway cluster per run, a fresh database per test, the real app."""
+"""Fixtures: one throwaway cluster per run, a fresh database per test, the real app.
+
+Every test that talks HTTP gets its app from `make_app`/`make_client` (or the `client`
+shorthand): the real create_app, through its real lifespan, on the test's own database,
+connected as the service role.
+"""
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -16,6 +22,9 @@ from app.main import create_app
 from tests.cluster import REPO, Cluster, new_cluster, remove_cluster
 
 SCHEMA = REPO / "schema.sql"
+
+AppFactory = Callable[..., AbstractAsyncContextManager[FastAPI]]
+ClientFactory = Callable[..., AbstractAsyncContextManager[AsyncClient]]
 
 
 @pytest.fixture(scope="session")
@@ -42,27 +51,45 @@ def settings(postgresql: Connection[Any], pg_server: Cluster) -> Settings:
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
-    async with LifespanManager(application) as manager:
-        yield manager.app  # type: ignore[misc]
+def make_app(settings: Settings) -> AppFactory:
+    """`async with make_app(**overrides) as app`: the app started on the test's database,
+    with settings changed by `overrides`; stopped (pool closed) on exit."""
+
+    @asynccontextmanager
+    async def started(**overrides: Any) -> AsyncIterator[FastAPI]:
+        app = create_app(settings.model_copy(update=overrides))
+        async with LifespanManager(app) as manager:
+            yield manager.app  # type: ignore[misc]
+
+    return started
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as c:
+def make_client(make_app: AppFactory) -> ClientFactory:
+    """`async with make_client(**overrides) as client`: an httpx client on make_app's app."""
+
+    @asynccontextmanager
+    async def connected(**overrides: Any) -> AsyncIterator[AsyncClient]:
+        async with (
+            make_app(**overrides) as app,
+            AsyncClient(transport=ASGITransport(app=app), base_url="http://test") as client,
+        ):
+            yield client
+
+    return connected
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
+    async with make_client() as c:
         yield c
 
 
 @pytest.fixture
-async def wide_client(settings: Settings) -> AsyncIterator[AsyncClient]:
+async def wide_client(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
     """The app with 20 connections: requests really run side by side in PostgreSQL."""
-    app = create_app(settings.model_copy(update={"pool_size": 20, "pool_timeout": 30.0}))
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://test") as client,
-    ):
-        yield client
+    async with make_client(pool_size=20, pool_timeout=30.0) as c:
+        yield c
 
 
 @pytest.fixture

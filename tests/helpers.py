@@ -5,6 +5,7 @@ from typing import Any
 
 from httpx import Response
 
+JSON = {"content-type": "application/json"}
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 

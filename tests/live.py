@@ -27,8 +27,11 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(env: dict[str, str], *args: str) -> Iterator[LiveServer]:
-    """uvicorn app.main:app on a free loopback port, ready (GET /healthz 200) when yielded."""
+def live_server(
+    env: dict[str, str], *args: str, host: str = "127.0.0.1", probe: str = "127.0.0.1"
+) -> Iterator[LiveServer]:
+    """uvicorn app.main:app on a free port of `host`, ready (GET /healthz 200 through
+    `probe`, the address it is reached on) when yielded."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -37,7 +40,7 @@ def live_server(env: dict[str, str], *args: str) -> Iterator[LiveServer]:
             "uvicorn",
             "app.main:app",
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             "--no-access-log",
@@ -49,7 +52,7 @@ def live_server(env: dict[str, str], *args: str) -> Iterator[LiveServer]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    server = LiveServer(process, f"http://127.0.0.1:{port}")
+    server = LiveServer(process, f"http://{probe}:{port}")
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -3,46 +3,42 @@
 import hmac
 import json
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from psycopg import Connection
 from pydantic import SecretStr
 
 from app import access
+from app.access import PROTECTED
 from app.config import Settings
 from app.main import create_app
 from app.observability import JsonFormatter
+from tests.cluster import REPO, Cluster, free_port
+from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import assert_problem, product
+from tests.live import live_server
 
 WRITE_1, WRITE_2, READ = "w-token-Zq81x", "w-token-second-7Hk", "r-token-Pl0p"
 
 
-@pytest.fixture
-def locked_app(settings: Settings) -> FastAPI:
-    """An app started with two read-write tokens and one read-only token."""
-    return create_app(
-        settings.model_copy(
-            update={
-                "api_tokens": SecretStr(f"{WRITE_1}, {WRITE_2}"),
-                "read_tokens": SecretStr(READ),
-            }
-        )
-    )
+# Two read-write tokens and one read-only token.
+LOCKED = {"api_tokens": SecretStr(f"{WRITE_1}, {WRITE_2}"), "read_tokens": SecretStr(READ)}
 
 
 @pytest.fixture
-async def locked(locked_app: FastAPI) -> AsyncIterator[AsyncClient]:
-    async with (
-        LifespanManager(locked_app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://test") as c,
-    ):
+async def locked(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
+    async with make_client(**LOCKED) as c:
         yield c
 
 
@@ -97,14 +93,14 @@ async def test_read_only_token_reads_but_a_write_is_403_and_writes_nothing(
     assert db.execute("SELECT count(*) FROM products").fetchone() == (1,)
 
 
-async def test_every_products_route_refuses_a_request_without_token(
-    locked_app: FastAPI, locked: AsyncClient
+async def test_every_protected_route_refuses_a_request_without_token(
+    settings: Settings, locked: AsyncClient
 ) -> None:
-    # Walks the real app: a /products route added later without the token dependency fails.
-    # Mounted apps too (their methods are unknown: GET stands for all).
+    # Walks the real app's routes: a route added later under a protected prefix without the
+    # token dependency fails. Mounted apps too (their methods are unknown: GET stands for all).
     checked = []
-    for context in iter_route_contexts(locked_app.routes):
-        if not (context.path or "").startswith("/products"):
+    for context in iter_route_contexts(create_app(settings).routes):
+        if not (context.path or "").startswith(PROTECTED):
             continue
         path = re.sub(r"\{[^}]+\}", "X-1", context.path)
         for method in sorted(context.methods or {"GET"}):
@@ -164,9 +160,9 @@ def test_tokens_are_not_in_the_settings_repr() -> None:
 
 
 async def test_open_api_warns_at_start_up(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with LifespanManager(create_app(settings)):
+    async with make_app():
         pass
     warnings = [r for r in caplog.records if r.name == "app.auth" and r.levelname == "WARNING"]
     assert len(warnings) == 1
@@ -186,9 +182,124 @@ async def test_openapi_documents_the_bearer_scheme(locked: AsyncClient) -> None:
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if path.startswith("/products"):
+            if path.startswith(PROTECTED):
                 assert operation["security"] == [{"bearerAuth": []}], (method, path)
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
             else:
                 assert "security" not in operation, (method, path)
     assert json.dumps(document).count("bearerAuth") > 1
+
+
+@pytest.mark.parametrize(
+    "variable", [{"api_tokens": SecretStr(" , ")}, {"read_tokens": SecretStr("")}]
+)
+def test_a_token_variable_without_a_token_is_a_start_up_error(
+    settings: Settings, variable: dict[str, SecretStr]
+) -> None:
+    with pytest.raises(access.TokenConfigError, match="holds no token"):
+        create_app(settings.model_copy(update=variable))
+
+
+def test_the_service_does_not_start_with_an_empty_token_variable(tmp_path: Path) -> None:
+    # As a user meets it: the environment variable set, the process refusing to start.
+    done = subprocess.run(
+        [sys.executable, "-c", "import app.main"],
+        cwd=REPO,
+        env={**os.environ, "INVENTORY_API_TOKENS": " , ", "DATABASE_URL": "postgresql://x@h/d"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "INVENTORY_API_TOKENS is set but holds no token" in done.stderr
+
+
+async def test_idempotency_keys_belong_to_the_token_that_sent_them(
+    locked: AsyncClient, db: Connection[Any]
+) -> None:
+    key = {"Idempotency-Key": "order-77"}
+    first = await locked.post("/products", json=product("IK-1"), headers={**bearer(WRITE_1), **key})
+    # The same key and body from another credential is another request: it runs (and meets
+    # the product the first one made) instead of replaying the first one's answer.
+    other = await locked.post("/products", json=product("IK-1"), headers={**bearer(WRITE_2), **key})
+    # And a different body under that key from the other credential is not a "reuse".
+    again = await locked.post("/products", json=product("IK-2"), headers={**bearer(WRITE_2), **key})
+    replay = await locked.post(
+        "/products", json=product("IK-1"), headers={**bearer(WRITE_1), **key}
+    )
+
+    assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+    assert_problem(other, 409, "duplicate_sku")
+    assert "idempotent-replayed" not in other.headers
+    assert_problem(again, 422, "idempotency_key_reused")  # WRITE_2's key now names IK-1's try
+    assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == first.json()
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (1,)
+
+
+def _outside_address() -> str | None:
+    """A local address that is not loopback (the one a default route would use), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for UDP connect
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.slow
+def test_an_open_api_refuses_a_non_loopback_bind_at_start_up(
+    postgresql: Connection[Any], pg_server: Cluster
+) -> None:
+    # Several workers: the sockets exist before the app starts, so start-up itself fails.
+    port = free_port()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": pg_server.app_dsn(postgresql.info.dbname)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # The workers refuse to start and the supervisor stops with them: nothing is served.
+    # (uvicorn's supervisor itself exits 0 then; run.sh refuses such a start up front.)
+    assert "Child process" in done.stderr and "failed to start" in done.stderr
+    assert "INVENTORY_ALLOW_OPEN=1" in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allow_open", [False, True])
+def test_an_open_api_answers_the_network_only_when_allowed(
+    postgresql: Connection[Any], pg_server: Cluster, allow_open: bool
+) -> None:
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    env = {"DATABASE_URL": pg_server.app_dsn(postgresql.info.dbname)}
+    if allow_open:
+        env["INVENTORY_ALLOW_OPEN"] = "1"
+    # One process: it binds after start-up, so each request's local address is checked.
+    with live_server(env, host="0.0.0.0") as server:
+        port = server.url.rsplit(":", 1)[1]
+        local = httpx.get(f"http://127.0.0.1:{port}/products")
+        remote = httpx.get(f"http://{outside}:{port}/products")
+        server.terminate_and_wait(timeout=20)
+
+    assert local.status_code == 200
+    if allow_open:
+        assert remote.status_code == 200
+    else:
+        assert_problem(remote, 403, "forbidden")
+        assert "INVENTORY_ALLOW_OPEN" in remote.json()["detail"]

@@ -6,13 +6,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from psycopg import Connection
 
 from app.config import Settings
-from app.main import create_app
 from tests.cluster import Cluster
+from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 
 
@@ -95,22 +94,20 @@ async def test_pool_exhausted_past_its_timeout_is_503_with_retry_after(
     assert [h.status_code for h in await asyncio.gather(*holders)] == [200] * settings.pool_size
 
 
-async def test_database_outage_is_503_then_recovers_without_restart(own_cluster: Cluster) -> None:
-    settings = Settings(
-        database_url=own_cluster.app_dsn("inventory"), pool_size=3, pool_timeout=1.5
-    )
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+async def test_database_outage_is_503_then_recovers_without_restart(
+    own_cluster: Cluster, make_client: ClientFactory
+) -> None:
+    timeout = 1.5
+    async with make_client(
+        database_url=own_cluster.app_dsn("inventory"), pool_size=3, pool_timeout=timeout
+    ) as client:
         assert (await client.post("/products", json=product("KEEP-1"))).status_code == 201
 
         await asyncio.to_thread(own_cluster.stop)
         for path in ("/products/KEEP-1", "/readyz"):
             started = time.monotonic()
             response = await client.get(path)
-            assert time.monotonic() - started < settings.pool_timeout + 1
+            assert time.monotonic() - started < timeout + 1
             assert_problem(response, 503, "database_unavailable")
             assert response.headers["retry-after"]
 

@@ -10,12 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from psycopg import Connection
 
 from app.config import Settings
-from app.main import create_app
+from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 from tests.live_inprocess import live_server, rss_bytes
 
@@ -230,16 +229,12 @@ async def test_streaming_200k_rows_keeps_memory_flat(
 
 
 async def test_bulk_work_outlasts_the_roles_statement_timeout(
-    settings: Settings, db: Connection[Any]
+    make_client: ClientFactory, db: Connection[Any]
 ) -> None:
     _fill(db, 200_000, description_chars=100)
     dbname = db.info.dbname
     db.execute(f"ALTER ROLE inventory_app IN DATABASE {dbname} SET statement_timeout = '50ms'")  # type: ignore[arg-type]
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+    async with make_client() as client:
         exported = await client.get("/products", headers={"accept": "text/csv"})
         assert exported.status_code == 200
         assert exported.text.count("\r\n") == 200_001

@@ -2,19 +2,16 @@
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient, Response
+from httpx import AsyncClient, Response
 from psycopg import Connection
-from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
+from app.database import open_database
 from app.idempotency import Idempotency
-from app.main import create_app
+from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import assert_problem, product
 from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
 
@@ -287,17 +284,10 @@ async def test_a_repeat_while_the_first_runs_waits_and_replays(
     assert assert_ledger_consistent(db, "ABC-1", initial=5) == [1]
 
 
-@pytest.fixture
-async def impatient_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(settings.model_copy(update={"idempotency_wait_seconds": 0.2}))
-    async with LifespanManager(app) as manager:
-        yield manager.app  # type: ignore[misc]
-
-
 async def test_a_repeat_that_outwaits_its_patience_is_409_and_the_work_runs_once(
-    impatient_app: FastAPI, db: Connection[Any]
+    make_client: ClientFactory, db: Connection[Any]
 ) -> None:
-    async with AsyncClient(transport=ASGITransport(app=impatient_app), base_url="http://t") as c:
+    async with make_client(idempotency_wait_seconds=0.2) as c:
         await c.post("/products", json=product("ABC-1", quantity=5))
         _slow_movements(db, 1.5)
 
@@ -379,12 +369,8 @@ async def test_purge_deletes_expired_keys_in_batches_and_keeps_live_ones(
     )
     assert settings.database_url is not None
     # The service's own role and a pool like the app's: the purge needs only its grants.
-    async with AsyncConnectionPool(
-        settings.database_url, kwargs={"autocommit": True}, min_size=1, max_size=1
-    ) as pool:
-        idempotency = Idempotency(
-            pool, ttl_seconds=86_400, wait_seconds=1, attempts=1, retry_after=1
-        )
+    async with open_database(settings.database_url, settings) as database:
+        idempotency = Idempotency(database, ttl_seconds=86_400, wait_seconds=1)
 
         purged = await idempotency.purge_expired(batch=1000)
         again = await idempotency.purge_expired()
@@ -394,15 +380,14 @@ async def test_purge_deletes_expired_keys_in_batches_and_keeps_live_ones(
 
 
 async def test_the_service_purges_expired_keys_in_the_background(
-    settings: Settings, db: Connection[Any]
+    make_app: AppFactory, db: Connection[Any]
 ) -> None:
     db.execute(
         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at) "
         "VALUES ('POST /products', 'old', '\\x00', 201, '', now() - interval '25 hours'), "
         "       ('POST /products', 'new', '\\x00', 201, '', now())"
     )
-    app = create_app(settings.model_copy(update={"idempotency_purge_interval_seconds": 0.05}))
-    async with LifespanManager(app):
+    async with make_app(idempotency_purge_interval_seconds=0.05):
         for _ in range(100):  # bounded: 5 s
             keys = db.execute("SELECT key FROM idempotency_keys").fetchall()
             if keys == [("new",)]:

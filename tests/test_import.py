@@ -7,12 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient, Response
+from httpx import AsyncClient, Response
 from psycopg import Connection
 
-from app.config import Settings
-from app.main import create_app
+from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 from tests.test_export import TRICKY, parse_csv
 
@@ -271,12 +269,8 @@ async def test_other_media_types_are_415(client: AsyncClient, content_type: str)
 
 
 @pytest.fixture
-async def small_limit_client(settings: Settings) -> AsyncIterator[AsyncClient]:
-    app = create_app(settings.model_copy(update={"import_max_bytes": 10_000}))
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+async def small_limit_client(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
+    async with make_client(import_max_bytes=10_000) as client:
         yield client
 
 
@@ -376,4 +370,23 @@ async def test_a_failed_import_under_a_key_is_replayed_and_writes_nothing(
 
     assert assert_problem(first, 422, "validation_failed")["errors"][0]["line"] == 3
     assert assert_problem(again, 422, "validation_failed") == first.json()
+    assert count(db) == 0
+
+
+async def test_the_diagnosis_applies_the_databases_own_checks_from_the_catalog(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    # A rule the API has never heard of, added by a DBA with psql: the import's diagnosis
+    # reads the CHECKs from pg_constraint, so it names this one too, by line.
+    db.execute(
+        "ALTER TABLE products ADD CONSTRAINT products_name_no_tabs_check "
+        "CHECK (position(E'\\t' IN name) = 0)"
+    )
+    text = HEADER + "T-1,fine,,1,1\n" + "T-2,tab\there,,1,1\n"
+
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
+
+    assert body["errors"] == [
+        {"line": 3, "field": "line", "message": "violates products_name_no_tabs_check"}
+    ]
     assert count(db) == 0

@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg import Connection
 
 from app.config import Settings
-from app.main import create_app
 from tests.cluster import Cluster
+from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 from tests.live import live_server
 
@@ -176,7 +175,10 @@ async def test_a_500_carries_the_request_id_and_its_log_line_names_it(
 
 
 async def test_database_password_is_never_logged(
-    settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A database that refuses the password, then one that is not there at all.
     caplog.set_level(logging.DEBUG)
@@ -185,13 +187,7 @@ async def test_database_password_is_never_logged(
     wrong = re.sub(r"//([^:]+):[^@]*@", rf"//\1:{secret}@", settings.database_url)
     nowhere = f"postgresql://inventory_app:{secret}@127.0.0.1:9/inventory"
     for url in (wrong, nowhere):
-        app = create_app(
-            settings.model_copy(update={"database_url": url, "pool_timeout": 0.5, "pool_size": 1})
-        )
-        async with (
-            LifespanManager(app) as manager,
-            AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as c,
-        ):
+        async with make_client(database_url=url, pool_timeout=0.5, pool_size=1) as c:
             assert_problem(await c.get("/products/X-1"), 503, "database_unavailable")
 
     logged = "\n".join(r.getMessage() for r in caplog.records) + capsys.readouterr().out

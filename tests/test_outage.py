@@ -7,13 +7,11 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient, Response
+from httpx import AsyncClient, Response
 from psycopg import Connection
 
-from app.config import Settings
-from app.main import create_app
 from tests.cluster import Cluster
+from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 
 POOL_TIMEOUT = 1.5
@@ -59,16 +57,11 @@ class Load:
 
 
 async def test_outage_under_load_is_503_then_recovers_and_loses_nothing(
-    own_cluster: Cluster,
+    own_cluster: Cluster, make_client: ClientFactory
 ) -> None:
-    settings = Settings(
+    async with make_client(
         database_url=own_cluster.app_dsn("inventory"), pool_size=3, pool_timeout=POOL_TIMEOUT
-    )
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+    ) as client:
         load = Load(client)
         running = asyncio.create_task(load.run())
         await asyncio.sleep(1.0)
@@ -112,7 +105,7 @@ def test_service_role_has_a_statement_timeout(postgresql: Connection[Any], pg_se
 
 
 async def test_query_past_the_statement_timeout_is_cut_off_and_answered_503(
-    settings: Settings, db: Connection[Any]
+    make_client: ClientFactory, db: Connection[Any]
 ) -> None:
     # This test's database only: a 300 ms limit for the service role, and an insert that
     # would sleep 30 s inside PostgreSQL.
@@ -123,11 +116,7 @@ async def test_query_past_the_statement_timeout_is_cut_off_and_answered_503(
         "IF NEW.sku = 'SLOW-1' THEN PERFORM pg_sleep(30); END IF; RETURN NEW; END $$; "
         "CREATE TRIGGER slow BEFORE INSERT ON products FOR EACH ROW EXECUTE FUNCTION slow()"
     )
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+    async with make_client() as client:
         started = time.monotonic()
         response = await client.post("/products", json=product("SLOW-1"))
         elapsed = time.monotonic() - started

@@ -4,13 +4,14 @@ import asyncio
 import csv
 import io
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from httpx import AsyncClient, Response
 from psycopg import ClientCursor, Connection
 
-from app.listing import Query, prefix_range
+from app.queries.listing import Listing, prefix_range
 from tests.helpers import assert_problem, product
 
 _NEXT = re.compile(r'^<(/products\?[^>]+)>; rel="next"$')
@@ -168,15 +169,17 @@ async def test_bad_limit_or_cursor_is_422(client: AsyncClient, params: dict[str,
     assert_problem(response, 422, "validation_failed")
 
 
-def _plan(db: Connection[Any], sql: str, params: dict[str, Any]) -> str:
-    """EXPLAIN of sql sent as the service sends a prefix page: bound server-side, unprepared
-    (app.listing.respond), so the planner sees the values."""
-    rows = db.execute(f"EXPLAIN {sql}", params, prepare=False).fetchall()
+def _plan(db: Connection[Any], listing: Listing) -> str:
+    """EXPLAIN of a page sent as the service sends a prefix page: bound server-side,
+    unprepared (app.queries.listing.page), so the planner sees the values."""
+    statement = listing.page()
+    rows = db.execute(f"EXPLAIN {statement.sql}", listing.params(), prepare=False).fetchall()
     return "\n".join(row[0] for row in rows)
 
 
-def _generic_plan(db: Connection[Any], sql: str, params: dict[str, Any]) -> str:
-    """EXPLAIN of sql prepared and forced to its generic plan (the prefix unknown)."""
+def _generic_plan(db: Connection[Any], listing: Listing) -> str:
+    """EXPLAIN of a page prepared and forced to its generic plan (the prefix unknown)."""
+    sql, params = listing.page().sql, listing.params()
     names: list[str] = []
 
     def placeholder(found: re.Match[str]) -> str:
@@ -204,23 +207,23 @@ async def test_prefix_search_uses_the_sku_index_on_100k_rows(db: Connection[Any]
     db.execute("ANALYZE products")
     rare = prefix_range("sku-1234")  # 11 of 100k rows
 
-    page = _plan(db, *Query(prefix=rare, limit=50).page_sql())
-    deep_page = _plan(
-        db, *Query(prefix=rare, after=("2026-01-01T00:00:00.000000Z", 5), limit=50).page_sql()
-    )
+    page = _plan(db, Listing(prefix=rare, limit=50))
+    deep = Listing(prefix=rare, after=(datetime(2026, 1, 1, tzinfo=UTC), 5), limit=50)
+    deep_page = _plan(db, deep)
     # An export: COPY binds client-side, so the planner sees the literal bounds.
-    where, params = Query(prefix=rare).where()
-    select = ClientCursor(db).mogrify(f"SELECT p.id FROM products p{where}", params)
+    everything = Listing(prefix=rare)
+    copy = ClientCursor(db).mogrify(everything.export(csv=True), everything.params())
+    select = re.sub(r"^COPY \((.*)\) TO STDOUT.*$", r"\1", copy, flags=re.S)
     export = "\n".join(r[0] for r in db.execute(f"EXPLAIN {select}").fetchall())
 
     for plan in (page, deep_page, export):
         assert "Seq Scan" not in plan, plan
         assert "products_sku_lower_key" in plan, plan
     # A prefix matching everything walks the list order's index instead: still no Seq Scan.
-    broad = _plan(db, *Query(prefix=prefix_range("s"), limit=50).page_sql())
+    broad = _plan(db, Listing(prefix=prefix_range("s"), limit=50))
     assert "Seq Scan" not in broad and "products_created_at_id_idx" in broad, broad
     # Why prefix pages are never prepared: the generic plan cannot use the SKU index well.
-    generic = _generic_plan(db, *Query(prefix=rare, limit=50).page_sql())
+    generic = _generic_plan(db, Listing(prefix=rare, limit=50))
     assert "products_sku_lower_key" not in generic, generic
 
 

@@ -7,7 +7,7 @@ import pytest
 from httpx import AsyncClient
 from psycopg import Connection
 
-from tests.helpers import RFC3339_UTC, assert_problem, product
+from tests.helpers import JSON, RFC3339_UTC, assert_problem, product
 
 
 async def test_create_returns_201_with_location_and_stored_product(
@@ -217,3 +217,38 @@ async def test_openapi_documents_the_product_endpoints(client: AsyncClient) -> N
 
     assert {"post", "get"} <= set(paths["/products"])
     assert "404" in paths["/products/{sku}"]["get"]["responses"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "19.9900000000000001",  # a float would read 19.99 (issue: it was stored as 19.99)
+        "1e999999",  # a float would overflow to infinity (issue: the error named `body`)
+        "1e-999999",  # a float would underflow to 0.0
+        "0.1000000000000000055511151231257827",  # the float nearest 0.1, written out
+    ],
+)
+async def test_a_json_number_price_is_never_taken_through_a_float(
+    client: AsyncClient, db: Connection[Any], number: str
+) -> None:
+    raw = '{"sku": "F-1", "name": "n", "price": ' + number + "}"
+
+    response = await client.post("/products", content=raw, headers=JSON)
+
+    body = assert_problem(response, 422, "validation_failed")
+    assert [e["field"] for e in body["errors"]] == ["price"]
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("number", "stored"), [("19.99", "19.99"), ("1e2", "100.00"), ("12.50", "12.50"), ("7", "7.00")]
+)
+async def test_json_number_prices_are_stored_exactly(
+    client: AsyncClient, number: str, stored: str
+) -> None:
+    raw = '{"sku": "F-2", "name": "n", "price": ' + number + "}"
+
+    response = await client.post("/products", content=raw, headers=JSON)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["price"] == stored

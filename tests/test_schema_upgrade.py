@@ -14,8 +14,9 @@ from psycopg import Connection
 from tests.cluster import CLUSTER_SCRIPT, REPO, Cluster
 from tests.conftest import SCHEMA
 
-# main when reorder_point, search and the report views were added: the schema live databases run.
-PREVIOUS_RELEASE = "52af07a"
+# Schemas live databases may run: the first release, and the rebuilt core (which added
+# product_fields, a function returning the type this release reshapes).
+PREVIOUS_RELEASES = ["52af07a", "36dbe64"]
 
 TABLES = {"products": "id", "stock_movements": "id", "idempotency_keys": "scope, key"}
 
@@ -117,9 +118,12 @@ def _write_rows(db: Connection[Any]) -> None:
     )
 
 
-def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(new_database: Any) -> None:
+@pytest.mark.parametrize("release", PREVIOUS_RELEASES)
+def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(
+    new_database: Any, release: str
+) -> None:
     old_schema = subprocess.run(
-        ["git", "show", f"{PREVIOUS_RELEASE}:schema.sql"],
+        ["git", "show", f"{release}:schema.sql"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

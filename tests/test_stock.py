@@ -1,17 +1,16 @@
 """Stock adjustments, the movement ledger and its rules in the database."""
 
+import asyncio
 from typing import Any
 
 import psycopg
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from psycopg import Connection, errors
 
 from app.config import Settings
-from app.main import create_app
 from tests.cluster import Cluster
-from tests.conftest import SCHEMA
+from tests.conftest import SCHEMA, ClientFactory
 from tests.helpers import RFC3339_UTC, assert_problem, product
 from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
 
@@ -437,12 +436,26 @@ def test_the_service_may_append_to_the_ledger_but_not_rewrite_it(
 
 
 async def test_readiness_needs_the_ledger_tables(
-    postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any], settings: Settings
+    make_client: ClientFactory, db: Connection[Any]
 ) -> None:
     db.execute("DROP TABLE stock_movements CASCADE")
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
-    ):
+    async with make_client() as client:
         assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_the_movement_stream_takes_a_bulk_slot_like_exports(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    async with make_client(bulk_connections=1, pool_timeout=0.5) as client:
+        assert (await client.post("/products", json=product(quantity=5))).status_code == 201
+        # A DBA's lock holds the first stream inside its query, in the one bulk slot.
+        with db.transaction():
+            db.execute("LOCK TABLE stock_movements IN ACCESS EXCLUSIVE MODE")
+            first = asyncio.create_task(client.get("/products/ABC-1/movements"))
+            await asyncio.sleep(0.3)
+            second = await client.get("/products/ABC-1/movements")
+            page = await client.get("/products/ABC-1")  # not bulk work: unaffected
+        assert (await first).status_code == 200
+
+    assert_problem(second, 503, "database_unavailable")
+    assert page.status_code == 200

@@ -1,12 +1,12 @@
-"""Operational endpoints: liveness and readiness."""
+"""Operational endpoints: liveness, readiness and metrics."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from app import queries
-from app.db import DatabaseDep
-from app.models import Base
-from app.routes.docs import problems
+from app.deps import DatabaseDep, MetricsDep
+from app.openapi import problems
+from app.queries import health
 
 router = APIRouter(tags=["operations"])
 
@@ -21,8 +21,17 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: the database answers and the schema is in place",
     responses=problems(503),
 )
-async def readyz(database: DatabaseDep) -> JSONResponse:
-    ready = await queries.schema_ready(database.pool, tables=sorted(Base.metadata.tables))
-    if not ready:
+async def readyz(db: DatabaseDep) -> JSONResponse:
+    if not await health.schema_ready(db):
         return JSONResponse({"status": "schema missing"}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: requests, latencies, pool, database errors",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(registry: MetricsDep) -> Response:
+    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,21 +1,27 @@
 """/products: add, list, look up, change and delete products."""
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from psycopg import AsyncConnection
 
-from app import changes, etags, listing, queries
-from app.db import DatabaseDep
-from app.errors import ApiError, product_not_found
-from app.idempotency import IdempotencyDep, IdempotencyKeyHeader, canonical_json, request_hash
-from app.listing import Format, negotiate
-from app.pagination import After, Limit
-from app.routes.docs import problems
-from app.schemas import ProductCreate, ProductRead, ProductUpdate, could_be_sku
-from app.streaming import BulkSlots
+from app import etags
+from app.database import Connection
+from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
+from app.errors import ProductNotFound, ValidationFailed, field_error
+from app.formats import FRAMINGS, Format, negotiate, render_page
+from app.idempotency import canonical_json, request_hash
+from app.limits import JsonRoute
+from app.openapi import problems
+from app.pagination import After, Limit, decode_cursor, encode_cursor, invalid_cursor, next_link
+from app.queries import listing, products
+from app.rules import SKU_CHARS_PATTERN, SKU_MAX
+from app.schemas import ProductCreate, ProductRead, ProductUpdate
+from app.streaming import CopyStream
 
-router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
+router = APIRouter(
+    prefix="/products", tags=["products"], responses=problems(503), route_class=JsonRoute
+)
 
 IfNoneMatch = Annotated[
     str | None, Header(alias="If-None-Match", description="ETags you hold: 304 if current")
@@ -24,10 +30,25 @@ IfMatch = Annotated[
     str | None,
     Header(alias="If-Match", description="Change only if the product still has this ETag"),
 ]
+SkuPrefix = Annotated[
+    str | None,
+    Query(
+        max_length=SKU_MAX,
+        pattern=SKU_CHARS_PATTERN,
+        description="Only SKUs starting with this, in any letter case",
+    ),
+]
 
 
-def _json(text: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(text, status_code=status_code, headers=headers, media_type="application/json")
+def _json(
+    product: products.ProductJson, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        product.json,
+        status_code=status_code,
+        headers={"ETag": product.etag, **(headers or {})},
+        media_type="application/json",
+    )
 
 
 @router.post(
@@ -38,21 +59,33 @@ def _json(text: str, status_code: int = 200, headers: dict[str, str] | None = No
     summary="Add a product",
 )
 async def create_product(
-    body: ProductCreate, idempotency: IdempotencyDep, idempotency_key: IdempotencyKeyHeader = None
+    body: ProductCreate,
+    idempotency: IdempotencyDep,
+    credential: Credential,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    async def operation(conn: AsyncConnection[Any]) -> Response:
-        product = await queries.create_product(conn, new=body)
-        return _json(product.json, 201, {"Location": f"/products/{body.sku}", "ETag": product.etag})
+    async def operation(conn: Connection) -> Response:
+        product = await products.create_product(conn, new=body)
+        return _json(product, 201, {"Location": f"/products/{body.sku}"})
 
     return await idempotency.run(
         operation,
-        scope="POST /products",
         key=idempotency_key,
+        credential=credential,
+        scope="POST /products",
         request_hash=request_hash(canonical_json(body)),
     )
 
 
 _LIST_PARAMETERS = {"limit", "after", "sku_prefix"}
+
+
+def _position(cursor: str) -> tuple[datetime, int]:
+    created_at, id_ = decode_cursor(cursor, str, int)
+    try:
+        return datetime.fromisoformat(created_at), id_
+    except ValueError:
+        raise invalid_cursor() from None
 
 
 @router.get(
@@ -66,28 +99,41 @@ _LIST_PARAMETERS = {"limit", "after", "sku_prefix"}
 )
 async def list_products(
     request: Request,
-    database: DatabaseDep,
+    db: DatabaseDep,
     limit: Limit = None,
     after: After = None,
-    sku_prefix: Annotated[
-        str | None, Query(max_length=64, description="Only SKUs starting with this, any case")
-    ] = None,
+    sku_prefix: SkuPrefix = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     # A misspelt parameter (`?limt=10`) must not silently turn a page into a full export.
     unknown = sorted(set(request.query_params) - _LIST_PARAMETERS)
     if unknown:
-        raise ApiError(
-            422,
-            "validation_failed",
+        raise ValidationFailed(
             "Unknown query parameter.",
-            errors=[{"field": name, "message": "is not a known parameter"} for name in unknown],
+            [field_error(n, "is not a known parameter") for n in unknown],
         )
     fmt = negotiate(accept)
-    bulk: BulkSlots = request.state.bulk
-    return await listing.respond(
-        database.pool, bulk, request, fmt=fmt, limit=limit, after=after, sku_prefix=sku_prefix
+    query = listing.Listing(
+        prefix=listing.prefix_range(sku_prefix) if sku_prefix else None,
+        after=_position(after) if after is not None else None,
+        limit=limit,
     )
+    if limit is None:
+        return CopyStream(
+            db,
+            query.export(csv=fmt is Format.CSV),
+            query.params(),
+            framing=FRAMINGS[fmt],
+            media_type=fmt.content_type,
+        )
+    rows = await listing.page(db, query)
+    headers = {}
+    if len(rows) > limit:
+        rows = rows[:limit]
+        _, created_at, id_ = rows[-1]
+        headers["Link"] = next_link(request, encode_cursor(created_at.isoformat(), id_))
+    body = render_page(fmt, [json for json, _, _ in rows])
+    return Response(body, headers=headers, media_type=fmt.content_type)
 
 
 @router.get(
@@ -97,18 +143,14 @@ async def list_products(
     summary="Look up one product by SKU, ignoring case",
 )
 async def get_product(
-    sku: str, database: DatabaseDep, if_none_match: IfNoneMatch = None
+    sku: ProductSku, db: DatabaseDep, if_none_match: IfNoneMatch = None
 ) -> Response:
-    # A string that cannot be a SKU names no product; no need to ask the database.
-    product = await queries.get_product(database.pool, sku=sku) if could_be_sku(sku) else None
+    product = await products.get_product(db, sku=sku)
     if product is None:
-        raise product_not_found(sku)
+        raise ProductNotFound(sku)
     if etags.none_match(if_none_match, product.etag):
         return Response(status_code=304, headers={"ETag": product.etag})
-    return _json(product.json, headers={"ETag": product.etag})
-
-
-# --- Changing and deleting (optimistic concurrency with If-Match) ------------------------
+    return _json(product)
 
 
 @router.patch(
@@ -118,34 +160,27 @@ async def get_product(
     summary="Change name, description or price (JSON merge patch)",
 )
 async def patch_product(
-    sku: str, body: ProductUpdate, idempotency: IdempotencyDep, if_match: IfMatch = None
+    sku: ProductSku, body: ProductUpdate, db: DatabaseDep, if_match: IfMatch = None
 ) -> Response:
-    if not could_be_sku(sku):
-        raise product_not_found(sku)
     accepted = etags.if_match_tags(if_match)
 
-    async def operation(conn: AsyncConnection[Any]) -> Response:
-        product = await changes.patch_product(conn, sku=sku, patch=body, etags=accepted)
-        return _json(product.json, headers={"ETag": product.etag})
+    async def operation(conn: Connection) -> Response:
+        return _json(await products.patch_product(conn, sku=sku, patch=body, etags=accepted))
 
-    return await idempotency.run(operation)
+    return await db.write(operation, transaction=False)
 
 
 @router.delete(
     "/{sku}",
     status_code=204,
     responses=problems(404, 412),
-    summary="Delete a product and its movement history",
+    summary="Delete a product",
 )
-async def delete_product(
-    sku: str, idempotency: IdempotencyDep, if_match: IfMatch = None
-) -> Response:
-    if not could_be_sku(sku):
-        raise product_not_found(sku)
+async def delete_product(sku: ProductSku, db: DatabaseDep, if_match: IfMatch = None) -> Response:
     accepted = etags.if_match_tags(if_match)
 
-    async def operation(conn: AsyncConnection[Any]) -> Response:
-        await changes.delete_product(conn, sku=sku, etags=accepted)
+    async def operation(conn: Connection) -> Response:
+        await products.delete_product(conn, sku=sku, etags=accepted)
         return Response(status_code=204)
 
-    return await idempotency.run(operation)
+    return await db.write(operation, transaction=False)

@@ -1,20 +1,21 @@
 """/products/{sku}/adjustments and /movements: stock changes and their ledger."""
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
-from psycopg import AsyncConnection
 
-from app import changes
-from app.db import DatabaseDep
-from app.errors import product_not_found
-from app.idempotency import IdempotencyDep, IdempotencyKeyHeader, canonical_json, request_hash
+from app.database import Connection
+from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
+from app.errors import ProductNotFound
+from app.idempotency import canonical_json, request_hash
+from app.limits import JsonRoute
+from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
-from app.routes.docs import problems
-from app.schemas import AdjustmentCreate, MovementRead, ProductRead, could_be_sku
+from app.queries import stock
+from app.schemas import AdjustmentCreate, MovementRead, ProductRead
 from app.streaming import JsonArrayStream
 
-router = APIRouter(prefix="/products", tags=["stock"], responses=problems(503))
+router = APIRouter(
+    prefix="/products", tags=["stock"], responses=problems(503), route_class=JsonRoute
+)
 
 
 @router.post(
@@ -24,24 +25,23 @@ router = APIRouter(prefix="/products", tags=["stock"], responses=problems(503))
     summary="Add or remove stock; records a movement (never below zero)",
 )
 async def adjust_stock(
-    sku: str,
+    sku: ProductSku,
     body: AdjustmentCreate,
     idempotency: IdempotencyDep,
-    idempotency_key: IdempotencyKeyHeader = None,
+    credential: Credential,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    if not could_be_sku(sku):
-        raise product_not_found(sku)
-
-    async def operation(conn: AsyncConnection[Any]) -> Response:
-        product = await changes.adjust_stock(conn, sku=sku, adjustment=body)
+    async def operation(conn: Connection) -> Response:
+        product = await stock.adjust_stock(conn, sku=sku, adjustment=body)
         return Response(product.json, headers={"ETag": product.etag}, media_type="application/json")
 
     # The key names one adjustment of one product: the SKU (any case) is part of the request,
     # so the same key sent for another product is a reuse (422), not a second operation.
     return await idempotency.run(
         operation,
-        scope="POST /products/{sku}/adjustments",
         key=idempotency_key,
+        credential=credential,
+        scope="POST /products/{sku}/adjustments",
         request_hash=request_hash(sku.lower(), canonical_json(body)),
     )
 
@@ -53,22 +53,21 @@ async def adjust_stock(
     summary="The product's stock movements, oldest first",
 )
 async def list_movements(
-    sku: str, request: Request, database: DatabaseDep, limit: Limit = None, after: After = None
+    sku: ProductSku, request: Request, db: DatabaseDep, limit: Limit = None, after: After = None
 ) -> Response:
     start = decode_cursor(after, int)[0] if after is not None else 0
-    if not could_be_sku(sku):
-        raise product_not_found(sku)
     if limit is None:
-        # Everything, streamed; the product is looked up first so that a missing one is 404.
-        async with database.pool.connection() as conn:
-            product_id = await changes.product_id(conn, sku=sku)
-        if product_id is None:
-            raise product_not_found(sku)
-        return JsonArrayStream(database.pool, changes.MOVEMENTS, (product_id, start))
-    async with database.pool.connection() as conn:
-        page = await changes.movements_page(conn, sku=sku, after=start, limit=limit)
+        # Everything, streamed in a bulk slot; looked up first so that a missing one is 404.
+        async with db.connection() as conn:
+            product = await stock.product_id(conn, sku=sku)
+        if product is None:
+            raise ProductNotFound(sku)
+        statement, params = stock.all_movements(product=product, after=start)
+        return JsonArrayStream(db, statement, params)
+    async with db.connection() as conn:
+        page = await stock.movements_page(conn, sku=sku, after=start, limit=limit)
     if page is None:
-        raise product_not_found(sku)
+        raise ProductNotFound(sku)
     rows, last = page
     headers = {} if last is None else {"Link": next_link(request, encode_cursor(last))}
     return Response("[" + ",".join(rows) + "]", headers=headers, media_type="application/json")

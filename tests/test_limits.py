@@ -1,5 +1,8 @@
-"""Hostile bodies and headers get a 4xx problem, never a 500, and write nothing."""
+"""app/limits.py: hostile bodies get a 4xx problem, never a 500, and write nothing; slow
+clients are cut off on the way in (408) and on the way out (the send deadline)."""
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -7,15 +10,16 @@ import psycopg
 import pytest
 from httpx import AsyncClient
 from psycopg import Connection
+from pydantic import SecretStr
 from starlette.types import Message, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import database_problem
-from app.limits import BodyGuard
-from tests.helpers import assert_problem, product
+from app.errors import from_database
+from app.limits import BodyGuard, SendDeadline
+from tests.conftest import ClientFactory
+from tests.helpers import JSON, assert_problem, product
 
 MIB = 1 << 20
-JSON = {"content-type": "application/json"}
 
 
 def body(text: str) -> bytes:
@@ -261,7 +265,9 @@ async def _call(
 
 
 async def test_declared_length_over_the_limit_is_refused_without_reading() -> None:
-    guard = BodyGuard(_count_body, json_max_bytes=100, import_max_bytes=1000)
+    guard = BodyGuard(
+        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=5, retry_after=1
+    )
     headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
 
     status, _, received = await _call(guard, "/products", [b"x" * 101], headers)
@@ -270,7 +276,9 @@ async def test_declared_length_over_the_limit_is_refused_without_reading() -> No
 
 
 async def test_import_gets_its_own_limit_counted_as_it_streams() -> None:
-    guard = BodyGuard(_count_body, json_max_bytes=100, import_max_bytes=1000)
+    guard = BodyGuard(
+        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=5, retry_after=1
+    )
     csv = [(b"content-type", b"text/csv")]
 
     # Over the JSON limit, under the import limit: streamed through untouched.
@@ -326,5 +334,88 @@ async def test_string_psycopg_refuses_to_send_is_422_not_500(settings: Settings)
             await conn.execute("SELECT %s::text", ["a\x00b"])
 
     assert raised.value.sqlstate is None
-    mapped = database_problem(raised.value, retry_after=1)
+    mapped = from_database(raised.value)
     assert mapped is not None and (mapped.status, mapped.code) == (422, "validation_failed")
+
+
+async def test_every_body_but_the_imports_is_held_to_the_json_limit(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    # A large body to another method on the import's path (or any path) is not an import:
+    # it is refused by its declared length, before anything reads, parses or authorises it.
+    big = b"[" * (2 << 20)
+    async with make_client(api_tokens=SecretStr("t0ken-A")) as client:
+        for method, path in [
+            ("PATCH", "/products/import"),
+            ("PUT", "/products/import"),
+            ("POST", "/products/import/"),
+            ("DELETE", "/products/ABC-1"),
+            ("GET", "/products"),
+        ]:
+            response = await client.request(method, path, content=big, headers=JSON)
+            assert_problem(response, 413, "payload_too_large")
+        # The import itself is not bound by the JSON limit (401: no token; nothing read).
+        response = await client.post(
+            "/products/import", content=big, headers={"content-type": "text/csv"}
+        )
+        assert_problem(response, 401, "unauthorized")
+
+
+def _stalling(chunks: list[bytes], stall: float) -> Receive:
+    """A receive() that hands out `chunks`, then stalls as a slow client would."""
+    pending = list(chunks)
+
+    async def receive() -> Message:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(0), "more_body": True}
+        await asyncio.sleep(stall)
+        return {"type": "http.request", "body": b"}", "more_body": False}
+
+    return receive
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/products", b"application/json"), ("/products/import", b"text/csv")],
+)
+async def test_a_body_that_stops_arriving_is_cut_off_with_408(
+    path: str, content_type: bytes
+) -> None:
+    guard = BodyGuard(
+        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=0.2, retry_after=1
+    )
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", content_type), (b"transfer-encoding", b"chunked")],
+    }
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    started = time.monotonic()
+    await guard(scope, _stalling([b'{"sku":'], stall=30), send)
+
+    assert time.monotonic() - started < 5
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert b"request_timeout" in b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline() -> None:
+    async def endless(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+
+    async def blocked_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            await asyncio.sleep(3600)  # a client whose socket buffer is full
+
+    guard = SendDeadline(endless, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await guard({"type": "http", "headers": []}, _stalling([], 0), blocked_send)
+    assert time.monotonic() - started < 5

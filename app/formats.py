@@ -1,0 +1,117 @@
+"""The representations of a list of products (JSON, CSV, NDJSON): choosing one, writing one."""
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import NotAcceptable
+from app.schemas import ProductRead
+
+
+class Format(enum.Enum):
+    """A list's representation; the value is its media type."""
+
+    JSON = "application/json"
+    CSV = "text/csv"
+    NDJSON = "application/x-ndjson"
+
+    @property
+    def content_type(self) -> str:
+        return "text/csv; charset=utf-8" if self is Format.CSV else self.value
+
+
+# Which of our formats each media range accepts, best first (the first is chosen on a tie).
+_RANGES: dict[str, tuple[Format, ...]] = {
+    "*/*": (Format.JSON, Format.CSV, Format.NDJSON),
+    "application/*": (Format.JSON, Format.NDJSON),
+    "text/*": (Format.CSV,),
+    "application/json": (Format.JSON,),
+    "text/csv": (Format.CSV,),
+    "application/x-ndjson": (Format.NDJSON,),
+}
+
+
+def negotiate(accept: str | None) -> Format:
+    """The format an Accept header asks for (RFC 9110 12.5.1: q-values, most specific wins).
+
+    No header means JSON. Raises NotAcceptable (406) when the client accepts none of ours.
+    """
+    if not accept or not accept.strip():
+        return Format.JSON
+    best: tuple[float, int, int] | None = None
+    chosen: Format | None = None
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        media = media.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        formats = _RANGES.get(media)
+        if not formats or q <= 0:
+            continue
+        specificity = 0 if media == "*/*" else 1 if media.endswith("/*") else 2
+        rank = (q, specificity, -position)
+        if best is None or rank > best:
+            best, chosen = rank, formats[0]
+    if chosen is None:
+        raise NotAcceptable(
+            "Products are available as application/json, text/csv and application/x-ndjson."
+        )
+    return chosen
+
+
+# The API's field order (the product field table): the CSV header of a page. An export's
+# header comes from PostgreSQL (product_fields); tests/test_export.py checks they agree.
+CSV_FIELDS = tuple(ProductRead.model_fields)
+CSV_HEADER = ",".join(CSV_FIELDS)
+
+
+def csv_field(value: Any) -> str:
+    """One CSV field quoted exactly as PostgreSQL's COPY quotes it (NULL empty, "" quoted)."""
+    if value is None:
+        return ""
+    text = str(value)
+    if text == "" or any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def render_page(fmt: Format, rows: Sequence[str]) -> bytes:
+    """A whole page body from product_json texts (at most 1000: paged listings are small)."""
+    if fmt is Format.JSON:
+        return ("[" + ",".join(rows) + "]").encode()
+    if fmt is Format.NDJSON:
+        return "".join(row + "\n" for row in rows).encode()
+    lines = [CSV_HEADER]
+    for row in rows:
+        product = json.loads(row)
+        lines.append(",".join(csv_field(product[f]) for f in CSV_FIELDS))
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How COPY rows (each without its newline) become a body: JSON array, NDJSON or CSV."""
+
+    first: bytes  # before the first chunk
+    between: bytes  # before every later chunk
+    sep: bytes  # between rows inside a chunk
+    after: bytes  # after every chunk
+    close: bytes  # after the last chunk
+    empty: bytes  # the whole body when there are no rows
+
+
+FRAMINGS = {
+    Format.JSON: Framing(b"[", b",", b",", b"", b"]", b"[]"),
+    Format.NDJSON: Framing(b"", b"", b"\n", b"\n", b"", b""),
+    # RFC 4180 ends records with CRLF; COPY ends them with LF, which is replaced per row.
+    # The header is COPY's first row, so a CSV export is never empty.
+    Format.CSV: Framing(b"", b"", b"\r\n", b"\r\n", b"", b""),
+}

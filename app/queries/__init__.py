@@ -1,0 +1,1 @@
+"""The statements the service runs, one module per resource, built from app.models."""

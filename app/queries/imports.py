@@ -1,0 +1,515 @@
+"""POST /products/import: a CSV or NDJSON body streamed through COPY, all or nothing.
+
+The body goes straight from the socket into `COPY ... FROM STDIN` into a temporary staging
+table that numbers the records, inside the caller's transaction. The happy path is then a
+single INSERT ... SELECT into products, where the table's CHECKs and its unique index
+decide, as for every other client. Only when that fails does the diagnosis run: set-wise
+queries over the staging table that name up to MAX_LISTED bad records by line, validation
+problems (422) before duplicates (409). The rules it applies are the database's own: the
+required columns and types come from the model, the CHECK expressions from the live
+catalog (pg_constraint), never from a second copy. Nothing is written unless everything is.
+"""
+
+import csv
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Identity,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.schema import CreateTable
+
+from app.database import Connection, compile_literal, compile_once, savepoint
+from app.errors import DuplicateSku, ValidationFailed, field_error
+from app.models import Product
+from app.queries.products import CREATE_FIELDS
+from app.rules import INT4_MAX, INT4_MIN, rule_for
+
+MAX_LISTED = 100
+CSV = "text/csv"
+NDJSON = "application/x-ndjson"
+
+_COLUMNS = {name: Product.__table__.c[name] for name in CREATE_FIELDS}
+# NOT NULL without a default: every record must give these.
+REQUIRED = frozenset(
+    name for name, c in _COLUMNS.items() if not c.nullable and c.server_default is None
+)
+
+# The staging table: the record number, then every field as text, so that COPY takes any
+# record and the diagnosis can say what is wrong with each.
+_staging = Table(
+    "import_rows",
+    MetaData(),
+    Column("n", BigInteger, Identity(always=False), nullable=False),
+    *(Column(name, Text) for name in CREATE_FIELDS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",
+)
+_CREATE_STAGING = compile_once(CreateTable(_staging)).sql
+
+# Text that PostgreSQL's numeric and integer input will take (checked before casting, so a
+# diagnosis never fails on the value it is diagnosing). Type syntax, not a CHECK rule.
+_NUMBER = r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$"
+_INTEGER = r"^\s*[+-]?[0-9]{1,18}\s*$"
+
+
+def _typed(name: str) -> ColumnElement[Any]:
+    """A staging column as the real column's type; NULL (never an error) when it cannot be.
+
+    Nested CASEs rather than AND: SQL does not promise to evaluate AND left to right.
+    """
+    text = _staging.c[name]
+    kind = _COLUMNS[name].type
+    if isinstance(kind, Numeric):
+        return case((text.regexp_match(_NUMBER), cast(text, Numeric)))
+    if isinstance(kind, Integer):
+        wide = cast(text, BigInteger)
+        return case(
+            (
+                text.regexp_match(_INTEGER),
+                case((wide.between(INT4_MIN, INT4_MAX), cast(text, Integer))),
+            )
+        )
+    return text
+
+
+def _type_problem(name: str) -> ColumnElement[Any] | None:
+    """Why a staging value cannot be stored in its column at all, or NULL."""
+    text = _staging.c[name]
+    kind = _COLUMNS[name].type
+    whens: list[tuple[ColumnElement[bool], str]] = []
+    if name in REQUIRED:
+        whens.append((text.is_(None), "required"))
+    if isinstance(kind, Numeric):
+        whens.append((~text.regexp_match(_NUMBER), "not_a_number"))
+    elif isinstance(kind, Integer):
+        whens.append((~text.regexp_match(_INTEGER), "not_an_integer"))
+        whens.append((~cast(text, BigInteger).between(INT4_MIN, INT4_MAX), "out_of_range"))
+    return case(*whens) if whens else None
+
+
+def _stored(name: str) -> ColumnElement[Any]:
+    """What the INSERT stores: the typed value, or the column's default when absent."""
+    value = cast(_staging.c[name], _COLUMNS[name].type)
+    default = _COLUMNS[name].server_default
+    return func.coalesce(value, default.arg) if default is not None else value
+
+
+# File order is kept: ids and the list order follow the lines of the file.
+_INSERT = compile_once(
+    insert(Product).from_select(
+        list(CREATE_FIELDS),
+        select(*(_stored(name) for name in CREATE_FIELDS)).order_by(_staging.c.n),
+    )
+)
+# Every field's typed value, as a relation the catalog's CHECK expressions can be run on.
+_TYPED = compile_literal(
+    select(_staging.c.n, *(_typed(name).label(name) for name in CREATE_FIELDS))
+)
+# Values no column of their type can hold: one row per (record, field, problem).
+_TYPE_PROBLEMS = " UNION ALL ".join(
+    compile_literal(
+        select(_staging.c.n, literal(name), problem.label("problem")).where(problem.is_not(None))
+    )
+    for name in CREATE_FIELDS
+    if (problem := _type_problem(name)) is not None
+)
+_CHECKS = """
+    SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint
+    WHERE conrelid = 'products'::regclass AND contype = 'c' ORDER BY conname
+"""
+# Records that repeat an earlier record's SKU (any case), and records whose SKU exists.
+_sku = func.lower(_staging.c.sku)
+_first = func.min(_staging.c.n).over(partition_by=_sku)
+_repeats = select(_staging.c.n, _first.label("first")).subquery()
+_DUPLICATES = (
+    compile_literal(
+        select(_repeats.c.n, literal("sku"), literal("file:") + cast(_repeats.c.first, Text)).where(
+            _repeats.c.n > _repeats.c.first
+        )
+    )
+    + " UNION ALL "
+    + compile_literal(
+        select(_staging.c.n, literal("sku"), literal("exists:") + Product.sku).join(
+            Product, func.lower(Product.sku) == _sku
+        )
+    )
+)
+
+# The first MAX_LISTED offending records, all their problems, and how many records offend.
+_LISTED = """
+    WITH bad (n, field, problem) AS MATERIALIZED ({rows})
+    SELECT n, field, problem, (SELECT count(DISTINCT n) FROM bad)
+    FROM bad
+    WHERE n IN (SELECT DISTINCT n FROM bad ORDER BY n LIMIT {limit})
+    ORDER BY n, field
+"""
+
+# A CSV record can span lines (quoted newlines): its first line is 1 (the header) plus the
+# records before it plus every newline inside them.
+_CSV_LINES = f"""
+    SELECT n, line FROM (
+        SELECT n, (1 + n + coalesce(sum(newlines) OVER (
+            ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS line
+        FROM (
+            SELECT n, (SELECT coalesce(sum(length(v) - length(replace(v, e'\\n', ''))), 0)
+                       FROM unnest(ARRAY[{", ".join(CREATE_FIELDS)}]) v) AS newlines
+            FROM import_rows
+        ) r
+    ) x WHERE n = ANY(%s)
+"""
+
+# NDJSON: each line into one text column, untouched (CSV format with a quote and delimiter
+# JSON never holds raw: text format would unescape backslashes).
+_NDJSON_STAGING = """
+    CREATE TEMPORARY TABLE import_lines (
+        n    bigint GENERATED ALWAYS AS IDENTITY,
+        line text
+    ) ON COMMIT DROP
+"""
+_NDJSON_COPY = (
+    "COPY import_lines (line) FROM STDIN (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+)
+# Blank lines are allowed and skipped (they still count as lines).
+_NDJSON_PARSE = """
+    CREATE TEMPORARY TABLE import_docs ON COMMIT DROP AS
+    SELECT n, line::jsonb AS doc FROM import_lines WHERE line ~ '\\S'
+"""
+# Only on the failure path: a per-row exception block is slow but finds every bad line.
+_IS_JSON = """
+    CREATE OR REPLACE FUNCTION pg_temp.import_is_json(t text) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM t::jsonb;
+        RETURN true;
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+        RETURN false;
+    END $$
+"""
+_INVALID_JSON = """
+    SELECT n, 'line', 'invalid_json' FROM import_lines
+    WHERE line ~ '\\S' AND NOT pg_temp.import_is_json(line)
+"""
+
+
+def _json_types(name: str) -> tuple[str, ...]:
+    """The JSON types a field may have in an NDJSON record, as the API's models take it."""
+    column = _COLUMNS[name]
+    kinds = (
+        ("string", "number")
+        if isinstance(column.type, Numeric)
+        else (("number",) if isinstance(column.type, Integer) else ("string",))
+    )
+    return (*kinds, "null") if column.nullable else kinds
+
+
+_INTEGER_FIELDS = [f for f in CREATE_FIELDS if isinstance(_COLUMNS[f].type, Integer)]
+# What the API's strict models refuse: not an object, unknown keys, wrong JSON types.
+_WRONG_SHAPE = f"""
+    SELECT d.n, e.field, e.problem
+    FROM import_docs d CROSS JOIN LATERAL (
+        SELECT 'line' AS field, 'not_an_object' AS problem WHERE jsonb_typeof(d.doc) <> 'object'
+        UNION ALL
+        SELECT k, 'unknown_field'
+        FROM jsonb_object_keys(CASE jsonb_typeof(d.doc) WHEN 'object' THEN d.doc ELSE '{{}}' END) k
+        WHERE k <> ALL (ARRAY[{", ".join(f"'{f}'" for f in CREATE_FIELDS)}])
+        UNION ALL
+        SELECT f.name, 'wrong_type'
+        FROM (VALUES {", ".join(f"('{f}', ARRAY{list(_json_types(f))!r})" for f in CREATE_FIELDS)})
+             AS f(name, types)
+        WHERE d.doc ? f.name AND jsonb_typeof(d.doc -> f.name) <> ALL (f.types)
+        UNION ALL
+        SELECT f.name, 'not_an_integer'
+        FROM unnest(ARRAY[{", ".join(f"'{f}'" for f in _INTEGER_FIELDS)}]::text[]) f(name)
+        WHERE jsonb_typeof(d.doc -> f.name) = 'number' AND d.doc ->> f.name !~ '^-?[0-9]+$'
+    ) e
+"""
+_FROM_DOCS = f"""
+    INSERT INTO import_rows (n, {", ".join(CREATE_FIELDS)})
+    SELECT n, {", ".join(f"doc ->> '{f}'" for f in CREATE_FIELDS)}
+    FROM import_docs
+"""
+
+_MESSAGES = {
+    "required": "is required",
+    "not_a_number": "must be a decimal number such as 19.99",
+    "not_an_integer": "must be a whole number",
+    "out_of_range": f"must be at most {INT4_MAX}",
+    "wrong_type": "has the wrong JSON type",
+    "not_an_object": "must be a JSON object",
+    "unknown_field": "is not a known field",
+    "invalid_json": "is not valid JSON",
+}
+
+_COPY_LINE = re.compile(r"\bline (\d+)")
+
+LineNumbers = Callable[[Connection, list[int]], Awaitable[dict[int, int]]]
+
+
+async def import_products(conn: Connection, body: AsyncIterator[bytes], *, media_type: str) -> int:
+    """Insert every record of a CSV or NDJSON body, or none; return how many were inserted.
+
+    Runs inside the caller's transaction on `conn`. Raises ValidationFailed (unreadable or
+    invalid records, unknown or missing columns) or DuplicateSku (SKUs repeated in the file
+    or existing already), listing at most MAX_LISTED records by line.
+    """
+    line_of: LineNumbers
+    if media_type == CSV:
+        await _copy_csv(conn, body)
+        line_of = _csv_lines
+    else:
+        await _copy_ndjson(conn, body)
+        line_of = _ndjson_lines
+    try:
+        async with savepoint(conn):
+            cur = await conn.execute(_INSERT.sql)
+            return int(cur.rowcount)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+        await _diagnose(conn, line_of)
+        raise
+
+
+async def _copy_csv(conn: Connection, body: AsyncIterator[bytes]) -> None:
+    stream = aiter(body)
+    head = b""
+    async for chunk in stream:
+        head += chunk
+        if b"\n" in head or len(head) > 64 * 1024:
+            break
+    columns = _csv_header(head)
+    await conn.execute(_CREATE_STAGING)
+    copy_sql = sql.SQL("COPY import_rows ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    guard = _EndMarkerGuard()
+    try:
+        async with conn.cursor().copy(copy_sql) as copy:
+            guard.check(head)
+            await copy.write(head)
+            async for chunk in stream:
+                guard.check(chunk)
+                await copy.write(chunk)
+    except psycopg.errors.DataError as exc:
+        raise _unreadable(exc, "CSV") from None
+
+
+def _csv_header(head: bytes) -> list[str]:
+    """The column names of the header line; raises ValidationFailed unless they are usable."""
+    line = head.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
+    try:
+        names = next(csv.reader([line.decode()]), [])
+    except (UnicodeDecodeError, csv.Error):
+        names = []
+    names = [n.strip() for n in names]
+    problems = [
+        field_error(n or "header", "is not a product field", line=1)
+        for n in names
+        if n not in CREATE_FIELDS
+    ]
+    problems += [
+        field_error(n, "appears more than once", line=1)
+        for n in sorted({n for n in names if names.count(n) > 1})
+    ]
+    problems += [
+        field_error(n, "is a required column", line=1) for n in sorted(REQUIRED - set(names))
+    ]
+    if problems:
+        raise ValidationFailed(
+            "The CSV header must name product fields: "
+            + ", ".join(CREATE_FIELDS)
+            + " ("
+            + ", ".join(sorted(REQUIRED))
+            + " required).",
+            problems,
+        )
+    return names
+
+
+async def _copy_ndjson(conn: Connection, body: AsyncIterator[bytes]) -> None:
+    await conn.execute(_NDJSON_STAGING)
+    guard = _EndMarkerGuard()
+    carry = b""
+    try:
+        async with conn.cursor().copy(_NDJSON_COPY) as copy:
+            async for data in body:
+                # COPY wants one line ending style; CRLF and LF may mix in NDJSON. A CR
+                # split from its LF by the chunking waits for the next chunk.
+                chunk = (carry + data).replace(b"\r\n", b"\n")
+                carry = b"\r" if chunk.endswith(b"\r") else b""
+                chunk = chunk[: len(chunk) - len(carry)]
+                # Our quote and delimiter bytes would change how COPY splits the line;
+                # JSON never holds them raw, so such a body is not NDJSON.
+                raw = [at for at in (chunk.find(b"\x01"), chunk.find(b"\x02")) if at >= 0]
+                if raw:
+                    raise _bad_line(
+                        guard.lines + chunk[: min(raw)].count(b"\n") + 1,
+                        "holds a raw control character (not valid JSON)",
+                    )
+                guard.check(chunk)
+                await copy.write(chunk)
+            await copy.write(carry)
+    except psycopg.errors.DataError as exc:
+        raise _unreadable(exc, "NDJSON") from None
+    await conn.execute(_CREATE_STAGING)
+    try:
+        async with savepoint(conn):
+            await conn.execute(_NDJSON_PARSE)
+    except psycopg.errors.DataError:
+        await conn.execute(_IS_JSON)
+        await _report(conn, _INVALID_JSON, _ndjson_lines, duplicates=False)
+        raise
+    await _report(conn, _WRONG_SHAPE, _ndjson_lines, duplicates=False)
+    await conn.execute(_FROM_DOCS)
+
+
+class _EndMarkerGuard:
+    """Refuses a line holding only `\\.`: PostgreSQL 15's COPY would end the data there,
+    silently dropping every later line. Counts lines on the way (C speed: bytes.count)."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self._tail = b"\n"
+
+    def check(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        for marker in (b"\n\\.\n", b"\n\\.\r\n"):
+            at = window.find(marker)
+            if at >= 0:
+                before = self.lines - self._tail.count(b"\n") + window[: at + 1].count(b"\n")
+                raise _bad_line(before + 1, "holds only '\\.', which COPY reads as end of data")
+        self.lines += chunk.count(b"\n")
+        # The longest marker is 5 bytes: 4 carried over catch one split between chunks.
+        self._tail = window[-4:]
+
+
+def _bad_line(line: int, message: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"Line {line} cannot be imported.", [field_error("line", message, line=line)]
+    )
+
+
+def _unreadable(exc: psycopg.Error, what: str) -> ValidationFailed:
+    # COPY reports where it stopped as context "COPY import_rows, line 5[, column ...]".
+    found = _COPY_LINE.search(exc.diag.context or "")
+    line = int(found.group(1)) if found else None
+    message = {
+        "22P04": "does not have the header's columns",
+        "22021": "is not valid UTF-8",
+    }.get(exc.sqlstate or "", f"cannot be read as {what}")
+    return ValidationFailed(
+        f"The body cannot be read as {what}" + (f" at line {line}." if line is not None else "."),
+        [field_error("line", message, line=line)],
+    )
+
+
+async def _check_violations(conn: Connection) -> str:
+    """Records breaking a CHECK of products, evaluated with the catalog's own expressions."""
+    checks = await (await conn.execute(_CHECKS)).fetchall()
+    cases = ", ".join(
+        f"({sql.quote(_field_of(name))}, {sql.quote(name)}, ({expression})::boolean)"
+        for name, expression in checks
+    )
+    # An expression names its columns unqualified; `t` is the only relation that has them.
+    return (
+        f"SELECT t.n, c.field, c.name FROM ({_TYPED}) t CROSS JOIN LATERAL "
+        f"(VALUES {cases}) c(field, name, ok) WHERE c.ok IS FALSE"
+    )
+
+
+def _field_of(constraint: str) -> str:
+    rule = rule_for(constraint)
+    return rule.field if rule else "line"
+
+
+async def _diagnose(conn: Connection, line_of: LineNumbers) -> None:
+    """After a failed INSERT: raise the 422 or 409 naming the records at fault, if found."""
+    invalid = _TYPE_PROBLEMS + " UNION ALL " + await _check_violations(conn)
+    await _report(conn, invalid, line_of, duplicates=False)
+    await _report(conn, _DUPLICATES, line_of, duplicates=True)
+
+
+async def _report(
+    conn: Connection, rows_sql: str, line_of: LineNumbers, *, duplicates: bool
+) -> None:
+    """Raise the problem listing the records that rows_sql finds, if it finds any."""
+    cur = await conn.execute(_LISTED.format(rows=rows_sql, limit=MAX_LISTED))
+    found = await cur.fetchall()
+    if not found:
+        return
+    total = int(found[0][3])
+    earlier = {_earlier(p) for _, _, p, _ in found}
+    ns = sorted({int(n) for n, *_ in found} | {n for n in earlier if n is not None})
+    lines = await line_of(conn, ns)
+    errors = [
+        field_error(field, _message(problem, lines), line=lines[n])
+        for n, field, problem, _ in found
+    ]
+    if duplicates:
+        raise DuplicateSku(errors=errors, invalid_records=total)
+    raise ValidationFailed(
+        f"{total} records are invalid; nothing was imported.", errors, invalid_records=total
+    )
+
+
+def _earlier(problem: str) -> int | None:
+    kind, _, value = problem.partition(":")
+    return int(value) if kind == "file" else None
+
+
+def _message(problem: str, lines: dict[int, int]) -> str:
+    kind, _, value = problem.partition(":")
+    if kind == "file":
+        return f"repeats the SKU of line {lines[int(value)]} (SKUs are unique ignoring case)"
+    if kind == "exists":
+        return f"a product with SKU '{value}' already exists"
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    rule = rule_for(problem)
+    return f"{rule.message} ({problem})" if rule else f"violates {problem}"
+
+
+async def _csv_lines(conn: Connection, ns: list[int]) -> dict[int, int]:
+    cur = await conn.execute(_CSV_LINES, (ns,))
+    return {n: line for n, line in await cur.fetchall()}
+
+
+async def _ndjson_lines(conn: Connection, ns: list[int]) -> dict[int, int]:
+    return {n: n for n in ns}
+
+
+SPOOL_CHUNK = 256 * 1024
+
+
+async def spool(body: AsyncIterator[bytes], into: IO[bytes]) -> bytes:
+    """Copy a body into a file and return its SHA-256."""
+    digest = hashlib.sha256()
+    async for chunk in body:
+        digest.update(chunk)
+        into.write(chunk)
+    into.seek(0)
+    return digest.digest()
+
+
+async def unspool(source: IO[bytes]) -> AsyncIterator[bytes]:
+    """The file's bytes from its start, in chunks."""
+    source.seek(0)
+    while chunk := source.read(SPOOL_CHUNK):
+        yield chunk

@@ -1,0 +1,121 @@
+"""Products one at a time: add, look up, change, delete. Rows leave PostgreSQL as API JSON.
+
+Every change is one statement whose WHERE carries all its conditions (the SKU, the
+If-Match ETags). At READ COMMITTED PostgreSQL re-checks that WHERE on the newest version
+of a row another transaction changed meanwhile, so a condition and the write it guards
+cannot be split by a concurrent change. Only when no row comes back does a second query
+say why (404 or 412).
+"""
+
+from functools import cache
+from typing import Any, NamedTuple
+
+from psycopg import AsyncConnection, errors
+from sqlalchemy import Text, any_, bindparam, delete, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from app.database import Database, Statement, compile_once
+from app.errors import DuplicateSku, PreconditionFailed, ProductNotFound
+from app.models import Product
+from app.queries.common import PRODUCT_ETAG, PRODUCT_JSON, sku_is
+from app.schemas import ProductCreate, ProductUpdate
+
+Connection = AsyncConnection[Any]
+
+
+class ProductJson(NamedTuple):
+    """One product as the API sends it: its JSON text and its strong ETag."""
+
+    json: str
+    etag: str
+
+
+# Clients may set these on create; the database sets the rest (id, timestamps).
+CREATE_FIELDS = ("sku", "name", "description", "price", "quantity")
+
+_GET = compile_once(select(PRODUCT_JSON, PRODUCT_ETAG).where(sku_is()))
+_INSERT = compile_once(
+    insert(Product)
+    .values({name: bindparam(name) for name in CREATE_FIELDS})
+    .returning(PRODUCT_JSON, PRODUCT_ETAG)
+)
+_QUANTITY = compile_once(select(Product.quantity).where(sku_is()))
+
+# No If-Match (or `*`): etags is NULL; otherwise the row must be in one of the states the
+# client named. The same condition guards PATCH and DELETE.
+_ETAGS = bindparam("etags", type_=ARRAY(Text))
+_IF_MATCH = or_(_ETAGS.is_(None), PRODUCT_ETAG.element == any_(_ETAGS))
+
+_DELETE = compile_once(delete(Product).where(sku_is(), _IF_MATCH).returning(Product.id))
+_CURRENT = compile_once(select(PRODUCT_JSON, PRODUCT_ETAG).where(sku_is(), _IF_MATCH))
+
+
+@cache
+def _patch(fields: frozenset[str]) -> Statement:
+    # One statement per set of patched fields (a handful exist); compiled on first use.
+    return compile_once(
+        update(Product)
+        .where(sku_is(), _IF_MATCH)
+        .values({name: bindparam(name) for name in sorted(fields)})
+        .returning(PRODUCT_JSON, PRODUCT_ETAG)
+    )
+
+
+async def get_product(db: Database, *, sku: str) -> ProductJson | None:
+    """The product whose SKU matches ignoring case, or None."""
+    async with db.connection() as conn:
+        row = await (await conn.execute(_GET.sql, _GET.params(sku=sku))).fetchone()
+    return None if row is None else ProductJson(*row)
+
+
+async def create_product(conn: Connection, *, new: ProductCreate) -> ProductJson:
+    """Insert one product and return it.
+
+    Raises DuplicateSku when the SKU exists in any letter case: the unique index on
+    lower(sku) decides, so concurrent inserts of one SKU cannot both succeed.
+    """
+    try:
+        cur = await conn.execute(_INSERT.sql, _INSERT.params(**new.model_dump()))
+    except errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "products_sku_lower_key":
+            raise
+        raise DuplicateSku(new.sku) from None
+    row = await cur.fetchone()
+    assert row is not None
+    return ProductJson(*row)
+
+
+async def _why_not(conn: Connection, sku: str) -> Exception:
+    """The product is missing (404), or it exists and its ETag did not match (412)."""
+    missing = await quantity_of(conn, sku=sku) is None
+    return ProductNotFound(sku) if missing else PreconditionFailed(sku)
+
+
+async def patch_product(
+    conn: Connection, *, sku: str, patch: ProductUpdate, etags: list[str] | None
+) -> ProductJson:
+    """Apply a merge patch (only the fields the client sent) and return the product.
+
+    An empty patch writes nothing (updated_at and the ETag stay), but If-Match still
+    applies. Raises ProductNotFound, PreconditionFailed; CHECKs surface as psycopg errors.
+    """
+    fields = patch.changes()
+    statement = _patch(frozenset(fields)) if fields else _CURRENT
+    cur = await conn.execute(statement.sql, statement.params(sku=sku, etags=etags, **fields))
+    row = await cur.fetchone()
+    if row is None:
+        raise await _why_not(conn, sku)
+    return ProductJson(*row)
+
+
+async def delete_product(conn: Connection, *, sku: str, etags: list[str] | None) -> None:
+    """Delete the product. Raises ProductNotFound, PreconditionFailed."""
+    cur = await conn.execute(_DELETE.sql, _DELETE.params(sku=sku, etags=etags))
+    if await cur.fetchone() is None:
+        raise await _why_not(conn, sku)
+
+
+async def quantity_of(conn: Connection, *, sku: str) -> int | None:
+    """The product's quantity in stock now, or None when there is no such product."""
+    row = await (await conn.execute(_QUANTITY.sql, _QUANTITY.params(sku=sku))).fetchone()
+    return None if row is None else int(row[0])
