@@ -27,6 +27,7 @@ from app.rules import (
     PRICE_DECIMALS,
     PRICE_MAX,
     QUANTITY_MAX,
+    REORDER_POINT_MAX,
     SKU_MAX,
     SKU_PATTERN,
     Reason,
@@ -101,6 +102,8 @@ Price = Annotated[
     ),
 ]
 Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
+# Low on stock at or below it (API.md); null: never low.
+ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX)]
 
 
 class ProductCreate(BaseModel):
@@ -113,6 +116,7 @@ class ProductCreate(BaseModel):
     description: Description | None = None
     price: Price
     quantity: Quantity = 0
+    reorder_point: ReorderPoint | None = None
 
 
 class ProductRead(BaseModel):
@@ -124,6 +128,7 @@ class ProductRead(BaseModel):
     description: str | None
     price: Annotated[str, Field(examples=["19.99"], pattern=r"^\d{1,10}\.\d{2}$")]
     quantity: int
+    reorder_point: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -171,14 +176,17 @@ _Stock = Annotated[Any, BeforeValidator(_refuse_quantity), SkipJsonSchema()]
 
 
 class ProductUpdate(BaseModel):
-    """PATCH /products/{sku} body, a JSON merge patch (RFC 7396) of name, description, price.
+    """PATCH /products/{sku} body, a JSON merge patch (RFC 7396) of name, description, price
+    and reorder_point.
 
-    A field left out stays as it is; `description: null` clears it; `name` and `price`
-    cannot be null. Everything else is refused (422), stock included.
+    A field left out stays as it is; `description: null` and `reorder_point: null` clear
+    it; `name` and `price` cannot be null. Everything else is refused (422), stock included.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
+    PATCHABLE: ClassVar[frozenset[str]] = frozenset(
+        {"name", "description", "price", "reorder_point"}
+    )
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent and may change, with their values (None clears)."""
@@ -189,6 +197,7 @@ class ProductUpdate(BaseModel):
     name: Annotated[Name | None, BeforeValidator(_not_null), _documented_as(Name)] = None
     description: Description | None = None
     price: Annotated[Price | None, BeforeValidator(_not_null), _documented_as(Price)] = None
+    reorder_point: ReorderPoint | None = None
     sku: _Fixed = None
     id: _Fixed = None
     created_at: _Fixed = None

@@ -157,7 +157,7 @@ async def get_product(
     "/{sku}",
     response_model=ProductRead,
     responses=problems(404, 412, 422),
-    summary="Change name, description or price (JSON merge patch)",
+    summary="Change name, description, price or reorder point (JSON merge patch)",
 )
 async def patch_product(
     sku: ProductSku, body: ProductUpdate, db: DatabaseDep, if_match: IfMatch = None
