@@ -1,6 +1,7 @@
 """Typed dependencies: everything a handler needs, taken from the lifespan's state here only."""
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -9,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.access import Access
 from app.config import Settings
 from app.database import Database
-from app.errors import ProductNotFound
+from app.errors import ProductNotFound, ValidationFailed, field_error
 from app.idempotency import Idempotency
 from app.observability import Metrics
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
@@ -93,3 +94,19 @@ IdempotencyKey = Annotated[
         description="Makes the request safe to retry: 1-255 printable ASCII characters.",
     ),
 ]
+
+
+def known_parameters(*names: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing (422) any query parameter but `names`: a misspelt one
+    (`?limt=10`, `?buckt=week`) must not silently change what the answer holds."""
+    known = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise ValidationFailed(
+                "Unknown query parameter.",
+                [field_error(n, "is not a known parameter") for n in unknown],
+            )
+
+    return check
