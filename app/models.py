@@ -1,4 +1,4 @@
-"""SQLAlchemy models mirroring schema.sql column for column (tests/test_drift.py checks)."""
+"""SQLAlchemy models mirroring schema.sql column for column (tests/test_models.py checks)."""
 
 from datetime import datetime
 from decimal import Decimal
@@ -6,14 +6,18 @@ from decimal import Decimal
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     Numeric,
     SmallInteger,
+    Table,
     Text,
     func,
     text,
@@ -134,3 +138,29 @@ class IdempotencyKey(Base):
         CheckConstraint("status BETWEEN 100 AND 599", name="idempotency_keys_status_check"),
         Index("idempotency_keys_created_at_idx", created_at),
     )
+
+
+# The report views of schema.sql, described so that statements can be built on them. Their
+# own MetaData: they are not tables, and nothing may ever try to create them.
+views = MetaData()
+
+stock_summary = Table(
+    "stock_summary",
+    views,
+    Column("products", BigInteger),
+    Column("units", Numeric),
+    Column("value", Numeric),
+    Column("out_of_stock", BigInteger),
+    Column("low_stock", BigInteger),
+    Column("as_of", DateTime(timezone=True)),
+)
+
+# Also the result of the function movement_daily(from_at, to_at), the view over a range.
+movement_daily = Table(
+    "movement_daily",
+    views,
+    Column("day", Date),
+    Column("reason", Text),
+    Column("movements", BigInteger),
+    Column("units", Numeric),
+)

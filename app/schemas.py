@@ -234,3 +234,46 @@ class MovementRead(BaseModel):
     note: str | None
     quantity_after: int
     created_at: datetime
+
+
+# --- Reports ---------------------------------------------------------------------------------
+
+# RFC 3339 section 5.6 date-time: a full date, a time, and an offset (Z or +hh:mm), nothing
+# less. In a URL a `+` must be sent as %2B (a bare one reads as a space).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
+
+
+def _parse_instant(value: Any) -> datetime:
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2026-11-01T00:00:00Z")
+    try:
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("is not a valid date-time") from None
+
+
+Instant = Annotated[
+    datetime,
+    BeforeValidator(_parse_instant),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class StockReport(BaseModel):
+    """GET /reports/stock: the view stock_summary."""
+
+    products: int
+    units: int
+    value: Annotated[str, Field(examples=["123456.78"], pattern=r"^\d+\.\d{2}$")]
+    out_of_stock: int
+    low_stock: int
+    as_of: datetime
+
+
+class MovementBucket(BaseModel):
+    """One row of GET /reports/movements: a bucket's movements of one reason."""
+
+    bucket: Annotated[str, Field(examples=["2026-11-23"], description="The bucket's first day")]
+    reason: Reason
+    movements: int
+    units: Annotated[int, Field(description="The sum of the deltas")]

@@ -6,6 +6,7 @@ connected as the service role.
 """
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -108,3 +109,16 @@ def db(postgresql: Connection[Any]) -> Connection[Any]:
     """A superuser connection to the test's database, in autocommit, for checks and setup."""
     postgresql.autocommit = True
     return postgresql
+
+
+@pytest.fixture
+def analyst_dsn(db: Connection[Any], pg_server: Cluster) -> Iterator[str]:
+    """The URL of a person's login role that is a member of inventory_reader, made as the
+    README tells an admin to (CREATE ROLE ... LOGIN; GRANT inventory_reader TO ...)."""
+    name, password = f"analyst_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # type: ignore[arg-type]
+    db.execute(f"GRANT inventory_reader TO {name}")  # type: ignore[arg-type]
+    try:
+        yield f"postgresql://{name}:{password}@{pg_server.host}:{pg_server.port}/{db.info.dbname}"
+    finally:
+        db.execute(f"DROP ROLE {name}")  # type: ignore[arg-type]

@@ -3,15 +3,13 @@
 import subprocess
 import uuid
 from collections.abc import Iterator
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import Connection
 
-from tests.cluster import CLUSTER_SCRIPT, REPO, Cluster
+from tests.cluster import REPO, Cluster, psql
 from tests.conftest import SCHEMA
 
 # Schemas live databases may run: the first release, and the rebuilt core (which added
@@ -21,23 +19,9 @@ PREVIOUS_RELEASES = ["52af07a", "36dbe64"]
 TABLES = {"products": "id", "stock_movements": "id", "idempotency_keys": "scope, key"}
 
 
-@cache
-def _psql() -> Path:
-    bindir = subprocess.run(
-        ["bash", str(CLUSTER_SCRIPT), "bindir"], stdout=subprocess.PIPE, text=True, check=True
-    ).stdout.strip()
-    return Path(bindir) / "psql"
-
-
 def apply(dsn: str, sql: str) -> None:
     """Apply a schema the way a deploy does: psql, stopping at the first error."""
-    subprocess.run(
-        [str(_psql()), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", "-"],
-        input=sql,
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    psql(dsn, "-f", "-", stdin=sql)
 
 
 @pytest.fixture
