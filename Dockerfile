@@ -20,6 +20,10 @@ USER inventory
 EXPOSE 8000
 # Metrics of both workers summed (README "Metrics"); the directory is emptied on every start.
 ENV PROMETHEUS_MULTIPROC_DIR=/tmp/inventory-metrics
+# Binds 0.0.0.0 and sets no INVENTORY_ALLOW_OPEN: run bare, with no tokens, the service refuses
+# to start rather than serve an open API to whatever network reaches the container. Give it
+# INVENTORY_API_TOKENS, or INVENTORY_ALLOW_OPEN=1 where only trusted clients reach the port
+# (docker-compose.yml does that, publishing on the host's 127.0.0.1 only).
 # SIGTERM (docker stop) lets requests in flight finish for up to 20 s, then closes the pool;
 # give `docker stop` more than that (compose: stop_grace_period). The app logs each request.
 CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers 2 --timeout-graceful-shutdown 20 --no-access-log"]

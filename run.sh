@@ -9,6 +9,10 @@
 #   ./run.sh psql [args]     psql as the superuser on the database
 #   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk)
 #   ./run.sh stop            stop what ./run.sh started: the API, the database
+#   ./run.sh destroy --yes   stop everything and delete the database (embedded cluster or volume)
+#
+# serve, test, psql and bench install what they need (.venv; PostgreSQL with apt-get as root on
+# Debian/Ubuntu). One serve per data dir: a second is refused while the first runs.
 #
 # Environment: HOST, PORT, WEB_CONCURRENCY (uvicorn); DATABASE_URL (serve against that database
 # instead of the embedded one); INVENTORY_DATA_DIR, INVENTORY_PG_PORT (see db/cluster.sh).
@@ -23,6 +27,7 @@ REPO=$PWD
 VENV=$REPO/.venv
 DATA_DIR=${INVENTORY_DATA_DIR:-$REPO/.data}
 UVICORN_PID=$DATA_DIR/uvicorn.pid
+SERVE_LOCK=$DATA_DIR/serve.lock
 
 say() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -35,6 +40,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh psql [args]    psql on the database, as superuser
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
        ./run.sh stop           stop the API and the database
+       ./run.sh destroy --yes  stop both and delete the database
 MSG
   exit "${1:-2}"
 }
@@ -80,24 +86,55 @@ use_docker() {
     docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1
 }
 
+# One serve per data dir. A second one would overwrite the first one's pid file (after which
+# ./run.sh stop no longer stops the first) and empty the metrics files the first writes to.
+# fd 8 holds the lock and survives exec, so uvicorn itself holds it: it is released exactly
+# when uvicorn exits, however it exits.
+claim_serve_lock() {
+  mkdir -p "$DATA_DIR"
+  if command -v flock >/dev/null 2>&1; then
+    exec 8>>"$SERVE_LOCK"
+    flock -n 8 || already_running
+    # Says where this one serves, for a second one to report while this one starts up.
+    printf 'pid %s, http://%s\n' $$ "$1" >"$SERVE_LOCK"
+  elif [[ -f $UVICORN_PID ]] && is_uvicorn "$(cat "$UVICORN_PID")"; then
+    already_running # no flock(1) (macOS): a live uvicorn behind the pid file says the same
+  fi
+}
+
+already_running() {
+  local where
+  where=$(cat "$SERVE_LOCK" 2>/dev/null || true)
+  die "the API is already running from $DATA_DIR (${where:-pid $(cat "$UVICORN_PID" 2>/dev/null || echo unknown)}); ./run.sh stop stops it"
+}
+
 cmd_serve() {
   local host=${HOST:-127.0.0.1} port=${PORT:-8000} env_lines
   if use_docker; then
     say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, ./run.sh stop to stop"
     exec docker compose up --build
   fi
+  claim_serve_lock "$host:$port"
   serve_requirements
+  # The app's own start-up checks, before anything starts: token variables that hold no
+  # token, or an open API bound beyond loopback (uvicorn's supervisor would exit 0 after its
+  # workers refused to start, which reads like success).
+  "$VENV/bin/python" -c 'import sys; from app.access import Access; from app.config import Settings
+Access.from_settings(Settings()).refuse_bind(sys.argv[1])' "$host" || die "not starting (see above)"
   if [[ -z ${DATABASE_URL:-} ]]; then
-    env_lines=$(db/cluster.sh start) || die "the embedded PostgreSQL did not start (see above)"
+    # 8>&-: the database server must not inherit the serve lock (it outlives uvicorn).
+    # bindir first: this explicit set-up command may install PostgreSQL, start never does.
+    db/cluster.sh bindir >/dev/null 8>&-
+    env_lines=$(db/cluster.sh start 8>&-) || die "the embedded PostgreSQL did not start (see above)"
     DATABASE_URL=$(printf '%s\n' "$env_lines" | sed -n 's/^DATABASE_URL=//p' | tail -n 1)
     export DATABASE_URL
   fi
   say "the API on http://$host:$port (docs: http://$host:$port/docs); ./run.sh psql for SQL, ./run.sh stop to stop"
   # exec keeps this PID, so it is uvicorn's: ./run.sh stop finds it here.
-  mkdir -p "$DATA_DIR"
   echo $$ >"$UVICORN_PID"
   # Metrics of all workers summed (README "Metrics"): prometheus_client's multiprocess files,
-  # emptied on every start so counters begin at zero with the new processes.
+  # emptied on every start so counters begin at zero with the new processes. Only here, with
+  # the lock held: no other serve of this data dir is writing to them.
   export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$DATA_DIR/metrics}
   mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
   rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
@@ -113,8 +150,10 @@ cmd_psql() {
     [[ -t 0 ]] || tty=(-T) # no terminal (a pipe, CI): no pseudo-TTY either
     exec docker compose exec ${tty[@]+"${tty[@]}"} db psql -U postgres inventory "$@"
   fi
-  db/cluster.sh status >/dev/null 2>&1 || db/cluster.sh start >/dev/null ||
-    die "the embedded PostgreSQL did not start (see above)"
+  if ! db/cluster.sh status >/dev/null 2>&1; then
+    db/cluster.sh bindir >/dev/null
+    db/cluster.sh start >/dev/null || die "the embedded PostgreSQL did not start (see above)"
+  fi
   exec db/cluster.sh psql "$@"
 }
 
@@ -127,7 +166,7 @@ is_uvicorn() {
   [[ $args == *uvicorn* ]]
 }
 
-cmd_stop() {
+stop_api() {
   local pid
   if [[ -f $UVICORN_PID ]]; then
     pid=$(cat "$UVICORN_PID")
@@ -139,15 +178,45 @@ cmd_stop() {
     fi
     rm -f "$UVICORN_PID"
   fi
+}
+
+cmd_stop() {
+  stop_api
   db/cluster.sh stop
   if use_docker; then docker compose down; fi # no -v: the data volume stays
+}
+
+# Deletes data, so only when asked in so many words.
+cmd_destroy() {
+  local answer
+  if [[ ${1:-} != --yes ]]; then
+    [[ -t 0 ]] || die "destroy deletes the database and all its data; to confirm: ./run.sh destroy --yes"
+    printf 'Stop the API and delete the database of %s for good? Type yes: ' "$DATA_DIR" >&2
+    read -r answer
+    [[ $answer == yes ]] || die "nothing deleted"
+  fi
+  if use_docker; then
+    docker compose down -v
+    return
+  fi
+  stop_api
+  rm -rf -- "$DATA_DIR/metrics"
+  rm -f -- "$SERVE_LOCK"
+  db/cluster.sh destroy --yes
 }
 
 cmd_test() {
   dev_requirements
   # The tests start a throwaway cluster through db/cluster.sh: make sure the server is installed.
   db/cluster.sh bindir >/dev/null
-  exec "$VENV/bin/python" -m pytest "$@"
+  if [[ $# -gt 0 ]]; then
+    exec "$VENV/bin/python" -m pytest "$@"
+  fi
+  # Everything: the fast tests spread over every core (each worker with its own cluster),
+  # then the slow system tests one at a time, so that their timings (outages, shutdowns,
+  # live servers) are not measured on a machine the other worker is keeping busy.
+  "$VENV/bin/python" -m pytest -m "not slow" -n auto
+  exec "$VENV/bin/python" -m pytest -m slow
 }
 
 cmd_lint() {
@@ -155,6 +224,11 @@ cmd_lint() {
   "$VENV/bin/ruff" format --check .
   "$VENV/bin/ruff" check .
   "$VENV/bin/mypy"
+  if command -v shellcheck >/dev/null 2>&1; then
+    shellcheck run.sh db/cluster.sh db/migrate.sh .ci/run
+  else
+    say "shellcheck is not installed: the shell scripts were not checked (apt-get install shellcheck)"
+  fi
 }
 
 cmd_bench() {
@@ -172,6 +246,7 @@ case $cmd in
   psql) cmd_psql "$@" ;;
   bench) cmd_bench "$@" ;;
   stop) cmd_stop ;;
+  destroy) cmd_destroy "$@" ;;
   -h | --help | help) usage 0 ;;
   *) usage ;;
 esac

@@ -36,6 +36,10 @@ class TokenConfigError(ValueError):
     """A token variable is set but holds no usable token."""
 
 
+class ExposedOpenApi(RuntimeError):
+    """An API without tokens would answer beyond loopback, and that was not allowed."""
+
+
 def _digests(name: str, tokens: SecretStr | None) -> tuple[bytes, ...]:
     if tokens is None:
         return ()
@@ -103,7 +107,7 @@ class Access:
         return candidate.hex()
 
     def refuse_exposed_sockets(self) -> None:
-        """At start-up: raise RuntimeError when an open API listens beyond loopback."""
+        """At start-up: raise ExposedOpenApi when an open API listens beyond loopback."""
         if not self.open:
             return
         if self.allow_open:
@@ -112,17 +116,31 @@ class Access:
                 "API is open to anyone who can reach it (INVENTORY_ALLOW_OPEN=1)"
             )
             return
-        exposed = [address for address in _listening_addresses() if not _is_loopback(address)]
-        if exposed:
-            raise RuntimeError(
-                f"no API tokens are configured and the server listens on {exposed[0]}: set "
-                "INVENTORY_API_TOKENS (and/or INVENTORY_READ_TOKENS), listen on 127.0.0.1, or "
-                "set INVENTORY_ALLOW_OPEN=1 if an open API is intended"
-            )
+        self.refuse_exposure(_listening_addresses())
         logger.warning(
             "no API tokens configured (INVENTORY_API_TOKENS, INVENTORY_READ_TOKENS): the API "
             "is open to local clients and answers only on loopback"
         )
+
+    def refuse_bind(self, host: str) -> None:
+        """Before binding `host` (a name or an address): raise ExposedOpenApi when an open
+        API would answer beyond loopback there. run.sh asks before it starts uvicorn."""
+        try:
+            addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+        except OSError:
+            addresses = [host]
+        self.refuse_exposure(addresses)
+
+    def refuse_exposure(self, addresses: list[str]) -> None:
+        if not self.open or self.allow_open:
+            return
+        exposed = [address for address in addresses if not _is_loopback(address)]
+        if exposed:
+            raise ExposedOpenApi(
+                f"no API tokens are configured and the server would answer on {exposed[0]}: "
+                "set INVENTORY_API_TOKENS (and/or INVENTORY_READ_TOKENS), listen on "
+                "127.0.0.1, or set INVENTORY_ALLOW_OPEN=1 if an open API is intended"
+            )
 
 
 def _is_loopback(host: str) -> bool:
@@ -132,8 +150,25 @@ def _is_loopback(host: str) -> bool:
         return True  # not an IP address (a unix socket, a test transport): not a network
 
 
+def _is_server_socket(sock: socket.socket) -> bool:
+    """A TCP socket bound to a port and connected to nobody: a server's socket.
+
+    Not SO_ACCEPTCONN: uvicorn's workers share one socket that the first of them to start
+    serving puts into listening mode, so an earlier worker sees it bound but not listening.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        return False
+    try:
+        if sock.getsockname()[1] == 0:
+            return False
+        sock.getpeername()
+    except OSError:
+        return True  # ENOTCONN: bound and not connected
+    return False
+
+
 def _listening_addresses() -> list[str]:
-    """The local addresses of the listening TCP sockets this process holds (Linux: /proc).
+    """The local addresses of the server TCP sockets this process holds (Linux: /proc).
 
     Under `uvicorn --workers N` (and gunicorn) the sockets exist before the app starts;
     a single uvicorn process binds after start-up, and the request check below covers it.
@@ -151,12 +186,8 @@ def _listening_addresses() -> list[str]:
         except OSError:
             continue
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-            ):
+            if _is_server_socket(sock):
                 addresses.append(str(sock.getsockname()[0]))
-        except OSError:
-            pass
         finally:
             sock.detach()  # the descriptor stays open: it belongs to the server
     return addresses

@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,30 +19,19 @@ from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
 # cost about a fifth of a lookup's time under load (py-spy, bench/).
 
 
-async def _database(request: Request) -> Database:
-    database: Database = request.state.database
-    return database
+def _from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency handing out one object the lifespan put into the app's state."""
+
+    async def shared(request: Request) -> Any:
+        return getattr(request.state, name)
+
+    return shared
 
 
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
-    return settings
-
-
-async def _idempotency(request: Request) -> Idempotency:
-    idempotency: Idempotency = request.state.idempotency
-    return idempotency
-
-
-async def _metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.state.metrics
-    return metrics
-
-
-DatabaseDep = Annotated[Database, Depends(_database)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
+DatabaseDep = Annotated[Database, Depends(_from_state("database"))]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
+IdempotencyDep = Annotated[Idempotency, Depends(_from_state("idempotency"))]
+MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 
 # auto_error=False: a missing or non-Bearer header comes back as None, and the 401 is ours
 # (problem+json, WWW-Authenticate). The scheme also puts `bearerAuth` into the OpenAPI.

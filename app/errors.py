@@ -36,6 +36,11 @@ class ApiError(Exception):
     code: str = "internal_error"
     retryable: bool = False
 
+    def __init_subclass__(cls, *, status: int, code: str, retryable: bool = False) -> None:
+        # `class Gone(ApiError, status=410, code="gone")`: a problem's identity in one line.
+        super().__init_subclass__()
+        cls.status, cls.code, cls.retryable = status, code, retryable
+
     def __init__(
         self, detail: str, *, headers: Mapping[str, str] | None = None, **extra: Any
     ) -> None:
@@ -68,10 +73,7 @@ def field_error(field: str, message: str, **more: Any) -> dict[str, Any]:
     return {"field": field, "message": message, **more}
 
 
-class ValidationFailed(ApiError):
-    status = 422
-    code = "validation_failed"
-
+class ValidationFailed(ApiError, status=422, code="validation_failed"):
     def __init__(self, detail: str, errors: Sequence[Mapping[str, Any]], **extra: Any) -> None:
         super().__init__(detail, errors=[dict(e) for e in errors], **extra)
 
@@ -82,19 +84,13 @@ class ValidationFailed(ApiError):
         return cls(detail, [field_error(field, message)])
 
 
-class DuplicateSku(ApiError):
-    status = 409
-    code = "duplicate_sku"
-
+class DuplicateSku(ApiError, status=409, code="duplicate_sku"):
     def __init__(self, sku: str | None = None, **extra: Any) -> None:
         what = f"SKU '{sku}'" if sku else "this SKU"
         super().__init__(f"A product with {what} already exists.", **extra)
 
 
-class InsufficientStock(ApiError):
-    status = 409
-    code = "insufficient_stock"
-
+class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
     def __init__(self, sku: str, *, available: int, delta: int) -> None:
         super().__init__(
             f"Product '{sku}' has {available} in stock; cannot remove {-delta}.",
@@ -102,33 +98,24 @@ class InsufficientStock(ApiError):
         )
 
 
-class ProductNotFound(ApiError):
-    status = 404
-    code = "product_not_found"
-
+class ProductNotFound(ApiError, status=404, code="product_not_found"):
     def __init__(self, sku: str) -> None:
         super().__init__(f"No product has SKU '{sku}'.")
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
+class NotFound(ApiError, status=404, code="not_found"):
+    """No route serves the path."""
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
-    code = "method_not_allowed"
+class MethodNotAllowed(ApiError, status=405, code="method_not_allowed"):
+    """The path exists; the method does not (`Allow` names those that do)."""
 
 
-class NotAcceptable(ApiError):
-    status = 406
-    code = "not_acceptable"
+class NotAcceptable(ApiError, status=406, code="not_acceptable"):
+    """The client accepts none of the representations offered."""
 
 
-class RequestTimeout(ApiError):
-    status = 408
-    code = "request_timeout"
-
+class RequestTimeout(ApiError, status=408, code="request_timeout"):
     def __init__(self, seconds: float) -> None:
         # The rest of the body may still be on its way: the connection cannot be reused.
         super().__init__(
@@ -137,35 +124,25 @@ class RequestTimeout(ApiError):
         )
 
 
-class PreconditionFailed(ApiError):
-    status = 412
-    code = "precondition_failed"
-
+class PreconditionFailed(ApiError, status=412, code="precondition_failed"):
     def __init__(self, sku: str) -> None:
         super().__init__(
             f"Product '{sku}' has changed since the ETag in If-Match; nothing was changed."
         )
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "payload_too_large"
-
+class PayloadTooLarge(ApiError, status=413, code="payload_too_large"):
     def __init__(self, limit: int) -> None:
         super().__init__(
             f"The request body is larger than the limit of {limit} bytes.", max_bytes=limit
         )
 
 
-class UnsupportedMediaType(ApiError):
-    status = 415
-    code = "unsupported_media_type"
+class UnsupportedMediaType(ApiError, status=415, code="unsupported_media_type"):
+    """The body's Content-Type is not one the endpoint reads."""
 
 
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
+class Unauthorized(ApiError, status=401, code="unauthorized"):
     def __init__(self, detail: str, *, invalid_token: bool) -> None:
         challenge = 'Bearer realm="inventory"'
         if invalid_token:
@@ -173,52 +150,33 @@ class Unauthorized(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": challenge})
 
 
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
+class Forbidden(ApiError, status=403, code="forbidden"):
+    """The credential may not do this (a read-only token writing)."""
 
 
-class IdempotencyKeyReused(ApiError):
-    status = 422
-    code = "idempotency_key_reused"
-
+class IdempotencyKeyReused(ApiError, status=422, code="idempotency_key_reused"):
     def __init__(self) -> None:
         super().__init__("This Idempotency-Key was used with a different request.")
 
 
-class RequestInProgress(ApiError):
-    status = 409
-    code = "request_in_progress"
-    retryable = True
-
+class RequestInProgress(ApiError, status=409, code="request_in_progress", retryable=True):
     def __init__(self) -> None:
         super().__init__(
             "A request with this Idempotency-Key is still being processed. Retry later."
         )
 
 
-class DatabaseUnavailable(ApiError):
-    status = 503
-    code = "database_unavailable"
-    retryable = True
-
+class DatabaseUnavailable(ApiError, status=503, code="database_unavailable", retryable=True):
     def __init__(self, detail: str = "The database is unavailable. Retry later.") -> None:
         super().__init__(detail)
 
 
-class ConflictRetry(ApiError):
-    status = 503
-    code = "conflict_retry"
-    retryable = True
-
+class ConflictRetry(ApiError, status=503, code="conflict_retry", retryable=True):
     def __init__(self) -> None:
         super().__init__("The request kept conflicting with concurrent changes. Retry it.")
 
 
-class InternalError(ApiError):
-    status = 500
-    code = "internal_error"
-
+class InternalError(ApiError, status=500, code="internal_error"):
     def __init__(self) -> None:
         super().__init__("An unexpected error occurred.")
 

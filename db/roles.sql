@@ -1,13 +1,9 @@
 -- Roles of the Inventory API; idempotent. Roles are cluster-wide, the schema privilege is per
--- database: apply as a superuser into database inventory, before schema.sql, with the psql
--- variable app_password (the password of the service's login role):
---   psql -v ON_ERROR_STOP=1 -v app_password=... -d inventory -f db/roles.sql
--- db/cluster.sh and the compose service migrate both run it on every start.
-
-\if :{?app_password}
-\else
-DO $$ BEGIN RAISE EXCEPTION 'db/roles.sql needs the psql variable app_password'; END $$;
-\endif
+-- database: apply as a superuser into database inventory, before schema.sql. db/migrate.sh
+-- applies both (only when they changed) and then sets the service role's password from
+-- INVENTORY_APP_PASSWORD; by hand:
+--   psql -v ON_ERROR_STOP=1 -d inventory -f db/roles.sql
+--   psql -d inventory -c '\password inventory_app'
 
 -- inventory_rw holds the table privileges (schema.sql grants them); nobody logs in as it.
 -- inventory_app is the service's login and gets its rights only through inventory_rw.
@@ -22,13 +18,8 @@ BEGIN
 END
 $$;
 
--- psql does not interpolate variables inside a DO body, so the statement is built with format()
--- (%L quotes the literal) and run by \gexec. The server stores a SCRAM hash, not the text.
-SELECT format(
-    'ALTER ROLE inventory_app WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE'
-    ' NOREPLICATION NOBYPASSRLS PASSWORD %L',
-    :'app_password'
-) \gexec
+ALTER ROLE inventory_app WITH LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE
+    NOREPLICATION NOBYPASSRLS;
 
 GRANT inventory_rw TO inventory_app;
 

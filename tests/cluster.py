@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "db" / "cluster.sh"
@@ -20,66 +20,89 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def new_data_dir(prefix: str = "inventory-test-") -> Path:
+    """A temp dir the postgres OS user can traverse (mkdtemp makes 0700), so that
+    db/cluster.sh run as root keeps the cluster in it instead of relocating it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
 @dataclass
 class Cluster:
-    """A private cluster; its attributes are what pytest-postgresql's depends_on reads."""
+    """A private cluster; its attributes are what pytest-postgresql's depends_on reads.
+
+    `host` is the directory of the superuser's unix socket (the superuser has no password
+    and no TCP access); the service role connects over TCP on `app_host`.
+    """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
-    host: str = "127.0.0.1"
+    host: str = ""
     user: str = "postgres"
     password: str = ""
+    app_host: str = "127.0.0.1"
     app_user: str = "inventory_app"
     app_password: str = ""
     options: str = ""
     maintenance_dbname: str = "postgres"
     template_dbname: str | None = None
+    script: Path = CLUSTER_SCRIPT
 
-    def _run(self, command: str) -> str:
-        env = {
+    def env(self) -> dict[str, str]:
+        return {
             **os.environ,
             "INVENTORY_DATA_DIR": str(self.data_dir),
             "INVENTORY_PG_PORT": str(self.port),
             "INVENTORY_PG_FAST": "1",
         }
+
+    def run(self, *args: str, timeout: float = 180) -> str:
         done = subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), command],
-            env=env,
+            ["bash", str(self.script), *args],
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
             check=True,
-            timeout=180,
+            timeout=timeout,
         )
         return done.stdout
 
     def start(self) -> None:
-        for line in self._run("start").splitlines():
+        for line in self.run("start").splitlines():
             key, _, value = line.partition("=")
-            if key in {"DATABASE_URL", "ADMIN_DATABASE_URL"}:
+            if key == "DATABASE_URL":
                 url = urlsplit(value)
-                if key == "DATABASE_URL":
-                    self.app_user, self.app_password = url.username or "", url.password or ""
-                else:
-                    self.user, self.password = url.username or "", url.password or ""
+                self.app_user, self.app_password = url.username or "", url.password or ""
+        admin = urlsplit(self.run("admin-url").strip())
+        self.host = parse_qs(admin.query)["host"][0]
 
     def stop(self) -> None:
-        self._run("stop")
+        self.run("stop")
+
+    def destroy(self) -> None:
+        self.run("destroy", "--yes")
 
     def app_dsn(self, dbname: str) -> str:
         """The service role's URL for one database of this cluster."""
-        return f"postgresql://{self.app_user}:{self.app_password}@{self.host}:{self.port}/{dbname}"
+        return (
+            f"postgresql://{self.app_user}:{self.app_password}@{self.app_host}:{self.port}/{dbname}"
+        )
 
     def admin_dsn(self, dbname: str) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
+        """The superuser's URL: the private socket, peer authentication, no password."""
+        return f"postgresql://{self.user}@/{dbname}?host={quote(self.host)}&port={self.port}"
 
 
 def new_cluster() -> Cluster:
-    return Cluster(data_dir=Path(tempfile.mkdtemp(prefix="inventory-test-")))
+    return Cluster(data_dir=new_data_dir())
 
 
 def remove_cluster(cluster: Cluster) -> None:
+    """Stops and deletes this cluster only (db/cluster.sh destroy), then its temp dir."""
     try:
-        cluster.stop()
+        cluster.destroy()
     finally:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
 

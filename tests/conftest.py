@@ -16,11 +16,14 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from psycopg import Connection
+from pydantic import SecretStr
 from pytest_postgresql import factories
 
 from app.config import Settings
 from app.main import create_app
 from tests.cluster import REPO, Cluster, new_cluster, remove_cluster
+from tests.databases import Databases
+from tests.stock_helpers import Overlap, broken_ledgers
 
 SCHEMA = REPO / "schema.sql"
 
@@ -38,9 +41,25 @@ def pg_server() -> Iterator[Cluster]:
         remove_cluster(cluster)
 
 
-# Each test gets a database cloned from a template that has schema.sql loaded once.
+# schema.sql is loaded once per run into a template database; tests get clones of it.
 postgresql_noproc = factories.postgresql_noproc(load=[SCHEMA], depends_on="pg_server")
-postgresql = factories.postgresql("postgresql_noproc")
+
+
+@pytest.fixture(scope="session")
+def databases(postgresql_noproc: Any, pg_server: Cluster) -> Iterator[Databases]:
+    pool = Databases(pg_server, template=postgresql_noproc.template_dbname)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def postgresql(databases: Databases) -> Iterator[Connection[Any]]:
+    """A superuser connection to this test's database: empty tables, the schema exactly as
+    schema.sql makes it (see tests/databases.py for how that is kept cheap)."""
+    with databases.checkout() as conn:
+        yield conn
 
 
 @pytest.fixture
@@ -109,6 +128,32 @@ def db(postgresql: Connection[Any]) -> Connection[Any]:
     """A superuser connection to the test's database, in autocommit, for checks and setup."""
     postgresql.autocommit = True
     return postgresql
+
+
+@pytest.fixture
+def ledgers_consistent(db: Connection[Any]) -> Iterator[None]:
+    """After the test: whatever sequence of requests it made, every ledger still adds up."""
+    yield
+    assert broken_ledgers(db) == []
+
+
+@pytest.fixture
+def overlap(postgresql: Connection[Any], pg_server: Cluster) -> Overlap:
+    """Watches pg_stat_activity while in use: how many adjustments really ran side by side."""
+    dbname = postgresql.info.dbname
+    return Overlap(pg_server.admin_dsn(dbname), dbname)
+
+
+# Two read-write tokens and one read-only token, for the `locked` app.
+WRITE_1, WRITE_2, READ = "w-token-Zq81x", "w-token-second-7Hk", "r-token-Pl0p"
+LOCKED = {"api_tokens": SecretStr(f"{WRITE_1}, {WRITE_2}"), "read_tokens": SecretStr(READ)}
+
+
+@pytest.fixture
+async def locked(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
+    """A client of the app started with the LOCKED tokens (send them with helpers.bearer)."""
+    async with make_client(**LOCKED) as c:
+        yield c
 
 
 @pytest.fixture

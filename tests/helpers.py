@@ -23,3 +23,8 @@ def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]
     assert body["type"] == "about:blank"
     assert body["title"] and body["detail"]
     return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for a bearer token."""
+    return {"Authorization": f"Bearer {token}"}

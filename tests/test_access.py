@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +24,9 @@ from app.config import Settings
 from app.main import create_app
 from app.observability import JsonFormatter
 from tests.cluster import REPO, Cluster, free_port
-from tests.conftest import AppFactory, ClientFactory
-from tests.helpers import assert_problem, product
+from tests.conftest import READ, WRITE_1, WRITE_2, AppFactory
+from tests.helpers import assert_problem, bearer, product
 from tests.live import live_server
-
-WRITE_1, WRITE_2, READ = "w-token-Zq81x", "w-token-second-7Hk", "r-token-Pl0p"
-
-
-# Two read-write tokens and one read-only token.
-LOCKED = {"api_tokens": SecretStr(f"{WRITE_1}, {WRITE_2}"), "read_tokens": SecretStr(READ)}
-
-
-@pytest.fixture
-async def locked(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
-    async with make_client(**LOCKED) as c:
-        yield c
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.mark.parametrize(

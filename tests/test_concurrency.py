@@ -94,6 +94,7 @@ async def test_pool_exhausted_past_its_timeout_is_503_with_retry_after(
     assert [h.status_code for h in await asyncio.gather(*holders)] == [200] * settings.pool_size
 
 
+@pytest.mark.slow
 async def test_database_outage_is_503_then_recovers_without_restart(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:

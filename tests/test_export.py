@@ -142,6 +142,7 @@ def _copies_running(db: Connection[Any]) -> int:
     return int(row[0])
 
 
+@pytest.mark.slow
 async def test_client_disconnect_stops_the_query_and_the_pool_stays_healthy(
     settings: Settings, db: Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -217,6 +218,7 @@ async def test_exports_cannot_take_the_connections_lookups_need(
                 await ctx.__aexit__(None, None, None)
 
 
+@pytest.mark.slow
 async def test_streaming_200k_rows_keeps_memory_flat(
     settings: Settings, db: Connection[Any]
 ) -> None:
@@ -235,6 +237,7 @@ async def test_streaming_200k_rows_keeps_memory_flat(
     assert peak - baseline < 40_000_000, (baseline, peak)
 
 
+@pytest.mark.slow
 async def test_bulk_work_outlasts_the_roles_statement_timeout(
     make_client: ClientFactory, db: Connection[Any]
 ) -> None:
@@ -252,3 +255,32 @@ async def test_bulk_work_outlasts_the_roles_statement_timeout(
             headers={"content-type": "text/csv"},
         )
         assert imported.status_code == 201, imported.text
+
+
+@pytest.mark.slow
+async def test_a_client_that_stops_reading_is_cut_off_by_the_send_deadline(
+    settings: Settings, db: Connection[Any]
+) -> None:
+    _fill(db, 200_000, description_chars=200)  # ~50 MB of CSV: far more than socket buffers
+    slow = settings.model_copy(update={"send_timeout_seconds": 1.0, "bulk_connections": 1})
+    async with live_server(slow) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /products HTTP/1.1\r\nHost: t\r\nAccept: text/csv\r\n\r\n")
+        await writer.drain()
+        await reader.read(65536)  # the export has begun ...
+        assert _copies_running(db) == 1
+        started = time.monotonic()  # ... and from now on the client reads nothing
+        while _copies_running(db) and time.monotonic() - started < 20:
+            await asyncio.sleep(0.1)
+        freed_after = time.monotonic() - started
+        # The one bulk slot is free again: another export runs.
+        async with httpx.AsyncClient(base_url=url) as client:
+            again = await client.get("/products", params={"limit": 1})
+            export = await client.get("/products", headers={"accept": "application/x-ndjson"})
+        writer.close()
+
+    assert _copies_running(db) == 0
+    assert freed_after < 10, freed_after  # the deadline (1 s) plus the COPY's wind-down
+    assert again.status_code == 200
+    assert export.status_code == 200 and export.text.count("\n") == 200_000

@@ -9,6 +9,7 @@ number of examples per operation and mode, derandomized (one fixed seed), no dea
 import os
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -18,6 +19,8 @@ from schemathesis.python import asgi
 
 from app.config import Settings
 from app.main import create_app
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "fuzz-token-4Wt"
 # Schema-valid is not contract-valid here: some rules cannot be said in JSON Schema (a float's

@@ -13,12 +13,12 @@ from app.database import open_database
 from app.idempotency import Idempotency
 from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
+from tests.stock_helpers import adjust, assert_ledger_consistent
 
 KEY = {"Idempotency-Key": "4f0c1b7e-retry-me"}
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
-pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
+pytestmark = pytest.mark.usefixtures("ledgers_consistent")
 
 
 def _same_response(first: Response, again: Response) -> None:

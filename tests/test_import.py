@@ -281,15 +281,14 @@ async def test_other_media_types_are_415(client: AsyncClient, content_type: str)
     assert_problem(response, 415, "unsupported_media_type")
 
 
-@pytest.fixture
-async def small_limit_client(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
-    async with make_client(import_max_bytes=10_000) as client:
-        yield client
-
-
 async def test_body_past_the_limit_is_413_whether_declared_or_streamed(
-    small_limit_client: AsyncClient, db: Connection[Any]
+    make_client: ClientFactory, db: Connection[Any]
 ) -> None:
+    async with make_client(import_max_bytes=10_000) as client:
+        await _past_the_limit(client, db)
+
+
+async def _past_the_limit(small_limit_client: AsyncClient, db: Connection[Any]) -> None:
     text = (HEADER + csv_rows(1000)).encode()
     declared = await post_csv(small_limit_client, text)
     assert_problem(declared, 413, "payload_too_large")

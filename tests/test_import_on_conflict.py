@@ -11,10 +11,10 @@ from httpx import AsyncClient, Response
 from psycopg import Connection
 
 from tests.helpers import assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent, widen_race
+from tests.stock_helpers import adjust, assert_ledger_consistent, widen_race
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
-pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
+pytestmark = pytest.mark.usefixtures("ledgers_consistent")
 
 
 async def post(

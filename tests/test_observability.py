@@ -195,6 +195,7 @@ async def test_database_password_is_never_logged(
     assert secret not in logged
 
 
+@pytest.mark.slow
 def test_metrics_of_several_workers_are_summed(
     postgresql: Connection[Any], pg_server: Cluster, tmp_path: Path
 ) -> None:

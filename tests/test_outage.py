@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 from httpx import AsyncClient, Response
 from psycopg import Connection
 
@@ -56,6 +57,7 @@ class Load:
         await asyncio.gather(*(self._worker() for _ in range(WORKERS)))
 
 
+@pytest.mark.slow
 async def test_outage_under_load_is_503_then_recovers_and_loses_nothing(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:

@@ -199,6 +199,7 @@ def _generic_plan(db: Connection[Any], listing: Listing) -> str:
     return "\n".join(row[0] for row in plan)
 
 
+@pytest.mark.slow
 async def test_prefix_search_uses_the_sku_index_on_100k_rows(db: Connection[Any]) -> None:
     db.execute(
         "INSERT INTO products (sku, name, price) "

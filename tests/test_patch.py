@@ -7,10 +7,10 @@ from httpx import AsyncClient
 from psycopg import Connection
 
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust, ledgers_consistent
+from tests.stock_helpers import adjust
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
-pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
+pytestmark = pytest.mark.usefixtures("ledgers_consistent")
 
 
 async def _create(client: AsyncClient, sku: str = "ABC-1", **fields: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The product endpoints against the contract (../shared/API.md), over HTTP."""
+"""The product endpoints against their contract (docs/api.md), over HTTP."""
 
 from decimal import Decimal
 from typing import Any

@@ -6,11 +6,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from psycopg import Connection
 
 from tests.cluster import Cluster
 from tests.helpers import product
 from tests.live import live_server
+
+pytestmark = pytest.mark.slow
 
 TOKEN = "shutdown-test-token-9Qe"
 GRACE = 10  # --timeout-graceful-shutdown, as in run.sh and the Dockerfile (there: 20)

@@ -12,7 +12,7 @@ from app.config import Settings
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA, ClientFactory
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent, ledgers_consistent
+from tests.stock_helpers import adjust, assert_ledger_consistent
 
 MOVEMENT_CHECKS = {
     "stock_movements_delta_check",
@@ -22,7 +22,7 @@ MOVEMENT_CHECKS = {
 }
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
-pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
+pytestmark = pytest.mark.usefixtures("ledgers_consistent")
 
 
 async def _create(client: AsyncClient, sku: str = "ABC-1", quantity: int = 0) -> None:

@@ -10,26 +10,18 @@ import pytest
 from httpx import AsyncClient
 from psycopg import Connection
 
-from tests.cluster import Cluster
 from tests.helpers import assert_problem, product
 from tests.stock_helpers import (
     Overlap,
     adjust,
     assert_ledger_consistent,
-    ledgers_consistent,
     widen_race,
 )
 
 ROUNDS = 3
 
 # Every sequence of requests in this module leaves consistent ledgers (checked after each test).
-pytestmark = pytest.mark.usefixtures(ledgers_consistent.__name__)
-
-
-@pytest.fixture
-def overlap(postgresql: Connection[Any], pg_server: Cluster) -> Overlap:
-    dbname = postgresql.info.dbname
-    return Overlap(pg_server.admin_dsn(dbname), dbname)
+pytestmark = pytest.mark.usefixtures("ledgers_consistent")
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))

@@ -34,10 +34,19 @@ router = APIRouter(
 IfNoneMatch = Annotated[
     str | None, Header(alias="If-None-Match", description="ETags you hold: 304 if current")
 ]
-IfMatch = Annotated[
-    str | None,
-    Header(alias="If-Match", description="Change only if the product still has this ETag"),
-]
+
+
+async def _if_match(
+    if_match: Annotated[
+        str | None,
+        Header(alias="If-Match", description="Change only if the product still has this ETag"),
+    ] = None,
+) -> list[str] | None:
+    return etags.if_match_tags(if_match)
+
+
+# The ETags a conditional write accepts (None: no condition).
+IfMatch = Annotated[list[str] | None, Depends(_if_match)]
 SkuPrefix = Annotated[
     str | None,
     Query(
@@ -195,10 +204,8 @@ async def get_product(
     summary="Change name, description, price or reorder point (JSON merge patch)",
 )
 async def patch_product(
-    sku: ProductSku, body: ProductUpdate, db: DatabaseDep, if_match: IfMatch = None
+    sku: ProductSku, body: ProductUpdate, db: DatabaseDep, accepted: IfMatch
 ) -> Response:
-    accepted = etags.if_match_tags(if_match)
-
     async def operation(conn: Connection) -> Response:
         return _json(await products.patch_product(conn, sku=sku, patch=body, etags=accepted))
 
@@ -211,9 +218,7 @@ async def patch_product(
     responses=problems(404, 412),
     summary="Delete a product",
 )
-async def delete_product(sku: ProductSku, db: DatabaseDep, if_match: IfMatch = None) -> Response:
-    accepted = etags.if_match_tags(if_match)
-
+async def delete_product(sku: ProductSku, db: DatabaseDep, accepted: IfMatch) -> Response:
     async def operation(conn: Connection) -> Response:
         await products.delete_product(conn, sku=sku, etags=accepted)
         return Response(status_code=204)
