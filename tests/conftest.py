@@ -164,6 +164,8 @@ def analyst_dsn(db: Connection[Any], pg_server: Cluster) -> Iterator[str]:
     db.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # type: ignore[arg-type]
     db.execute(f"GRANT inventory_reader TO {name}")  # type: ignore[arg-type]
     try:
-        yield f"postgresql://{name}:{password}@{pg_server.host}:{pg_server.port}/{db.info.dbname}"
+        # Over TCP with a password, as a person logs in (only the superuser uses the socket).
+        host = f"{pg_server.app_host}:{pg_server.port}"
+        yield f"postgresql://{name}:{password}@{host}/{db.info.dbname}"
     finally:
         db.execute(f"DROP ROLE {name}")  # type: ignore[arg-type]
