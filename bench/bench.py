@@ -89,6 +89,7 @@ def service(
     settings: dict[str, str] | None = None,
     app: str = "app.main:app",
     name: str = "service",
+    checkout: Path = REPO,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     # The defaults a user gets: no INVENTORY_* setting unless --setting asks for one.
@@ -102,7 +103,7 @@ def service(
     # in a file here, or they would bury the results.
     log = (log_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+        cmd, cwd=checkout, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -512,6 +513,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument(
+        "--service-dir",
+        type=Path,
+        default=REPO,
+        help="serve the app of another checkout (a baseline: git worktree add DIR REV)",
+    )
+    parser.add_argument(
         "--setting",
         action="append",
         default=[],
@@ -546,7 +553,10 @@ def main() -> None:
             load(admin_url, args.rows)
             ceiling = service(app_url, args.workers, tmp, app="bench.ceiling:app", name="ceiling")
             with (
-                service(app_url, args.workers, tmp, settings) as (url, proc),
+                service(app_url, args.workers, tmp, settings, checkout=args.service_dir) as (
+                    url,
+                    proc,
+                ),
                 ceiling as (ceiling_url, _),
             ):
                 # The ceiling runs before and after every endpoint: each ratio compares runs
