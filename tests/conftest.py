@@ -66,7 +66,7 @@ def postgresql(databases: Databases) -> Iterator[Connection[Any]]:
 def settings(postgresql: Connection[Any], pg_server: Cluster) -> Settings:
     """The app connects as the service role, as in production, not as the superuser."""
     return Settings(
-        database_url=pg_server.app_dsn(postgresql.info.dbname), pool_size=4, pool_timeout=2.0
+        database_url=pg_server.app_dsn(postgresql.info.dbname), pool_size=2, pool_timeout=2.0
     )
 
 
