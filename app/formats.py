@@ -33,10 +33,11 @@ _RANGES: dict[str, tuple[Format, ...]] = {
 }
 
 
-def negotiate(accept: str | None) -> Format:
-    """The format an Accept header asks for (RFC 9110 12.5.1: q-values, most specific wins).
+def negotiate(accept: str | None, offered: tuple[Format, ...] = tuple(Format)) -> Format:
+    """The format an Accept header asks for (RFC 9110 12.5.1: q-values, most specific wins),
+    among those `offered`.
 
-    No header means JSON. Raises NotAcceptable (406) when the client accepts none of ours.
+    No header means JSON. Raises NotAcceptable (406) when the client accepts none of them.
     """
     if not accept or not accept.strip():
         return Format.JSON
@@ -53,7 +54,7 @@ def negotiate(accept: str | None) -> Format:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        formats = _RANGES.get(media)
+        formats = [f for f in _RANGES.get(media, ()) if f in offered]
         if not formats or q <= 0:
             continue
         specificity = 0 if media == "*/*" else 1 if media.endswith("/*") else 2
@@ -61,9 +62,7 @@ def negotiate(accept: str | None) -> Format:
         if best is None or rank > best:
             best, chosen = rank, formats[0]
     if chosen is None:
-        raise NotAcceptable(
-            "Products are available as application/json, text/csv and application/x-ndjson."
-        )
+        raise NotAcceptable("This is available as " + ", ".join(f.value for f in offered) + ".")
     return chosen
 
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy models mirroring schema.sql column for column (tests/test_drift.py checks)."""
+"""SQLAlchemy models mirroring schema.sql column for column (tests/test_models.py checks)."""
 
 from datetime import datetime
 from decimal import Decimal
@@ -7,14 +7,18 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
     Index,
     Integer,
     LargeBinary,
+    MetaData,
     Numeric,
     SmallInteger,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -39,6 +43,8 @@ class Product(Base):
     quantity: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Last: added by a guarded ALTER (schema.sql), so it follows the columns of the first release.
+    reorder_point: Mapped[int | None] = mapped_column(Integer)
 
     # Same expressions and names as schema.sql; the names are what the API maps to fields.
     __table_args__ = (
@@ -58,6 +64,7 @@ class Product(Base):
             name="products_price_check",
         ),
         CheckConstraint("quantity >= 0", name="products_quantity_check"),
+        CheckConstraint("reorder_point >= 0", name="products_reorder_point_check"),
         Index(
             "products_sku_lower_key",
             func.lower(sku),
@@ -65,6 +72,25 @@ class Product(Base):
             postgresql_ops={"lower(sku)": "text_pattern_ops"},
         ),
         Index("products_created_at_id_idx", created_at, id),
+        Index(
+            "products_name_trgm_idx",
+            func.lower(name),
+            postgresql_using="gin",
+            postgresql_ops={"lower(name)": "gin_trgm_ops"},
+        ),
+        Index(
+            "products_sku_trgm_idx",
+            func.lower(sku),
+            postgresql_using="gin",
+            postgresql_ops={"lower(sku)": "gin_trgm_ops"},
+        ),
+        Index("products_quantity_idx", quantity),
+        Index(
+            "products_low_stock_idx",
+            created_at,
+            id,
+            postgresql_where=text("quantity <= reorder_point"),
+        ),
     )
 
 
@@ -89,6 +115,7 @@ class StockMovement(Base):
         CheckConstraint("char_length(note) <= 500", name="stock_movements_note_length_check"),
         CheckConstraint("quantity_after >= 0", name="stock_movements_quantity_after_check"),
         Index("stock_movements_product_id_id_idx", product_id, id),
+        Index("stock_movements_created_at_idx", created_at, postgresql_include=["reason", "delta"]),
     )
 
 
@@ -249,3 +276,29 @@ class WebhookAttempt(Base):
         ),
         Index("webhook_attempts_webhook_id_id_idx", webhook_id, id),
     )
+
+
+# The report views of schema.sql, described so that statements can be built on them. Their
+# own MetaData: they are not tables, and nothing may ever try to create them.
+views = MetaData()
+
+stock_summary = Table(
+    "stock_summary",
+    views,
+    Column("products", BigInteger),
+    Column("units", Numeric),
+    Column("value", Numeric),
+    Column("out_of_stock", BigInteger),
+    Column("low_stock", BigInteger),
+    Column("as_of", DateTime(timezone=True)),
+)
+
+# Also the result of the function movement_daily(from_at, to_at), the view over a range.
+movement_daily = Table(
+    "movement_daily",
+    views,
+    Column("day", Date),
+    Column("reason", Text),
+    Column("movements", BigInteger),
+    Column("units", Numeric),
+)

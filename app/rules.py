@@ -26,6 +26,7 @@ PRICE_DECIMALS = 2
 INT4_MAX = 2_147_483_647
 INT4_MIN = -2_147_483_648
 QUANTITY_MAX = INT4_MAX
+REORDER_POINT_MAX = INT4_MAX
 NOTE_MAX = 500
 Reason = Literal["received", "sold", "returned", "damaged", "correction"]
 REASONS: tuple[str, ...] = get_args(Reason)
@@ -57,6 +58,7 @@ RULES: dict[str, Rule] = {
     "products_description_length_check": Rule("description", "must be at most 2000 characters"),
     "products_price_check": Rule("price", "must be 0 to 9999999999.99 with at most 2 decimals"),
     "products_quantity_check": Rule("quantity", "must not be negative"),
+    "products_reorder_point_check": Rule("reorder_point", "must not be negative"),
     "stock_movements_delta_check": Rule("delta", "must not be 0"),
     "stock_movements_reason_check": Rule("reason", "must be one of " + ", ".join(REASONS)),
     "stock_movements_note_length_check": Rule("note", "must be at most 500 characters"),

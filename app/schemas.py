@@ -29,6 +29,7 @@ from app.rules import (
     PRICE_DECIMALS,
     PRICE_MAX,
     QUANTITY_MAX,
+    REORDER_POINT_MAX,
     SKU_MAX,
     SKU_PATTERN,
     WEBHOOK_DESCRIPTION_MAX,
@@ -107,6 +108,8 @@ Price = Annotated[
     ),
 ]
 Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
+# Low on stock at or below it (API.md); null: never low.
+ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX)]
 
 
 class ProductCreate(BaseModel):
@@ -119,6 +122,7 @@ class ProductCreate(BaseModel):
     description: Description | None = None
     price: Price
     quantity: Quantity = 0
+    reorder_point: ReorderPoint | None = None
 
 
 class ProductRead(BaseModel):
@@ -130,6 +134,7 @@ class ProductRead(BaseModel):
     description: str | None
     price: Annotated[str, Field(examples=["19.99"], pattern=r"^\d{1,10}\.\d{2}$")]
     quantity: int
+    reorder_point: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -177,14 +182,17 @@ _Stock = Annotated[Any, BeforeValidator(_refuse_quantity), SkipJsonSchema()]
 
 
 class ProductUpdate(BaseModel):
-    """PATCH /products/{sku} body, a JSON merge patch (RFC 7396) of name, description, price.
+    """PATCH /products/{sku} body, a JSON merge patch (RFC 7396) of name, description, price
+    and reorder_point.
 
-    A field left out stays as it is; `description: null` clears it; `name` and `price`
-    cannot be null. Everything else is refused (422), stock included.
+    A field left out stays as it is; `description: null` and `reorder_point: null` clear
+    it; `name` and `price` cannot be null. Everything else is refused (422), stock included.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    PATCHABLE: ClassVar[frozenset[str]] = frozenset({"name", "description", "price"})
+    PATCHABLE: ClassVar[frozenset[str]] = frozenset(
+        {"name", "description", "price", "reorder_point"}
+    )
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent and may change, with their values (None clears)."""
@@ -195,6 +203,7 @@ class ProductUpdate(BaseModel):
     name: Annotated[Name | None, BeforeValidator(_not_null), _documented_as(Name)] = None
     description: Description | None = None
     price: Annotated[Price | None, BeforeValidator(_not_null), _documented_as(Price)] = None
+    reorder_point: ReorderPoint | None = None
     sku: _Fixed = None
     id: _Fixed = None
     created_at: _Fixed = None
@@ -231,6 +240,49 @@ class MovementRead(BaseModel):
     note: str | None
     quantity_after: int
     created_at: datetime
+
+
+# --- Reports ---------------------------------------------------------------------------------
+
+# RFC 3339 section 5.6 date-time: a full date, a time, and an offset (Z or +hh:mm), nothing
+# less. In a URL a `+` must be sent as %2B (a bare one reads as a space).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
+
+
+def _parse_instant(value: Any) -> datetime:
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2026-11-01T00:00:00Z")
+    try:
+        return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("is not a valid date-time") from None
+
+
+Instant = Annotated[
+    datetime,
+    BeforeValidator(_parse_instant),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class StockReport(BaseModel):
+    """GET /reports/stock: the view stock_summary."""
+
+    products: int
+    units: int
+    value: Annotated[str, Field(examples=["123456.78"], pattern=r"^\d+\.\d{2}$")]
+    out_of_stock: int
+    low_stock: int
+    as_of: datetime
+
+
+class MovementBucket(BaseModel):
+    """One row of GET /reports/movements: a bucket's movements of one reason."""
+
+    bucket: Annotated[str, Field(examples=["2026-11-23"], description="The bucket's first day")]
+    reason: Reason
+    movements: int
+    units: Annotated[int, Field(description="The sum of the deltas")]
 
 
 # --- The change log and webhooks -----------------------------------------------------------

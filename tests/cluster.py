@@ -6,6 +6,7 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -104,3 +105,24 @@ def remove_cluster(cluster: Cluster) -> None:
         cluster.destroy()
     finally:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
+
+
+@cache
+def psql_path() -> Path:
+    """The psql of the PostgreSQL the clusters run (Debian keeps it beside the server)."""
+    bindir = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "bindir"], stdout=subprocess.PIPE, text=True, check=True
+    ).stdout.strip()
+    return Path(bindir) / "psql"
+
+
+def psql(dsn: str, *args: str, stdin: str | None = None) -> str:
+    """Run psql (no psqlrc, stop at the first error) and return its output."""
+    done = subprocess.run(
+        [str(psql_path()), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, *args],
+        input=stdin,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    return done.stdout

@@ -6,6 +6,7 @@ connected as the service role.
 """
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -65,7 +66,7 @@ def postgresql(databases: Databases) -> Iterator[Connection[Any]]:
 def settings(postgresql: Connection[Any], pg_server: Cluster) -> Settings:
     """The app connects as the service role, as in production, not as the superuser."""
     return Settings(
-        database_url=pg_server.app_dsn(postgresql.info.dbname), pool_size=4, pool_timeout=2.0
+        database_url=pg_server.app_dsn(postgresql.info.dbname), pool_size=2, pool_timeout=2.0
     )
 
 
@@ -153,3 +154,18 @@ async def locked(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
     """A client of the app started with the LOCKED tokens (send them with helpers.bearer)."""
     async with make_client(**LOCKED) as c:
         yield c
+
+
+@pytest.fixture
+def analyst_dsn(db: Connection[Any], pg_server: Cluster) -> Iterator[str]:
+    """The URL of a person's login role that is a member of inventory_reader, made as the
+    README tells an admin to (CREATE ROLE ... LOGIN; GRANT inventory_reader TO ...)."""
+    name, password = f"analyst_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # type: ignore[arg-type]
+    db.execute(f"GRANT inventory_reader TO {name}")  # type: ignore[arg-type]
+    try:
+        # Over TCP with a password, as a person logs in (only the superuser uses the socket).
+        host = f"{pg_server.app_host}:{pg_server.port}"
+        yield f"postgresql://{name}:{password}@{host}/{db.info.dbname}"
+    finally:
+        db.execute(f"DROP ROLE {name}")  # type: ignore[arg-type]

@@ -67,9 +67,12 @@ _RESTART_SEQUENCES = """
     SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false)
     FROM pg_sequences WHERE schemaname = 'public'
 """
-_OTHER_SESSIONS = """
-    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-    WHERE datname = %s AND pid <> pg_backend_pid()
+# Every other session on the database ended (a test's leftovers), then the fingerprint.
+_CHECK = f"""
+    SELECT ({_FINGERPRINT}), (
+        SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid()
+    )
 """
 
 
@@ -82,6 +85,9 @@ class Databases:
         self.clones = 0
         self.current: str | None = None
         self.schema: str | None = None
+        # What empties the current clone: one round trip (its tables are known while its
+        # schema is untouched).
+        self._empty: bytes = b""
         self._session: Connection[Any] | None = None
 
     def connect(self, dbname: str) -> Connection[Any]:
@@ -89,37 +95,31 @@ class Databases:
 
     @contextmanager
     def checkout(self) -> Iterator[Connection[Any]]:
-        """A superuser connection (autocommit) to a database as good as new."""
-        if self.current is None or not self._reset(self.current):
-            self._replace()
-        assert self.current is not None
-        with self.connect(self.current) as conn:
-            yield conn
+        """A superuser connection (autocommit) to a database as good as new.
 
-    def _reset(self, dbname: str) -> bool:
-        """Empty the database; False when its schema is no longer schema.sql's."""
-        conn = self._maintenance(dbname)
-        conn.execute(_OTHER_SESSIONS, (dbname,))
-        row = conn.execute(_FINGERPRINT).fetchone()
+        The connection is the one that emptied the database; it is handed over as new too
+        (settings reset, no transaction), and reused for the next test's clean-up.
+        """
+        if self.current is None or not self._reset():
+            self._replace()
+        assert self._session is not None
+        yield self._session
+
+    def _reset(self) -> bool:
+        """Empty the current clone; False when its schema is no longer schema.sql's."""
+        assert self.current is not None
+        conn = self._session
+        if conn is None or conn.closed or conn.broken:
+            conn = self._session = self.connect(self.current)
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.autocommit = True
+        conn.execute("RESET ALL")
+        row = conn.execute(_CHECK).fetchone()
         if row is None or row[0] != self.schema:
             return False
-        # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE's new files cost 10 ms
-        # a table. Triggers and foreign keys are off for this session (replica role): a
-        # change-log trigger must not log the clean-up, and the order of tables is free.
-        with conn.transaction():
-            conn.execute("SET LOCAL session_replication_role = replica")
-            for (table,) in conn.execute(_TABLES).fetchall():
-                conn.execute(sql.SQL("DELETE FROM {}").format(sql.SQL(table)))
-            conn.execute(_RESTART_SEQUENCES)
+        conn.execute(self._empty)
         return True
-
-    def _maintenance(self, dbname: str) -> Connection[Any]:
-        """The session that resets `dbname`, kept open from one test to the next."""
-        if self._session is None or self._session.info.dbname != dbname or self._session.closed:
-            if self._session is not None:
-                self._session.close()
-            self._session = self.connect(dbname)
-        return self._session
 
     def _replace(self) -> None:
         """Drop the current clone (if any) and make a new one from the template."""
@@ -132,9 +132,20 @@ class Databases:
                     sql.Identifier(dbname), sql.Identifier(self.template)
                 )
             )
-        with self.connect(dbname) as conn:
-            row = conn.execute(_FINGERPRINT).fetchone()
+        conn = self._session = self.connect(dbname)
+        row = conn.execute(_CHECK).fetchone()
         assert row is not None
+        tables = [name for (name,) in conn.execute(_TABLES).fetchall()]
+        # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE's new files cost 10 ms
+        # a table. Triggers and foreign keys are off for this session (replica role): a
+        # change-log trigger must not log the clean-up, and the order of tables is free.
+        statements = [
+            "SET session_replication_role = replica",
+            *(f"DELETE FROM {table}" for table in tables),  # regclass text: quoted already
+            _RESTART_SEQUENCES,
+            "RESET session_replication_role",
+        ]
+        self._empty = ";\n".join(statements).encode()
         self.current, self.schema = dbname, row[0]
 
     def _drop(self) -> None:

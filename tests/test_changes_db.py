@@ -436,6 +436,23 @@ def test_the_service_may_read_and_number_the_log_but_never_write_it(
             app_db.execute(statement)  # type: ignore[arg-type]
 
 
+def test_analysts_read_the_log_but_neither_number_it_nor_see_webhooks(
+    db: Connection[Any], analyst_dsn: str
+) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)")
+    sequence(db)
+    with psycopg.connect(analyst_dsn, autocommit=True) as analyst:
+        assert [e["sku"] for e in events(analyst)] == ["A-1"]
+        for statement in (
+            "SELECT product_changes_sequence()",
+            "SELECT product_changes_purge(30)",
+            "SELECT secret FROM webhooks",
+            "SELECT * FROM webhook_attempts",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                analyst.execute(statement)  # type: ignore[arg-type]
+
+
 def test_only_the_service_role_may_run_the_sequencer_and_the_purge(db: Connection[Any]) -> None:
     rows = db.execute(
         "SELECT p.proname, coalesce(r.rolname, 'PUBLIC') "

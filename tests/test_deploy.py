@@ -121,6 +121,7 @@ def run_script(
 # The schema is applied once per change, by one applier
 
 
+@pytest.mark.slow
 def test_unchanged_schema_is_not_reapplied_so_a_restart_never_waits_for_table_locks(
     scratch: Cluster,
 ) -> None:
@@ -141,6 +142,7 @@ def test_unchanged_schema_is_not_reapplied_so_a_restart_never_waits_for_table_lo
     assert len(applied(scratch)) == 1
 
 
+@pytest.mark.slow
 def test_changed_schema_is_applied_once_by_concurrent_starts(scratch: Cluster) -> None:
     scratch.start()
     checkout = scratch.script.parent.parent
@@ -171,6 +173,7 @@ def test_changed_schema_is_applied_once_by_concurrent_starts(scratch: Cluster) -
     assert applied(scratch)[2:] == [digest_of(checkout)]
 
 
+@pytest.mark.slow
 def test_a_failed_apply_records_nothing_and_the_next_start_applies_again(
     scratch: Cluster,
 ) -> None:
@@ -188,6 +191,7 @@ def test_a_failed_apply_records_nothing_and_the_next_start_applies_again(
     assert applied(scratch)[1:] == [digest_of(checkout)]
 
 
+@pytest.mark.slow
 def test_migrate_sets_a_changed_service_password_without_reapplying(scratch: Cluster) -> None:
     """As compose's migrate service runs it: libpq's environment, INVENTORY_APP_PASSWORD."""
     scratch.start()
@@ -354,6 +358,7 @@ def test_previous_release_schema_upgrades_with_every_row_intact(
 # Who gets which credentials; what the files let others read
 
 
+@pytest.mark.slow
 def test_start_hands_out_only_the_service_role(scratch: Cluster) -> None:
     out = scratch.run("start")
     assert re.fullmatch(
@@ -380,6 +385,7 @@ def test_start_hands_out_only_the_service_role(scratch: Cluster) -> None:
     assert socket_dir.st_uid == SERVER_UID
 
 
+@pytest.mark.slow
 async def test_the_embedded_path_gives_the_app_the_service_role_only(
     scratch: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -390,6 +396,7 @@ async def test_the_embedded_path_gives_the_app_the_service_role_only(
     assert urlsplit(url).hostname == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_the_lifespan_under_uvloop_returns_once_the_cluster_runs(tmp_path: Path) -> None:
     """uvicorn's workers run uvloop, whose subprocesses inherit descriptors beyond 0-2; a
     server that kept one of them would keep the worker waiting for the script's output."""
@@ -434,6 +441,7 @@ def test_test_clusters_are_not_relocated(pg_server: Cluster) -> None:
     assert pgdata.is_dir() and not pgdata.is_symlink()
 
 
+@pytest.mark.slow
 def test_a_cluster_of_the_previous_release_is_taken_over(tmp_path: Path) -> None:
     files = {name: git_show(name) for name in ("db/cluster.sh", "db/roles.sql", "schema.sql")}
     old = Cluster(
@@ -485,6 +493,7 @@ def without_postgres(command: list[str]) -> list[str]:
             "sh", *command]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not unshare_works(), reason="needs root and unshare -m to hide the server")
 def test_the_app_never_runs_the_package_manager_and_says_to_run_run_sh(tmp_path: Path) -> None:
     fake = tmp_path / "bin"
@@ -529,6 +538,7 @@ def test_the_app_never_runs_the_package_manager_and_says_to_run_run_sh(tmp_path:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not IS_ROOT, reason="only root relocates a cluster")
 def test_relocation_is_announced_every_start_and_never_deletes_another_cluster() -> None:
     closed = Path(tempfile.mkdtemp(prefix="inventory-closed-"))  # 0700: postgres cannot enter

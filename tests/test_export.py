@@ -30,9 +30,12 @@ TRICKY = [
 
 async def _create_tricky(client: AsyncClient) -> list[dict[str, Any]]:
     created = []
-    for sku, name, description in TRICKY:
+    for i, (sku, name, description) in enumerate(TRICKY):
+        # Every other product has a reorder point: CSV shows null as an empty field.
+        point = {"reorder_point": i} if i % 2 else {}
         response = await client.post(
-            "/products", json=product(sku, name=name, description=description, quantity=7)
+            "/products",
+            json=product(sku, name=name, description=description, quantity=7, **point),
         )
         assert response.status_code == 201, response.text
         created.append(response.json())
@@ -50,6 +53,7 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
         "description",
         "price",
         "quantity",
+        "reorder_point",
         "created_at",
         "updated_at",
     ]
@@ -57,6 +61,7 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
     for record in records:
         row: dict[str, Any] = dict(zip(header, record, strict=True))
         row["id"], row["quantity"] = int(row["id"]), int(row["quantity"])
+        row["reorder_point"] = int(row["reorder_point"]) if row["reorder_point"] else None
         parsed.append(row)
     return parsed
 
@@ -91,7 +96,9 @@ async def test_empty_table_in_every_format(client: AsyncClient) -> None:
     assert (await client.get("/products")).text == "[]"
     assert (await client.get("/products", headers={"accept": "application/x-ndjson"})).text == ""
     csv_text = (await client.get("/products", headers={"accept": "text/csv"})).text
-    assert csv_text == "id,sku,name,description,price,quantity,created_at,updated_at\r\n"
+    assert csv_text == (
+        "id,sku,name,description,price,quantity,reorder_point,created_at,updated_at\r\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ async def test_csv_import_creates_every_row_in_file_order(
     response = await post_csv(client, HEADER + csv_rows(300))
 
     assert response.status_code == 201, response.text
-    assert response.json() == {"created": 300}
+    assert response.json() == {"created": 300, "updated": 0, "unchanged": 0}
     listed = (await client.get("/products")).json()
     assert [p["sku"] for p in listed] == [f"IMP-{i}" for i in range(1, 301)]
     assert listed[1] == {**listed[1], "name": "Item 2", "description": None, "price": "2.50"}
@@ -66,7 +66,7 @@ async def test_ndjson_import_creates_rows_and_skips_blank_lines(client: AsyncCli
     lines = [json.dumps(product(f"N-{i}", price=i + 0.25, quantity=i)) for i in range(3)]
     response = await post_ndjson(client, lines[0] + "\n\n" + lines[1] + "\r\n" + lines[2])
     assert response.status_code == 201, response.text
-    assert response.json() == {"created": 3}
+    assert response.json() == {"created": 3, "updated": 0, "unchanged": 0}
     listed = (await client.get("/products")).json()
     assert [(p["sku"], p["price"], p["quantity"]) for p in listed] == [
         ("N-0", "0.25", 0),
@@ -78,7 +78,7 @@ async def test_ndjson_import_creates_rows_and_skips_blank_lines(client: AsyncCli
 async def test_header_only_creates_nothing(client: AsyncClient) -> None:
     response = await post_csv(client, HEADER)
     assert response.status_code == 201
-    assert response.json() == {"created": 0}
+    assert response.json() == {"created": 0, "updated": 0, "unchanged": 0}
 
 
 async def test_bad_row_at_line_4999_of_5000_writes_nothing(
@@ -146,16 +146,14 @@ async def test_more_than_100_bad_rows_lists_exactly_100(
     assert count(db) == 0
 
 
-async def test_duplicates_in_the_file_and_against_existing_rows_are_told_apart(
+async def test_a_sku_twice_in_the_file_is_422_naming_both_lines(
     client: AsyncClient, db: Connection[Any]
 ) -> None:
-    assert (await client.post("/products", json=product("Old-1"))).status_code == 201
-    text = HEADER + "D-1,a,,1,1\nd-2,b,,1,1\nOLD-1,c,,1,1\nD-2,d,,1,1\nd-1,e,,1,1\n"
+    text = HEADER + "D-1,a,,1,1\nd-2,b,,1,1\nD-3,c,,1,1\nD-2,d,,1,1\nd-1,e,,1,1\n"
 
-    body = assert_problem(await post_csv(client, text), 409, "duplicate_sku")
+    body = assert_problem(await post_csv(client, text), 422, "validation_failed")
 
     assert body["errors"] == [
-        {"line": 4, "field": "sku", "message": "a product with SKU 'Old-1' already exists"},
         {
             "line": 5,
             "field": "sku",
@@ -167,13 +165,28 @@ async def test_duplicates_in_the_file_and_against_existing_rows_are_told_apart(
             "message": "repeats the SKU of line 2 (SKUs are unique ignoring case)",
         },
     ]
+    assert count(db) == 0
+
+
+async def test_existing_skus_are_409_listing_their_lines(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    assert (await client.post("/products", json=product("Old-1"))).status_code == 201
+    text = HEADER + "D-1,a,,1,1\nOLD-1,c,,1,1\nD-2,d,,1,1\n"
+
+    body = assert_problem(await post_csv(client, text), 409, "duplicate_sku")
+
+    assert body["errors"] == [
+        {"line": 3, "field": "sku", "message": "a product with SKU 'Old-1' already exists"},
+    ]
     assert count(db) == 1
 
 
-async def test_validation_problems_come_before_duplicates(client: AsyncClient) -> None:
-    text = HEADER + "D-1,a,,1,1\nD-1,b,,1,1\nD-3,,,1,1\n"
+async def test_validation_problems_come_before_existing_skus(client: AsyncClient) -> None:
+    assert (await client.post("/products", json=product("D-1"))).status_code == 201
+    text = HEADER + "D-1,a,,1,1\nD-2,b,,1,1\nD-2,b,,1,1\nD-3,,,1,1\n"
     body = assert_problem(await post_csv(client, text), 422, "validation_failed")
-    assert [(e["line"], e["field"]) for e in body["errors"]] == [(4, "name")]
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [(4, "sku"), (5, "name")]
 
 
 async def test_multiline_records_count_physical_lines(client: AsyncClient) -> None:
@@ -186,7 +199,7 @@ async def test_multiline_records_count_physical_lines(client: AsyncClient) -> No
     ("header", "fields"),
     [
         ("sku,name,price,colour", ["colour"]),
-        ("sku,name,price,id", ["id"]),
+        ("sku,name,price,identifier", ["identifier"]),
         ("sku,name", ["price"]),
         ("sku,name,price,name", ["name"]),
         ("", ["name", "price", "sku"]),
@@ -296,9 +309,10 @@ async def _past_the_limit(small_limit_client: AsyncClient, db: Connection[Any]) 
 async def test_special_characters_survive_export_then_import(
     client: AsyncClient, db: Connection[Any]
 ) -> None:
-    for sku, name, description in TRICKY:
+    for i, (sku, name, description) in enumerate(TRICKY):
+        point = {"reorder_point": i} if i % 2 else {}
         response = await client.post(
-            "/products", json=product(sku, name=name, description=description)
+            "/products", json=product(sku, name=name, description=description, **point)
         )
         assert response.status_code == 201
     before = (await client.get("/products")).json()
@@ -306,7 +320,7 @@ async def test_special_characters_survive_export_then_import(
     exported_ndjson = (
         await client.get("/products", headers={"accept": "application/x-ndjson"})
     ).text
-    client_fields = ["sku", "name", "description", "price", "quantity"]
+    client_fields = ["sku", "name", "description", "price", "quantity", "reorder_point"]
 
     def same_products(after: list[dict[str, Any]]) -> None:
         assert [{f: p[f] for f in client_fields} for p in after] == [
@@ -317,7 +331,7 @@ async def test_special_characters_survive_export_then_import(
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     for record in csv.reader(io.StringIO(exported_csv, newline="")):
-        writer.writerow(record[1:6])
+        writer.writerow(record[1:7])
     assert len(parse_csv(exported_csv)) == len(TRICKY)
     db.execute("DELETE FROM products")
     response = await post_csv(client, out.getvalue())
@@ -350,7 +364,7 @@ async def test_import_with_an_idempotency_key_runs_once_and_replays(
     again = await post_csv(client, body, **key)
 
     assert first.status_code == again.status_code == 201
-    assert first.json() == again.json() == {"created": 40}
+    assert first.json() == again.json() == {"created": 40, "updated": 0, "unchanged": 0}
     assert again.headers["idempotent-replayed"] == "true"
     assert count(db) == 40
     other = await post_csv(client, HEADER + csv_rows(3, start=100), **key)

@@ -6,9 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from psycopg import Connection
 from sqlalchemy import CheckConstraint, create_engine
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.pool import NullPool
 
-from app.models import Base
+from app.models import Base, views
 from tests.cluster import Cluster
 
 
@@ -39,3 +40,16 @@ def test_models_name_the_same_check_constraints(db: Connection[Any]) -> None:
             (table.name,),
         ).fetchall()
         assert modelled == {name for (name,) in live}, table.name
+
+
+def test_view_descriptions_match_the_views(db: Connection[Any]) -> None:
+    for view in views.sorted_tables:
+        live = db.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = %s ORDER BY ordinal_position",
+            (view.name,),
+        ).fetchall()
+        described = [
+            (c.name, c.type.compile(dialect=postgresql.dialect()).lower()) for c in view.columns
+        ]
+        assert live == described, view.name

@@ -138,6 +138,22 @@ async def test_patch_description_null_clears_it(client: AsyncClient, db: Connect
     assert db.execute("SELECT description FROM products").fetchone() == (None,)
 
 
+async def test_patch_sets_and_null_clears_the_reorder_point(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    created = await client.post("/products", json=product("ABC-1", quantity=3))
+
+    set_ = await client.patch("/products/ABC-1", json={"reorder_point": 5})
+    kept = await client.patch("/products/ABC-1", json={"name": "Red mug"})
+    cleared = await client.patch("/products/ABC-1", json={"reorder_point": None})
+
+    assert set_.json()["reorder_point"] == 5
+    assert set_.headers["etag"] != created.headers["etag"]
+    assert kept.json()["reorder_point"] == 5
+    assert cleared.json()["reorder_point"] is None
+    assert db.execute("SELECT reorder_point, quantity FROM products").fetchone() == (None, 3)
+
+
 async def test_patch_accepts_the_merge_patch_media_type(client: AsyncClient) -> None:
     await _create(client)
 
@@ -177,6 +193,9 @@ async def test_empty_patch_changes_nothing_and_returns_the_product(client: Async
         ({"price": "-1"}, "price"),
         ({"description": "d" * 2001}, "description"),
         ({"name": "ok", "quantity": 0}, "quantity"),
+        ({"reorder_point": -1}, "reorder_point"),
+        ({"reorder_point": 2_147_483_648}, "reorder_point"),
+        ({"reorder_point": "3"}, "reorder_point"),
     ],
 )
 async def test_patch_refuses_fixed_unknown_and_invalid_fields_and_changes_nothing(

@@ -22,9 +22,11 @@ async def test_create_returns_201_with_location_and_stored_product(
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {
-        "id", "sku", "name", "description", "price", "quantity", "created_at", "updated_at",
+        "id", "sku", "name", "description", "price", "quantity", "reorder_point",
+        "created_at", "updated_at",
     }  # fmt: skip
     assert isinstance(body["id"], int)
+    assert body["reorder_point"] is None
     assert (body["sku"], body["name"], body["description"]) == ("Mug-1", "Blue mug", "Blue")
     assert body["price"] == "19.90"
     assert body["quantity"] == 3
@@ -37,6 +39,18 @@ async def test_quantity_defaults_to_zero_and_description_to_null(client: AsyncCl
     body = (await client.post("/products", json=product(price="0"))).json()
 
     assert (body["quantity"], body["description"], body["price"]) == (0, None, "0.00")
+
+
+@pytest.mark.parametrize("point", [0, 7, 2_147_483_647])
+async def test_reorder_point_is_stored_and_returned(
+    client: AsyncClient, db: Connection[Any], point: int
+) -> None:
+    response = await client.post("/products", json=product(quantity=3, reorder_point=point))
+
+    assert response.status_code == 201, response.text
+    assert response.json()["reorder_point"] == point
+    assert (await client.get("/products/ABC-1")).json()["reorder_point"] == point
+    assert db.execute("SELECT reorder_point FROM products").fetchone() == (point,)
 
 
 async def test_largest_price_is_kept_exactly(client: AsyncClient) -> None:
@@ -142,6 +156,10 @@ async def test_duplicate_sku_differing_in_case_is_409(client: AsyncClient) -> No
         (product(quantity="5"), "quantity"),
         (product(quantity=1.5), "quantity"),
         (product(quantity=True), "quantity"),
+        (product(reorder_point=-1), "reorder_point"),
+        (product(reorder_point=2_147_483_648), "reorder_point"),
+        (product(reorder_point="5"), "reorder_point"),
+        (product(reorder_point=2.5), "reorder_point"),
         (product(id=7), "id"),
         (product(created_at="2020-01-01T00:00:00Z"), "created_at"),
     ],

@@ -65,6 +65,7 @@ SAMPLES: dict[str, list[Any]] = {
         "-0",
     ],
     "quantity": [0, 1, -1, 2_147_483_647],
+    "reorder_point": [0, 1, -1, 2_147_483_647],
     "delta": [1, -1, 0, 2_147_483_647, -2_147_483_648],
     "reason": ["received", "sold", "returned", "damaged", "correction", "stolen", "Sold", ""],
     "note": ["", "n" * 500, "n" * 501, "\U0001f600" * 500, "\U0001f600" * 501],

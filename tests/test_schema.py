@@ -1,5 +1,6 @@
 """schema.sql in the catalog: named rules, SQLSTATEs for direct writes, idempotence, grants."""
 
+import json
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ CHECKS = {
     "products_description_length_check",
     "products_price_check",
     "products_quantity_check",
+    "products_reorder_point_check",
 }
 
 
@@ -23,9 +25,17 @@ def _catalog(db: Connection[Any]) -> list[Any]:
     queries = [
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = 'products'::regclass ORDER BY conname",
-        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'products' ORDER BY 1",
-        "SELECT column_name, data_type, is_nullable, column_default "
-        "FROM information_schema.columns WHERE table_name = 'products' ORDER BY ordinal_position",
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+        "ORDER BY 1, 2",
+        "SELECT table_name, column_name, data_type, is_nullable, column_default "
+        "FROM information_schema.columns WHERE table_schema = 'public' "
+        "ORDER BY table_name, ordinal_position",
+        "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public' ORDER BY 1",
+        # The oid too: a re-apply must not drop and recreate the type.
+        "SELECT t.oid, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid "
+        "WHERE t.typname = 'product_api' ORDER BY a.attnum",
+        "SELECT extname, extversion, extnamespace::regnamespace::text FROM pg_extension ORDER BY 1",
         "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
         "WHERE tgrelid = 'products'::regclass ORDER BY 1",
         "SELECT proname, pg_get_functiondef(oid) FROM pg_proc "
@@ -69,7 +79,7 @@ def test_table_and_columns_are_documented(db: Connection[Any]) -> None:
         "SELECT objsubid FROM pg_description WHERE objoid = 'products'::regclass"
     ).fetchall()
 
-    assert len(described) == 1 + 8  # the table and each of its columns
+    assert len(described) == 1 + 9  # the table and each of its columns
 
 
 @pytest.mark.parametrize(
@@ -107,6 +117,42 @@ def test_direct_writes_obey_quantity_description_and_not_null(db: Connection[Any
     with pytest.raises(errors.NotNullViolation) as raised:
         db.execute("INSERT INTO products (sku, name) VALUES ('A', 'n')")
     assert raised.value.sqlstate == "23502"
+
+
+def test_reorder_point_is_optional_and_bounded_like_quantity(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('A', 'n', 1)")
+    db.execute(
+        "INSERT INTO products (sku, name, price, reorder_point) VALUES ('B', 'n', 1, 2147483647)"
+    )
+    with pytest.raises(errors.CheckViolation) as raised:
+        db.execute(
+            "INSERT INTO products (sku, name, price, reorder_point) VALUES ('C', 'n', 1, -1)"
+        )
+    assert raised.value.sqlstate == "23514"
+    assert raised.value.diag.constraint_name == "products_reorder_point_check"
+    # Past the top the integer type itself refuses (22003), as it does for quantity.
+    with pytest.raises(errors.NumericValueOutOfRange):
+        db.execute(
+            "INSERT INTO products (sku, name, price, reorder_point) "
+            "VALUES ('C', 'n', 1, 2147483648)"
+        )
+
+    assert db.execute("SELECT sku, reorder_point FROM products ORDER BY sku").fetchall() == [
+        ("A", None),
+        ("B", 2147483647),
+    ]
+
+
+def test_product_json_has_the_api_fields_in_the_api_order(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price, reorder_point) VALUES ('A', 'n', 1, 3)")
+
+    (text,) = db.execute("SELECT product_json(p)::text FROM products p").fetchone() or ()
+
+    assert list(json.loads(text)) == [
+        "id", "sku", "name", "description", "price", "quantity", "reorder_point",
+        "created_at", "updated_at",
+    ]  # fmt: skip
+    assert json.loads(text)["reorder_point"] == 3
 
 
 def test_sku_is_unique_ignoring_case(db: Connection[Any]) -> None:

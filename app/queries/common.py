@@ -1,4 +1,5 @@
-"""Expressions every query module shares: a product's SKU match, its JSON and its ETag."""
+"""Expressions every query module shares: a product's SKU match, its JSON and its ETag, and
+the COPY statements that stream query results."""
 
 from sqlalchemy import Text, bindparam, cast, func
 from sqlalchemy.sql.elements import ColumnElement
@@ -19,3 +20,11 @@ MOVEMENT_JSON: ColumnElement[str] = cast(func.movement_json(MOVEMENT_ROW), Text)
 def sku_is(name: str = "sku") -> ColumnElement[bool]:
     """`lower(products.sku) = lower(:name)`: served by the unique index products_sku_lower_key."""
     return func.lower(Product.sku) == func.lower(bindparam(name))
+
+
+# COPY's text format would escape every backslash of JSON text; CSV format with a quote and
+# a delimiter that JSON text never holds raw hands a JSON column over untouched, one per row.
+COPY_JSON_ROWS = "COPY ({}) TO STDOUT (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')"
+# PostgreSQL's CSV is RFC 4180's quoting: fields holding a comma, quote, CR or LF, and empty
+# strings, are quoted, quotes doubled; NULL is an empty field. HEADER names the columns.
+COPY_CSV = "COPY ({}) TO STDOUT (FORMAT csv, HEADER true)"

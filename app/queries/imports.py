@@ -2,19 +2,23 @@
 
 The body goes straight from the socket into `COPY ... FROM STDIN` into a temporary staging
 table that numbers the records, inside the caller's transaction. The happy path is then a
-single INSERT ... SELECT into products, where the table's CHECKs and its unique index
-decide, as for every other client. Only when that fails does the diagnosis run: set-wise
-queries over the staging table that name up to MAX_LISTED bad records by line, validation
-problems (422) before duplicates (409). The rules it applies are the database's own: the
-required columns and types come from the model, the CHECK expressions from the live
-catalog (pg_constraint), never from a second copy. Nothing is written unless everything is.
+few set-wise statements - one INSERT ... SELECT by default - where the table's CHECKs and
+its unique index decide, as for every other client. Records whose SKU exists are refused
+(`error`), left alone (`skip`) or written over (`update`, a stock count when the file has
+quantities: each changed quantity gets its `correction` movement). Only when a statement
+fails does the diagnosis run: set-wise queries over the staging table that name up to
+MAX_LISTED bad records by line, validation problems (422) before existing SKUs (409). The
+rules it applies are the database's own: the required columns and types come from the
+model, the CHECK expressions from the live catalog (pg_constraint), never from a second
+copy. Nothing is written unless everything is.
 """
 
 import csv
 import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import IO, Any
+from functools import cache
+from typing import IO, Any, Literal, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -28,18 +32,27 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    and_,
+    any_,
+    bindparam,
     case,
     cast,
+    exists,
+    false,
     func,
     insert,
     literal,
+    or_,
     select,
+    true,
+    update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.schema import CreateTable
 
 from app.database import Connection, compile_literal, compile_once, savepoint
 from app.errors import DuplicateSku, ValidationFailed, field_error
-from app.models import Product
+from app.models import Product, StockMovement
 from app.queries.products import CREATE_FIELDS
 from app.rules import INT4_MAX, INT4_MIN, rule_for
 
@@ -47,19 +60,40 @@ MAX_LISTED = 100
 CSV = "text/csv"
 NDJSON = "application/x-ndjson"
 
+# What to do with a record whose SKU (in any case) is a product's already.
+OnConflict = Literal["error", "skip", "update"]
+
 _COLUMNS = {name: Product.__table__.c[name] for name in CREATE_FIELDS}
-# NOT NULL without a default: every record must give these.
+# NOT NULL without a default: every record that creates a product must give these.
 REQUIRED = frozenset(
     name for name, c in _COLUMNS.items() if not c.nullable and c.server_default is None
 )
+# An update changes these; the SKU names the product (and keeps the case first given).
+UPDATE_FIELDS = tuple(name for name in CREATE_FIELDS if name != "sku")
+# Columns of an export that clients never set: accepted and ignored, so that what
+# GET /products exports (CSV or NDJSON) imports back as it is.
+IGNORED_FIELDS = ("id", "created_at", "updated_at")
+# A stock count's movements: one per changed quantity, so the ledger still adds up.
+COUNT_REASON, COUNT_NOTE = "correction", "import"
 
-# The staging table: the record number, then every field as text, so that COPY takes any
-# record and the diagnosis can say what is wrong with each.
+
+class Imported(NamedTuple):
+    """What an import did: products created, products changed, records that changed nothing."""
+
+    created: int
+    updated: int
+    unchanged: int
+
+
+# The staging table: the record number, every field as text (so that COPY takes any record
+# and the diagnosis can say what is wrong with each), and the fields an NDJSON record gave
+# (NULL for CSV, whose header says it for every record).
 _staging = Table(
     "import_rows",
     MetaData(),
     Column("n", BigInteger, Identity(always=False), nullable=False),
-    *(Column(name, Text) for name in CREATE_FIELDS),
+    *(Column(name, Text) for name in (*CREATE_FIELDS, *IGNORED_FIELDS)),
+    Column("given", ARRAY(Text)),
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DROP",
 )
@@ -91,13 +125,40 @@ def _typed(name: str) -> ColumnElement[Any]:
     return text
 
 
-def _type_problem(name: str) -> ColumnElement[Any] | None:
+# A record names an existing product (its SKU in any case).
+_same_sku = func.lower(Product.sku) == func.lower(_staging.c.sku)
+_exists = exists().where(_same_sku)
+# The header's columns, what every CSV record gives (its `given` is NULL).
+_HEADER = bindparam("columns", type_=ARRAY(Text))
+
+
+def _given(name: str, header: ColumnElement[Any] = _HEADER) -> ColumnElement[bool]:
+    """Whether a record gives the field (a CSV header column, an NDJSON key)."""
+    return literal(name) == any_(func.coalesce(_staging.c.given, header))
+
+
+def _new_value(name: str) -> ColumnElement[Any]:
+    """An updated product's value: the record's, or the product's own where not given."""
+    value = cast(_staging.c[name], _COLUMNS[name].type)
+    return case((_given(name), value), else_=Product.__table__.c[name])
+
+
+def _type_problem(
+    name: str, on_conflict: OnConflict, header: ColumnElement[Any]
+) -> ColumnElement[Any] | None:
     """Why a staging value cannot be stored in its column at all, or NULL."""
     text = _staging.c[name]
     kind = _COLUMNS[name].type
     whens: list[tuple[ColumnElement[bool], str]] = []
-    if name in REQUIRED:
-        whens.append((text.is_(None), "required"))
+    # Missing where NULL would be written: a NOT NULL column of a product being created
+    # (unless it has a default), or one a record updating a product gives.
+    creates = true() if on_conflict == "error" else ~_exists
+    updates = _exists if on_conflict == "update" else false()
+    given = _given(name, header)
+    if name == "sku" or name in REQUIRED:
+        whens.append((and_(text.is_(None), or_(creates, and_(updates, given))), "required"))
+    elif not _COLUMNS[name].nullable:
+        whens.append((and_(text.is_(None), updates, given), "required"))
     if isinstance(kind, Numeric):
         whens.append((~text.regexp_match(_NUMBER), "not_a_number"))
     elif isinstance(kind, Integer):
@@ -114,44 +175,99 @@ def _stored(name: str) -> ColumnElement[Any]:
 
 
 # File order is kept: ids and the list order follow the lines of the file.
-_INSERT = compile_once(
-    insert(Product).from_select(
-        list(CREATE_FIELDS),
-        select(*(_stored(name) for name in CREATE_FIELDS)).order_by(_staging.c.n),
+_new = select(*(_stored(name) for name in CREATE_FIELDS)).order_by(_staging.c.n)
+_INSERT = compile_once(insert(Product).from_select(list(CREATE_FIELDS), _new))
+_INSERT_NEW = compile_once(insert(Product).from_select(list(CREATE_FIELDS), _new.where(~_exists)))
+_COUNT = compile_once(select(func.count()).select_from(_staging))
+
+# --- on_conflict=update: one statement, so a count's quantity and its movement go together.
+# The products to change, locked in id order (concurrent imports cannot deadlock), read as
+# they are once locked: the movement's delta is against the quantity the UPDATE replaces.
+_changed = (
+    select(
+        Product.id,
+        Product.quantity.label("old_quantity"),
+        *(_new_value(name).label(name) for name in UPDATE_FIELDS),
     )
+    .join_from(_staging, Product, _same_sku)
+    # Records identical to their product change nothing, not even updated_at.
+    .where(or_(*(Product.__table__.c[n].is_distinct_from(_new_value(n)) for n in UPDATE_FIELDS)))
+    .order_by(Product.id)
+    .with_for_update(of=Product)
+    .cte("changed")
 )
-# Every field's typed value, as a relation the catalog's CHECK expressions can be run on.
-_TYPED = compile_literal(
-    select(_staging.c.n, *(_typed(name).label(name) for name in CREATE_FIELDS))
+_updated = (
+    update(Product)
+    .where(Product.id == _changed.c.id)
+    .values({name: _changed.c[name] for name in UPDATE_FIELDS})
+    .returning(Product.id, _changed.c.old_quantity, Product.quantity)
+    .cte("updated")
 )
-# Values no column of their type can hold: one row per (record, field, problem).
-_TYPE_PROBLEMS = " UNION ALL ".join(
-    compile_literal(
-        select(_staging.c.n, literal(name), problem.label("problem")).where(problem.is_not(None))
+_counted = (
+    insert(StockMovement)
+    .from_select(
+        ["product_id", "delta", "reason", "note", "quantity_after"],
+        select(
+            _updated.c.id,
+            _updated.c.quantity - _updated.c.old_quantity,
+            literal(COUNT_REASON),
+            literal(COUNT_NOTE),
+            _updated.c.quantity,
+        ).where(_updated.c.quantity != _updated.c.old_quantity),
     )
-    for name in CREATE_FIELDS
-    if (problem := _type_problem(name)) is not None
+    .cte("counted")
 )
+# (updated, matched): products changed, and records naming an existing product.
+_UPDATE = compile_once(
+    select(
+        select(func.count()).select_from(_updated).scalar_subquery(),
+        select(func.count()).select_from(_staging).where(_exists).scalar_subquery(),
+    ).add_cte(_counted)
+)
+
+
+@cache
+def _typed_rows(on_conflict: OnConflict) -> str:
+    """Every field's typed value of the records the write used, as a relation the catalog's
+    CHECK expressions can be run on (`skip` leaves records of existing products unread)."""
+    query = select(_staging.c.n, *(_typed(name).label(name) for name in CREATE_FIELDS))
+    return compile_literal(query.where(~_exists) if on_conflict == "skip" else query)
+
+
+def _type_problems(on_conflict: OnConflict, columns: list[str]) -> str:
+    """Values no column of their type can hold: one row per (record, field, problem).
+
+    Compiled per failed import, with the CSV header's columns written into it.
+    """
+    header = cast(array([literal(c) for c in columns] or [literal("")]), ARRAY(Text))
+    return " UNION ALL ".join(
+        compile_literal(
+            select(_staging.c.n, literal(name), problem.label("problem")).where(
+                problem.is_not(None), ~_exists if on_conflict == "skip" else true()
+            )
+        )
+        for name in CREATE_FIELDS
+        if (problem := _type_problem(name, on_conflict, header)) is not None
+    )
+
+
 _CHECKS = """
     SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint
     WHERE conrelid = 'products'::regclass AND contype = 'c' ORDER BY conname
 """
-# Records that repeat an earlier record's SKU (any case), and records whose SKU exists.
+# Records that repeat an earlier record's SKU (any case): always a 422, whatever on_conflict.
 _sku = func.lower(_staging.c.sku)
 _first = func.min(_staging.c.n).over(partition_by=_sku)
 _repeats = select(_staging.c.n, _first.label("first")).subquery()
-_DUPLICATES = (
-    compile_literal(
-        select(_repeats.c.n, literal("sku"), literal("file:") + cast(_repeats.c.first, Text)).where(
-            _repeats.c.n > _repeats.c.first
-        )
+_REPEATED = compile_literal(
+    select(_repeats.c.n, literal("sku"), literal("file:") + cast(_repeats.c.first, Text)).where(
+        _repeats.c.n > _repeats.c.first
     )
-    + " UNION ALL "
-    + compile_literal(
-        select(_staging.c.n, literal("sku"), literal("exists:") + Product.sku).join(
-            Product, func.lower(Product.sku) == _sku
-        )
-    )
+)
+_ANY_REPEATED = compile_once(select(exists(select(_sku).group_by(_sku).having(func.count() > 1))))
+# Records whose SKU exists (on_conflict=error: 409).
+_EXISTING = compile_literal(
+    select(_staging.c.n, literal("sku"), literal("exists:") + Product.sku).join(Product, _same_sku)
 )
 
 # The first MAX_LISTED offending records, all their problems, and how many records offend.
@@ -171,7 +287,8 @@ _CSV_LINES = f"""
             ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS line
         FROM (
             SELECT n, (SELECT coalesce(sum(length(v) - length(replace(v, e'\\n', ''))), 0)
-                       FROM unnest(ARRAY[{", ".join(CREATE_FIELDS)}]) v) AS newlines
+                       FROM unnest(ARRAY[{", ".join((*CREATE_FIELDS, *IGNORED_FIELDS))}]) v
+                      ) AS newlines
             FROM import_rows
         ) r
     ) x WHERE n = ANY(%s)
@@ -230,7 +347,7 @@ _WRONG_SHAPE = f"""
         UNION ALL
         SELECT k, 'unknown_field'
         FROM jsonb_object_keys(CASE jsonb_typeof(d.doc) WHEN 'object' THEN d.doc ELSE '{{}}' END) k
-        WHERE k <> ALL (ARRAY[{", ".join(f"'{f}'" for f in CREATE_FIELDS)}])
+        WHERE k <> ALL (ARRAY[{", ".join(f"'{f}'" for f in (*CREATE_FIELDS, *IGNORED_FIELDS))}])
         UNION ALL
         SELECT f.name, 'wrong_type'
         FROM (VALUES {", ".join(f"('{f}', ARRAY{list(_json_types(f))!r})" for f in CREATE_FIELDS)})
@@ -243,10 +360,13 @@ _WRONG_SHAPE = f"""
     ) e
 """
 _FROM_DOCS = f"""
-    INSERT INTO import_rows (n, {", ".join(CREATE_FIELDS)})
-    SELECT n, {", ".join(f"doc ->> '{f}'" for f in CREATE_FIELDS)}
+    INSERT INTO import_rows (n, {", ".join(CREATE_FIELDS)}, given)
+    SELECT n, {", ".join(f"doc ->> '{f}'" for f in CREATE_FIELDS)}, {{given}}
     FROM import_docs
 """
+# The keys a record gives, where an update needs them: a key left out keeps its field.
+_FROM_DOCS_GIVEN = _FROM_DOCS.format(given="ARRAY(SELECT jsonb_object_keys(doc))")
+_FROM_DOCS_NEW = _FROM_DOCS.format(given="NULL")
 
 _MESSAGES = {
     "required": "is required",
@@ -264,37 +384,73 @@ _COPY_LINE = re.compile(r"\bline (\d+)")
 LineNumbers = Callable[[Connection, list[int]], Awaitable[dict[int, int]]]
 
 
-async def import_products(conn: Connection, body: AsyncIterator[bytes], *, media_type: str) -> int:
-    """Insert every record of a CSV or NDJSON body, or none; return how many were inserted.
+async def import_products(
+    conn: Connection,
+    body: AsyncIterator[bytes],
+    *,
+    media_type: str,
+    on_conflict: OnConflict = "error",
+) -> Imported:
+    """Import every record of a CSV or NDJSON body, or none; say what was done.
 
-    Runs inside the caller's transaction on `conn`. Raises ValidationFailed (unreadable or
-    invalid records, unknown or missing columns) or DuplicateSku (SKUs repeated in the file
-    or existing already), listing at most MAX_LISTED records by line.
+    Runs inside the caller's transaction on `conn`. Records whose SKU exists are refused
+    (`error`: DuplicateSku listing them), left as they are (`skip`), or written over
+    (`update`: the fields the record gives; a changed quantity gets one `correction`
+    movement with note `import`). Raises ValidationFailed (unreadable or invalid records,
+    unknown or missing columns, a SKU twice in the file), listing at most MAX_LISTED
+    records by line.
     """
     line_of: LineNumbers
+    columns: list[str] = []
     if media_type == CSV:
-        await _copy_csv(conn, body)
+        columns = await _copy_csv(conn, body, on_conflict)
         line_of = _csv_lines
     else:
-        await _copy_ndjson(conn, body)
+        await _copy_ndjson(conn, body, given=on_conflict == "update")
         line_of = _ndjson_lines
+    if on_conflict != "error":
+        # Without one INSERT of every record, the unique index no longer sees them all.
+        cur = await conn.execute(_ANY_REPEATED.sql, _ANY_REPEATED.params())
+        repeated = await cur.fetchone()
+        if repeated and repeated[0]:
+            await _report(conn, _REPEATED, line_of, existing=False)
     try:
         async with savepoint(conn):
-            cur = await conn.execute(_INSERT.sql)
-            return int(cur.rowcount)
+            return await _write(conn, on_conflict, columns)
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-        await _diagnose(conn, line_of)
+        await _diagnose(conn, line_of, on_conflict, columns)
         raise
 
 
-async def _copy_csv(conn: Connection, body: AsyncIterator[bytes]) -> None:
+async def _write(conn: Connection, on_conflict: OnConflict, columns: list[str]) -> Imported:
+    if on_conflict == "error":
+        created = (await conn.execute(_INSERT.sql)).rowcount
+        return Imported(created, 0, 0)
+    if on_conflict == "skip":
+        total = await (await conn.execute(_COUNT.sql)).fetchone()
+        created = (await conn.execute(_INSERT_NEW.sql)).rowcount
+        assert total is not None
+        return Imported(created, 0, int(total[0]) - created)
+    cur = await conn.execute(_UPDATE.sql, _UPDATE.params(columns=columns))
+    counts = await cur.fetchone()
+    assert counts is not None
+    updated, matched = (int(c) for c in counts)
+    created = (await conn.execute(_INSERT_NEW.sql)).rowcount
+    return Imported(created, updated, matched - updated)
+
+
+async def _copy_csv(
+    conn: Connection, body: AsyncIterator[bytes], on_conflict: OnConflict
+) -> list[str]:
     stream = aiter(body)
     head = b""
     async for chunk in stream:
         head += chunk
         if b"\n" in head or len(head) > 64 * 1024:
             break
-    columns = _csv_header(head)
+    # Every record of an `error` import creates a product; otherwise only new SKUs do, and
+    # a file naming existing products (a stock count: sku,quantity) needs no more columns.
+    columns = _csv_header(head, REQUIRED if on_conflict == "error" else frozenset({"sku"}))
     await conn.execute(_CREATE_STAGING)
     copy_sql = sql.SQL("COPY import_rows ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
         sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -309,9 +465,10 @@ async def _copy_csv(conn: Connection, body: AsyncIterator[bytes]) -> None:
                 await copy.write(chunk)
     except psycopg.errors.DataError as exc:
         raise _unreadable(exc, "CSV") from None
+    return columns
 
 
-def _csv_header(head: bytes) -> list[str]:
+def _csv_header(head: bytes, required: frozenset[str]) -> list[str]:
     """The column names of the header line; raises ValidationFailed unless they are usable."""
     line = head.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
     try:
@@ -322,28 +479,30 @@ def _csv_header(head: bytes) -> list[str]:
     problems = [
         field_error(n or "header", "is not a product field", line=1)
         for n in names
-        if n not in CREATE_FIELDS
+        if n not in CREATE_FIELDS and n not in IGNORED_FIELDS
     ]
     problems += [
         field_error(n, "appears more than once", line=1)
         for n in sorted({n for n in names if names.count(n) > 1})
     ]
     problems += [
-        field_error(n, "is a required column", line=1) for n in sorted(REQUIRED - set(names))
+        field_error(n, "is a required column", line=1) for n in sorted(required - set(names))
     ]
     if problems:
         raise ValidationFailed(
             "The CSV header must name product fields: "
             + ", ".join(CREATE_FIELDS)
             + " ("
-            + ", ".join(sorted(REQUIRED))
-            + " required).",
+            + ", ".join(sorted(required))
+            + " required; "
+            + ", ".join(IGNORED_FIELDS)
+            + " accepted and ignored).",
             problems,
         )
     return names
 
 
-async def _copy_ndjson(conn: Connection, body: AsyncIterator[bytes]) -> None:
+async def _copy_ndjson(conn: Connection, body: AsyncIterator[bytes], *, given: bool) -> None:
     await conn.execute(_NDJSON_STAGING)
     guard = _EndMarkerGuard()
     carry = b""
@@ -374,10 +533,10 @@ async def _copy_ndjson(conn: Connection, body: AsyncIterator[bytes]) -> None:
             await conn.execute(_NDJSON_PARSE)
     except psycopg.errors.DataError:
         await conn.execute(_IS_JSON)
-        await _report(conn, _INVALID_JSON, _ndjson_lines, duplicates=False)
+        await _report(conn, _INVALID_JSON, _ndjson_lines, existing=False)
         raise
-    await _report(conn, _WRONG_SHAPE, _ndjson_lines, duplicates=False)
-    await conn.execute(_FROM_DOCS)
+    await _report(conn, _WRONG_SHAPE, _ndjson_lines, existing=False)
+    await conn.execute(_FROM_DOCS_GIVEN if given else _FROM_DOCS_NEW)
 
 
 class _EndMarkerGuard:
@@ -420,7 +579,7 @@ def _unreadable(exc: psycopg.Error, what: str) -> ValidationFailed:
     )
 
 
-async def _check_violations(conn: Connection) -> str:
+async def _check_violations(conn: Connection, on_conflict: OnConflict) -> str:
     """Records breaking a CHECK of products, evaluated with the catalog's own expressions."""
     checks = await (await conn.execute(_CHECKS)).fetchall()
     cases = ", ".join(
@@ -429,7 +588,7 @@ async def _check_violations(conn: Connection) -> str:
     )
     # An expression names its columns unqualified; `t` is the only relation that has them.
     return (
-        f"SELECT t.n, c.field, c.name FROM ({_TYPED}) t CROSS JOIN LATERAL "
+        f"SELECT t.n, c.field, c.name FROM ({_typed_rows(on_conflict)}) t CROSS JOIN LATERAL "
         f"(VALUES {cases}) c(field, name, ok) WHERE c.ok IS FALSE"
     )
 
@@ -439,16 +598,23 @@ def _field_of(constraint: str) -> str:
     return rule.field if rule else "line"
 
 
-async def _diagnose(conn: Connection, line_of: LineNumbers) -> None:
-    """After a failed INSERT: raise the 422 or 409 naming the records at fault, if found."""
-    invalid = _TYPE_PROBLEMS + " UNION ALL " + await _check_violations(conn)
-    await _report(conn, invalid, line_of, duplicates=False)
-    await _report(conn, _DUPLICATES, line_of, duplicates=True)
-
-
-async def _report(
-    conn: Connection, rows_sql: str, line_of: LineNumbers, *, duplicates: bool
+async def _diagnose(
+    conn: Connection, line_of: LineNumbers, on_conflict: OnConflict, columns: list[str]
 ) -> None:
+    """After a failed write: raise the 422 or 409 naming the records at fault, if found."""
+    invalid = " UNION ALL ".join(
+        [
+            _type_problems(on_conflict, columns),
+            await _check_violations(conn, on_conflict),
+            _REPEATED,
+        ]
+    )
+    await _report(conn, invalid, line_of, existing=False)
+    if on_conflict == "error":
+        await _report(conn, _EXISTING, line_of, existing=True)
+
+
+async def _report(conn: Connection, rows_sql: str, line_of: LineNumbers, *, existing: bool) -> None:
     """Raise the problem listing the records that rows_sql finds, if it finds any."""
     cur = await conn.execute(_LISTED.format(rows=rows_sql, limit=MAX_LISTED))
     found = await cur.fetchall()
@@ -462,7 +628,7 @@ async def _report(
         field_error(field, _message(problem, lines), line=lines[n])
         for n, field, problem, _ in found
     ]
-    if duplicates:
+    if existing:
         raise DuplicateSku(errors=errors, invalid_records=total)
     raise ValidationFailed(
         f"{total} records are invalid; nothing was imported.", errors, invalid_records=total

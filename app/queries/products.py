@@ -31,7 +31,7 @@ class ProductJson(NamedTuple):
 
 
 # Clients may set these on create; the database sets the rest (id, timestamps).
-CREATE_FIELDS = ("sku", "name", "description", "price", "quantity")
+CREATE_FIELDS = ("sku", "name", "description", "price", "quantity", "reorder_point")
 
 _GET = compile_once(select(PRODUCT_JSON, PRODUCT_ETAG).where(sku_is()))
 _INSERT = compile_once(

@@ -4,12 +4,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.database import Database
-from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep, only_query
+from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep, known_parameters
 from app.errors import CursorExpired, ValidationFailed
 from app.feed import Feed
 from app.openapi import problems
@@ -45,7 +45,7 @@ def _expired(page: changes.Page, after: int | None) -> None:
     response_model=list[ChangeRead],
     responses=problems(410, 422),
     summary="Every change to a product, oldest first; follow `after` to see each exactly once",
-    dependencies=[only_query("after", "limit")],
+    dependencies=[Depends(known_parameters("after", "limit"))],
 )
 async def list_changes(
     request: Request,
@@ -79,7 +79,7 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
         **problems(410, 422),
     },
     summary="The change log as server-sent events, live; resumes from Last-Event-ID",
-    dependencies=[only_query("after")],
+    dependencies=[Depends(known_parameters("after"))],
 )
 async def stream_changes(
     db: DatabaseDep,

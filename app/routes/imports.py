@@ -2,12 +2,13 @@
 
 import tempfile
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey
+from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, known_parameters
 from app.errors import UnsupportedMediaType
 from app.idempotency import request_hash
 from app.openapi import problems
@@ -35,8 +36,9 @@ def _media_type(content_type: str | None) -> str:
 @router.post(
     "/import",
     status_code=201,
+    dependencies=[Depends(known_parameters("on_conflict"))],
     responses=problems(409, 413, 415, 422),
-    summary="Add many products from CSV or NDJSON: all or nothing",
+    summary="Add or update many products from CSV or NDJSON: all or nothing",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -52,13 +54,22 @@ async def import_products(
     db: DatabaseDep,
     idempotency: IdempotencyDep,
     credential: Credential,
+    on_conflict: Annotated[
+        imports.OnConflict,
+        Query(
+            description="Records whose SKU exists: `error` (409), `skip` them, or `update` "
+            "the products (with `quantity`: a stock count, recorded as corrections)"
+        ),
+    ] = "error",
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     media_type = _media_type(request.headers.get("content-type"))
 
     async def into(conn: Connection, body: AsyncIterator[bytes]) -> Response:
-        created = await imports.import_products(conn, body, media_type=media_type)
-        return JSONResponse({"created": created}, status_code=201)
+        done = await imports.import_products(
+            conn, body, media_type=media_type, on_conflict=on_conflict
+        )
+        return JSONResponse(done._asdict(), status_code=201)
 
     if idempotency_key is None:
         # Nothing to replay: the body goes from the socket straight into COPY, once.
@@ -74,6 +85,10 @@ async def import_products(
             key=idempotency_key,
             credential=credential,
             scope="POST /products/import",
-            request_hash=request_hash(media_type, digest),
+            # on_conflict is part of the request; left out for the default, so that keys
+            # stored before the parameter existed still replay.
+            request_hash=request_hash(media_type, digest)
+            if on_conflict == "error"
+            else request_hash(media_type, on_conflict, digest),
             bulk=True,
         )

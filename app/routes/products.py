@@ -1,21 +1,29 @@
 """/products: add, list, look up, change and delete products."""
 
+from dataclasses import replace
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from app import etags
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
-from app.errors import ProductNotFound, ValidationFailed, field_error
+from app.deps import (
+    Credential,
+    DatabaseDep,
+    IdempotencyDep,
+    IdempotencyKey,
+    ProductSku,
+    known_parameters,
+)
+from app.errors import ProductNotFound, ValidationFailed
 from app.formats import FRAMINGS, Format, negotiate, render_page
 from app.idempotency import canonical_json, request_hash
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, invalid_cursor, next_link
 from app.queries import listing, products
-from app.rules import SKU_CHARS_PATTERN, SKU_MAX
+from app.rules import QUANTITY_MAX, SKU_CHARS_PATTERN, SKU_MAX
 from app.schemas import ProductCreate, ProductRead, ProductUpdate
 from app.streaming import CopyStream
 
@@ -86,11 +94,34 @@ async def create_product(
     )
 
 
-_LIST_PARAMETERS = {"limit", "after", "sku_prefix"}
+Search = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=listing.SEARCH_MAX,
+        pattern=r"^[^\x00]*$",
+        description="Only products whose name or SKU contains this, ignoring case "
+        "(a literal substring: % _ \\ match themselves)",
+    ),
+]
+QuantityMax = Annotated[
+    int | None, Query(ge=0, description="Only products with at most this many in stock")
+]
+LowStock = Annotated[
+    Literal["true"] | None,
+    Query(description="`true`: only products at or below their reorder point"),
+]
 
 
-def _position(cursor: str) -> tuple[datetime, int]:
-    created_at, id_ = decode_cursor(cursor, str, int)
+def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
+    """The keyset position of a cursor issued for the same filters (else 422)."""
+    created_at, id_, filters = decode_cursor(cursor, str, int, str)
+    if filters != query.filters_key():
+        raise ValidationFailed.field(
+            "after",
+            "was issued for other filters",
+            "A cursor continues the listing it came from: send the same filters with it.",
+        )
     try:
         return datetime.fromisoformat(created_at), id_
     except ValueError:
@@ -105,6 +136,9 @@ def _position(cursor: str) -> tuple[datetime, int]:
         200: {"content": {f.value: {} for f in Format if f is not Format.JSON}},
     },
     summary="List products oldest first: everything (streamed) or one page; JSON, CSV, NDJSON",
+    dependencies=[
+        Depends(known_parameters("limit", "after", "sku_prefix", "q", "quantity_max", "low_stock"))
+    ],
 )
 async def list_products(
     request: Request,
@@ -112,21 +146,22 @@ async def list_products(
     limit: Limit = None,
     after: After = None,
     sku_prefix: SkuPrefix = None,
+    q: Search = None,
+    quantity_max: QuantityMax = None,
+    low_stock: LowStock = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    # A misspelt parameter (`?limt=10`) must not silently turn a page into a full export.
-    unknown = sorted(set(request.query_params) - _LIST_PARAMETERS)
-    if unknown:
-        raise ValidationFailed(
-            "Unknown query parameter.",
-            [field_error(n, "is not a known parameter") for n in unknown],
-        )
     fmt = negotiate(accept)
     query = listing.Listing(
         prefix=listing.prefix_range(sku_prefix) if sku_prefix else None,
-        after=_position(after) if after is not None else None,
+        q=q,
+        # No quantity is larger: the same products, and a value the column type can take.
+        quantity_max=None if quantity_max is None else min(quantity_max, QUANTITY_MAX),
+        low_stock=low_stock is not None,
         limit=limit,
     )
+    if after is not None:
+        query = replace(query, after=_position(after, query))
     if limit is None:
         return CopyStream(
             db,
@@ -135,13 +170,13 @@ async def list_products(
             framing=FRAMINGS[fmt],
             media_type=fmt.content_type,
         )
-    rows = await listing.page(db, query)
+    page = await listing.page(db, query)
     headers = {}
-    if len(rows) > limit:
-        rows = rows[:limit]
-        _, created_at, id_ = rows[-1]
-        headers["Link"] = next_link(request, encode_cursor(created_at.isoformat(), id_))
-    body = render_page(fmt, [json for json, _, _ in rows])
+    if page.next_after is not None:
+        created_at, id_ = page.next_after
+        cursor = encode_cursor(created_at.isoformat(), id_, query.filters_key())
+        headers["Link"] = next_link(request, cursor)
+    body = render_page(fmt, [row.json for row in page.rows])
     return Response(body, headers=headers, media_type=fmt.content_type)
 
 
@@ -166,7 +201,7 @@ async def get_product(
     "/{sku}",
     response_model=ProductRead,
     responses=problems(404, 412, 422),
-    summary="Change name, description or price (JSON merge patch)",
+    summary="Change name, description, price or reorder point (JSON merge patch)",
 )
 async def patch_product(
     sku: ProductSku, body: ProductUpdate, db: DatabaseDep, accepted: IfMatch

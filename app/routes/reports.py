@@ -1,0 +1,91 @@
+"""/reports: the stock at a glance and stock flow over time, read from schema.sql's views."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+
+from app.deps import DatabaseDep, known_parameters
+from app.errors import ValidationFailed
+from app.formats import FRAMINGS, Format, csv_field, negotiate
+from app.openapi import problems
+from app.queries import reports
+from app.schemas import Instant, MovementBucket, StockReport
+from app.streaming import CopyStream
+
+router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
+
+# Reports come as JSON or CSV.
+_OFFERED = (Format.JSON, Format.CSV)
+_CSV_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {Format.CSV.value: {}}}}
+# The movements report's window when the client names no `from`.
+DEFAULT_WINDOW = timedelta(days=30)
+
+Accept = Annotated[str | None, Header(include_in_schema=False)]
+
+
+def _rfc3339(at: datetime) -> str:
+    """An instant as the API writes timestamps: UTC, microseconds, `Z`."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@router.get(
+    "/stock",
+    response_model=StockReport,
+    responses={**problems(406, 422), **_CSV_RESPONSE},
+    summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
+    dependencies=[Depends(known_parameters())],
+)
+async def stock_report(db: DatabaseDep, accept: Accept = None) -> Response:
+    fmt = negotiate(accept, _OFFERED)
+    summary = await reports.stock_summary_now(db)
+    values = {
+        "products": summary.products,
+        "units": int(summary.units),
+        # The view's numeric has exactly 2 decimals; "f" keeps any size out of exponent form.
+        "value": format(summary.value, "f"),
+        "out_of_stock": summary.out_of_stock,
+        "low_stock": summary.low_stock,
+        "as_of": _rfc3339(summary.as_of),
+    }
+    if fmt is Format.CSV:
+        lines = [",".join(values), ",".join(csv_field(v) for v in values.values())]
+        return Response("\r\n".join(lines) + "\r\n", media_type=fmt.content_type)
+    return Response(json.dumps(values, separators=(",", ":")), media_type=fmt.content_type)
+
+
+@router.get(
+    "/movements",
+    response_model=list[MovementBucket],
+    responses={**problems(406, 422), **_CSV_RESPONSE},
+    summary="Stock movements summed by day, week or month (UTC) and reason",
+    dependencies=[Depends(known_parameters("from", "to", "bucket"))],
+)
+async def movements_report(
+    db: DatabaseDep,
+    from_: Annotated[
+        Instant | None,
+        Query(alias="from", description="Start, inclusive (RFC 3339); default: `to` - 30 days"),
+    ] = None,
+    to: Annotated[
+        Instant | None, Query(description="End, exclusive (RFC 3339); default: now")
+    ] = None,
+    bucket: Annotated[
+        Literal["day", "week", "month"],
+        Query(description="Bucket size; UTC days, weeks starting on Monday, months"),
+    ] = "day",
+    accept: Accept = None,
+) -> Response:
+    fmt = negotiate(accept, _OFFERED)
+    end = to or datetime.now(UTC)
+    start = from_ or end - DEFAULT_WINDOW
+    if start >= end:
+        raise ValidationFailed.field(
+            "to", "must be later than from", "The report's window is empty: to <= from."
+        )
+    copy, params = reports.movements_report(
+        csv=fmt is Format.CSV, from_at=start, to_at=end, bucket=bucket
+    )
+    # Streamed in a bulk slot: a window of years by day is long, and memory stays flat.
+    return CopyStream(db, copy, params, framing=FRAMINGS[fmt], media_type=fmt.content_type)

@@ -1,0 +1,140 @@
+"""schema.sql over the previous release's schema: every row stays, the result is a fresh install."""
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import Connection
+
+from tests.cluster import REPO, Cluster, psql
+from tests.conftest import SCHEMA
+
+# Schemas live databases may run: the first release, and the rebuilt core (which added
+# product_fields, a function returning the type this release reshapes).
+PREVIOUS_RELEASES = ["52af07a", "36dbe64"]
+
+TABLES = {"products": "id", "stock_movements": "id", "idempotency_keys": "scope, key"}
+
+
+def apply(dsn: str, sql: str) -> None:
+    """Apply a schema the way a deploy does: psql, stopping at the first error."""
+    psql(dsn, "-f", "-", stdin=sql)
+
+
+@pytest.fixture
+def new_database(pg_server: Cluster) -> Iterator[Any]:
+    """Makes empty databases in the test cluster (admin URLs) and drops them afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"upgrade_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_server.admin_dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # generated name
+        made.append(name)
+        return pg_server.admin_dsn(name)
+
+    yield make
+    with psycopg.connect(pg_server.admin_dsn("postgres"), autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def _rows(db: Connection[Any]) -> dict[str, list[Any]]:
+    return {
+        table: [
+            row
+            for (row,) in db.execute(
+                f"SELECT to_jsonb(t) FROM {table} t ORDER BY {key}"  # type: ignore[arg-type]
+            )
+        ]
+        for table, key in TABLES.items()
+    }
+
+
+def _structure(db: Connection[Any]) -> list[Any]:
+    """What schema.sql defines, without oids or names that differ between databases."""
+    queries = [
+        "SELECT table_name, ordinal_position, column_name, data_type, is_nullable, "
+        "column_default, is_identity FROM information_schema.columns "
+        "WHERE table_schema = 'public' ORDER BY 1, 2",
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+        "ORDER BY 1, 2",
+        "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public' ORDER BY 1",
+        "SELECT t.typname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c' "
+        "JOIN pg_attribute a ON a.attrelid = t.typrelid "
+        "WHERE t.typnamespace = 'public'::regnamespace ORDER BY 1, 2",
+        "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p "
+        "LEFT JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e' "
+        "WHERE p.pronamespace = 'public'::regnamespace AND d.objid IS NULL ORDER BY 1",
+        "SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+        "WHERE NOT tgisinternal ORDER BY 1, 2",
+        "SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants "
+        "WHERE table_schema = 'public' ORDER BY 1, 2, 3",
+        "SELECT c.relname, d.objsubid, d.description FROM pg_description d "
+        "JOIN pg_class c ON c.oid = d.objoid WHERE c.relnamespace = 'public'::regnamespace "
+        "ORDER BY 1, 2",
+        "SELECT extname, extversion FROM pg_extension ORDER BY 1",
+    ]
+    return [db.execute(q).fetchall() for q in queries]  # type: ignore[call-overload]
+
+
+def _write_rows(db: Connection[Any]) -> None:
+    """Rows of every kind the previous release stores, edge values included."""
+    db.execute(
+        "INSERT INTO products (sku, name, description, price, quantity, created_at) VALUES "
+        "('ABC-1', 'Blue mug', NULL, 19.99, 5, '2024-02-29T23:59:59.999999Z'), "
+        "('x.Y_z-9', 'Ünïcode ☕', repeat('d', 2000), 9999999999.99, 2147483647, DEFAULT), "
+        "('Z', 'free', '', 0, 0, DEFAULT)"
+    )
+    db.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, note, quantity_after) "
+        "SELECT id, 5, 'received', 'PO 1', 5 FROM products WHERE sku = 'ABC-1'"
+    )
+    db.execute(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, status, headers, body) "
+        "VALUES ('POST /products', 'k-1', '\\x00ff', 201, '{\"ETag\": \"x\"}', 'body')"
+    )
+
+
+@pytest.mark.parametrize("release", PREVIOUS_RELEASES)
+def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(
+    new_database: Any, release: str
+) -> None:
+    old_schema = subprocess.run(
+        ["git", "show", f"{release}:schema.sql"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    assert "reorder_point" not in old_schema  # really the release before these changes
+    upgraded, fresh = new_database(), new_database()
+    apply(upgraded, old_schema)
+    with psycopg.connect(upgraded, autocommit=True) as db:
+        _write_rows(db)
+        before = _rows(db)
+
+    apply(upgraded, SCHEMA.read_text())
+    apply(upgraded, SCHEMA.read_text())
+    apply(fresh, SCHEMA.read_text())
+
+    with psycopg.connect(upgraded, autocommit=True) as db, psycopg.connect(fresh) as clean:
+        after = _rows(db)
+        assert _structure(db) == _structure(clean)
+        (representation,) = (
+            db.execute("SELECT product_json(p) FROM products p WHERE sku = 'ABC-1'").fetchone()
+            or ()
+        )
+    for table, rows in before.items():
+        assert [{k: v for k, v in row.items() if k != "reorder_point"} for row in after[table]] == (
+            rows
+        ), table
+    assert [row["reorder_point"] for row in after["products"]] == [None, None, None]
+    assert representation["reorder_point"] is None
+    assert representation["quantity"] == 5
