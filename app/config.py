@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     # primary. It is used only while it answers and is at most read_max_lag_seconds behind.
     read_database_url: str | None = None
     read_max_lag_seconds: float = Field(default=5.0, ge=0)
+    # How often each process asks the replica how far behind it is (one cheap query).
+    read_probe_seconds: float = Field(default=1.0, gt=0)
 
     # Idempotency-Key (API.md, README "Idempotency keys"). Keys are honoured for at least
     # 24 h: the TTL cannot be set lower than the contract promises.

@@ -1,16 +1,16 @@
 """Reads that may go to a streaming replica (INVENTORY_READ_DATABASE_URL).
 
 Exports, pages, GET /changes and reports ask `Reads` where to run. While the replica
-answers and is at most `read_max_lag_seconds` behind (as its probe last saw it, once a
-second per process), they run there; otherwise, and whenever the replica fails them before
-anything was sent, they run on the primary. A client never sees the replica's failure: the
-worst it sees is the primary's answer, a moment later. Lookups and everything a write
-returns never come here: they read the primary (app.deps.DatabaseDep).
+answers and is at most `read_max_lag_seconds` behind (as its probe last saw it, every
+`read_probe_seconds` per process), they run there. Otherwise they run on the primary, and
+so does a read the replica fails before anything was sent (which also marks the replica
+down until the next probe): a client never sees the replica's failure, only the primary's
+answer a moment later. Lookups and everything a write returns never come here: they read
+the primary (app.deps.DatabaseDep).
 """
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -28,8 +28,6 @@ logger = logging.getLogger("app.replica")
 
 T = TypeVar("T")
 
-# How often each process asks the replica how far behind it is: one cheap query a second.
-PROBE_SECONDS = 1.0
 # A replica that does not answer the probe within this is taken as down until the next one.
 PROBE_TIMEOUT = 1.0
 # A read waits at most this long for a replica connection before the primary serves it: a
@@ -44,18 +42,18 @@ FALLBACK = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
 class Replica:
     """The replica's pool and its state as the last probe saw it."""
 
-    def __init__(self, db: Database, *, max_lag: float) -> None:
+    def __init__(self, db: Database, *, max_lag: float, probe_seconds: float) -> None:
         self.db = db
         self.max_lag = max_lag
+        self.probe_seconds = probe_seconds
         # None until the first probe answers, and whenever it does not.
         self.lag: float | None = None
         self.in_recovery = False
         self.state = "unknown"
-        self._down_until = 0.0
 
     @property
     def usable(self) -> bool:
-        return self.state == "in use" and time.monotonic() >= self._down_until
+        return self.state == "in use"
 
     async def probe(self) -> None:
         """Ask the replica whether it is one and how far behind it is; set `state`."""
@@ -83,15 +81,16 @@ class Replica:
         self.state = state
 
     def failed(self, exc: BaseException) -> None:
-        """A read failed on the replica: the primary serves reads until the next probe."""
+        """A read failed on the replica: the primary serves reads until a probe says the
+        replica answers again."""
         logger.warning("a read failed on the replica, served by the primary: %s", exc)
-        self._down_until = time.monotonic() + PROBE_SECONDS
+        self.state, self.lag, self.in_recovery = "down", None, False
 
     async def run(self) -> None:
-        """Probe every PROBE_SECONDS until cancelled."""
+        """Probe every `probe_seconds` until cancelled."""
         while True:
             await self.probe()
-            await asyncio.sleep(PROBE_SECONDS)
+            await asyncio.sleep(self.probe_seconds)
 
 
 class Reads:
@@ -148,7 +147,11 @@ async def reading(
     own = settings.model_copy(update={"pool_timeout": REPLICA_POOL_TIMEOUT})
     # Not waited for: a replica that is down at start-up is only skipped.
     async with open_database(settings.read_database_url, own, wait=False) as db:
-        replica = Replica(db, max_lag=settings.read_max_lag_seconds)
+        replica = Replica(
+            db,
+            max_lag=settings.read_max_lag_seconds,
+            probe_seconds=settings.read_probe_seconds,
+        )
         probing = asyncio.create_task(replica.run())
         try:
             yield Reads(primary, replica, count)

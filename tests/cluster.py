@@ -70,7 +70,15 @@ class Cluster:
         return done.stdout
 
     def start(self) -> None:
-        for line in self.run("start").splitlines():
+        self._started(self.run("start"))
+
+    def start_replica_of(self, primary: "Cluster") -> None:
+        """Make this a streaming replica of the running `primary` (pg_basebackup -R), or
+        start it again when it already is one."""
+        self._started(self.run("replica", str(primary.data_dir)))
+
+    def _started(self, output: str) -> None:
+        for line in output.splitlines():
             key, _, value = line.partition("=")
             if key == "DATABASE_URL":
                 url = urlsplit(value)
