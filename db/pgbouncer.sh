@@ -6,10 +6,13 @@
 #                            DATABASE_URL=... of the service role through the bouncer
 #   db/pgbouncer.sh stop     stop it (fine when not running)
 #
-# Environment: INVENTORY_BOUNCER_DIR (required: config, log, pid), INVENTORY_BOUNCER_PORT
-# (default 6432), INVENTORY_BOUNCER_POOL_SIZE (server connections per database, default 20),
-# INVENTORY_PG_PORT (the cluster's TCP port, default 54320), INVENTORY_APP_PASSWORD (the
-# service role's password; start only; from the environment, never a command line).
+#   db/pgbouncer.sh run      the same config, PgBouncer in the foreground (a container's command)
+#
+# Environment: INVENTORY_BOUNCER_DIR (required: config, log, pid), INVENTORY_BOUNCER_LISTEN
+# (default 127.0.0.1; * for every address), INVENTORY_BOUNCER_PORT (default 6432),
+# INVENTORY_BOUNCER_POOL_SIZE (server connections per database, default 20), INVENTORY_PG_HOST
+# and INVENTORY_PG_PORT (the database; default 127.0.0.1:54320), INVENTORY_APP_PASSWORD (the
+# service role's password; from the environment, never a command line).
 #
 # Any database name is passed through to the same name on the cluster (tests use several).
 # Only the service role is let in (auth_file), with SCRAM like the cluster itself. As root,
@@ -17,8 +20,10 @@
 set -euo pipefail
 
 DIR=${INVENTORY_BOUNCER_DIR:?set INVENTORY_BOUNCER_DIR}
+LISTEN=${INVENTORY_BOUNCER_LISTEN:-127.0.0.1}
 PORT=${INVENTORY_BOUNCER_PORT:-6432}
 POOL_SIZE=${INVENTORY_BOUNCER_POOL_SIZE:-20}
+PG_HOST=${INVENTORY_PG_HOST:-127.0.0.1}
 PG_PORT=${INVENTORY_PG_PORT:-54320}
 PIDFILE=$DIR/run/pgbouncer.pid
 IS_ROOT=0
@@ -50,7 +55,8 @@ ensure_pgbouncer() {
 
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
-cmd_start() {
+# Writes DIR/pgbouncer.ini and DIR/userlist.txt.
+configure() {
   local pw=${INVENTORY_APP_PASSWORD:?set INVENTORY_APP_PASSWORD}
   [[ $pw != *'"'* ]] || die "the password must not contain a double quote"
   ensure_pgbouncer
@@ -65,10 +71,10 @@ cmd_start() {
 ; Written by db/pgbouncer.sh at every start; edits here are overwritten.
 [databases]
 ; Any database name: the same name on the cluster.
-* = host=127.0.0.1 port=$PG_PORT
+* = host=$PG_HOST port=$PG_PORT
 
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = $LISTEN
 listen_port = $PORT
 unix_socket_dir =
 auth_type = scram-sha-256
@@ -87,16 +93,26 @@ ignore_startup_parameters = extra_float_digits
 logfile = $DIR/run/pgbouncer.log
 pidfile = $PIDFILE
 INI
+  DATABASE_URL=postgresql://inventory_app:$pw@127.0.0.1:$PORT/inventory
   if ((IS_ROOT)); then
     chmod 711 "$DIR"
     chown postgres: "$DIR/userlist.txt" "$DIR/pgbouncer.ini" "$DIR/run"
   fi
+}
+
+cmd_start() {
+  configure
   say "starting PgBouncer on 127.0.0.1:$PORT -> 127.0.0.1:$PG_PORT (transaction pooling, log: $DIR/run/pgbouncer.log)"
   # -d: it daemonizes once it listens, so the port is open when this returns.
   as_runner "$PGBOUNCER" -d -q "$DIR/pgbouncer.ini" >&2 || die "pgbouncer did not start; see $DIR/run/pgbouncer.log"
   for _ in $(seq 50); do running && break; sleep 0.1; done
   running || die "pgbouncer did not start; see $DIR/run/pgbouncer.log"
-  printf 'DATABASE_URL=postgresql://inventory_app:%s@127.0.0.1:%s/inventory\n' "$pw" "$PORT"
+  printf 'DATABASE_URL=%s\n' "$DATABASE_URL"
+}
+
+cmd_run() {
+  configure
+  exec "$PGBOUNCER" "$DIR/pgbouncer.ini"
 }
 
 cmd_stop() {
@@ -112,5 +128,6 @@ cmd_stop() {
 case ${1:-} in
   start) cmd_start ;;
   stop) cmd_stop ;;
-  *) echo "usage: db/pgbouncer.sh start|stop" >&2; exit 2 ;;
+  run) cmd_run ;;
+  *) echo "usage: db/pgbouncer.sh start|stop|run" >&2; exit 2 ;;
 esac
