@@ -10,7 +10,8 @@
 #
 # Environment: INVENTORY_BOUNCER_DIR (required: config, log, pid), INVENTORY_BOUNCER_LISTEN
 # (default 127.0.0.1; * for every address), INVENTORY_BOUNCER_PORT (default 6432),
-# INVENTORY_BOUNCER_POOL_SIZE (server connections per database, default 20), INVENTORY_PG_HOST
+# INVENTORY_BOUNCER_POOL_SIZE (server connections per database, default 20),
+# INVENTORY_BOUNCER_QUERY_WAIT_TIMEOUT (seconds a query may queue, default 3), INVENTORY_PG_HOST
 # and INVENTORY_PG_PORT (the database; default 127.0.0.1:54320), INVENTORY_APP_PASSWORD (the
 # service role's password; from the environment, never a command line).
 #
@@ -23,6 +24,7 @@ DIR=${INVENTORY_BOUNCER_DIR:?set INVENTORY_BOUNCER_DIR}
 LISTEN=${INVENTORY_BOUNCER_LISTEN:-127.0.0.1}
 PORT=${INVENTORY_BOUNCER_PORT:-6432}
 POOL_SIZE=${INVENTORY_BOUNCER_POOL_SIZE:-20}
+QUERY_WAIT=${INVENTORY_BOUNCER_QUERY_WAIT_TIMEOUT:-3}
 PG_HOST=${INVENTORY_PG_HOST:-127.0.0.1}
 PG_PORT=${INVENTORY_PG_PORT:-54320}
 PIDFILE=$DIR/run/pgbouncer.pid
@@ -84,10 +86,14 @@ auth_file = $DIR/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_client_conn = 1000
-; A client waits at most this long for a server connection (say, the database is down)
-; before an error: the service's outage answer (503 within its pool timeout) holds.
-query_wait_timeout = 5
-server_connect_timeout = 5
+; A query waits at most this long for a server connection (the database is down or
+; saturated) before PgBouncer fails it (08P01, answered 503): keep it below the service's
+; INVENTORY_POOL_TIMEOUT (5 s), so that its promise of a 503 within that holds here too.
+query_wait_timeout = $QUERY_WAIT
+server_connect_timeout = 3
+; After a failed server login (the database restarting), try again after 1 s, not 15:
+; the service is back within seconds of the database.
+server_login_retry = 1
 ; The service sets no session parameters at connect; psycopg may send these.
 ignore_startup_parameters = extra_float_digits
 logfile = $DIR/run/pgbouncer.log

@@ -142,7 +142,7 @@ BOUNCER_SCRIPT = REPO / "db" / "pgbouncer.sh"
 
 
 @contextmanager
-def bouncer(cluster: Cluster, *, pool_size: int) -> Iterator[str]:
+def bouncer(cluster: Cluster, *, pool_size: int, query_wait_timeout: float = 3) -> Iterator[str]:
     """PgBouncer in transaction pooling mode in front of `cluster` (db/pgbouncer.sh), with
     `pool_size` server connections per database: yields its "host:port"."""
     directory = new_data_dir("inventory-bouncer-")
@@ -152,6 +152,7 @@ def bouncer(cluster: Cluster, *, pool_size: int) -> Iterator[str]:
         "INVENTORY_BOUNCER_DIR": str(directory),
         "INVENTORY_BOUNCER_PORT": str(port),
         "INVENTORY_BOUNCER_POOL_SIZE": str(pool_size),
+        "INVENTORY_BOUNCER_QUERY_WAIT_TIMEOUT": str(query_wait_timeout),
         "INVENTORY_PG_PORT": str(cluster.port),
         "INVENTORY_APP_PASSWORD": cluster.app_password,
     }

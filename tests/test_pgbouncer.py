@@ -14,6 +14,8 @@ from psycopg import Connection
 from app.config import Settings
 from app.main import create_app
 from tests.cluster import REPO, Cluster, bouncer, via
+from tests.conftest import ClientFactory
+from tests.test_outage import POOL_TIMEOUT, outage_under_load
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +100,21 @@ async def test_prepared_statements_are_off_exactly_when_needed(
         assert set(statuses) == {200}
     else:
         assert 500 in statuses
+
+
+async def test_an_outage_behind_pgbouncer_is_503_within_the_pool_timeout_then_recovers(
+    own_cluster: Cluster, make_client: ClientFactory
+) -> None:
+    """API.md: the outage guarantee holds behind PgBouncer too. PgBouncer's own queue is
+    bounded below the pool timeout (db/pgbouncer.sh: query_wait_timeout), and it retries
+    the server after 1 s, so the service is back within 10 s of the database."""
+    direct = own_cluster.app_dsn("inventory")
+    with bouncer(own_cluster, pool_size=3, query_wait_timeout=1) as address:
+        async with make_client(
+            database_url=via(direct, address),
+            pgbouncer=True,
+            listen_database_url=direct,
+            pool_size=3,
+            pool_timeout=POOL_TIMEOUT,
+        ) as client:
+            await outage_under_load(client, own_cluster)
