@@ -7,7 +7,8 @@
 #   ./run.sh test [args]     the test suite; args go to pytest
 #   ./run.sh lint            ruff format --check, ruff check, mypy
 #   ./run.sh psql [args]     psql as the superuser on the database
-#   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk)
+#   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk);
+#                            ./run.sh bench scale [args]: bench/scale.py
 #   ./run.sh scale [stop|status]  the scale topology on this machine (db/scale.sh): primary and
 #                            replica clusters, PgBouncer, two API instances, HAProxy on :8080
 #   ./run.sh stop            stop what ./run.sh started: the API, the database, the scale topology
@@ -44,6 +45,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh lint           ruff format --check, ruff check, mypy
        ./run.sh psql [args]    psql on the database, as superuser
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
+       ./run.sh bench scale    two instances behind HAProxy and PgBouncer vs one direct
        ./run.sh scale [stop|status]  primary + replica, PgBouncer, two APIs, HAProxy (:8080)
        ./run.sh stop           stop the API and the database (and the scale topology)
        ./run.sh destroy --yes  stop both and delete the database
@@ -252,6 +254,11 @@ cmd_scale() {
 cmd_bench() {
   serve_requirements
   db/cluster.sh bindir >/dev/null
+  if [[ ${1:-} == scale ]]; then
+    # Two instances behind HAProxy and PgBouncer next to one direct (docs/scaling.md).
+    shift
+    exec "$VENV/bin/python" bench/scale.py "$@"
+  fi
   exec "$VENV/bin/python" bench/bench.py "$@"
 }
 

@@ -12,7 +12,7 @@ Both have 2 worker processes and 4 pool connections per worker. On one 2-core ma
 shows what the extra hops cost, not what more machines gain: every process shares the
 same two cores with wrk and PostgreSQL.
 
-    .venv/bin/python bench/scale.py [--rows N] [--duration S] [--rounds R] [--connections C]
+    ./run.sh bench scale [--rows N] [--duration S] [--rounds R] [--connections C]
 """
 
 import argparse
