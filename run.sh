@@ -7,8 +7,11 @@
 #   ./run.sh test [args]     the test suite; args go to pytest
 #   ./run.sh lint            ruff format --check, ruff check, mypy
 #   ./run.sh psql [args]     psql as the superuser on the database
-#   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk)
-#   ./run.sh stop            stop what ./run.sh started: the API, the database
+#   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk);
+#                            ./run.sh bench scale [args]: bench/scale.py
+#   ./run.sh scale [stop|status]  the scale topology on this machine (db/scale.sh): primary and
+#                            replica clusters, PgBouncer, two API instances, HAProxy on :8080
+#   ./run.sh stop            stop what ./run.sh started: the API, the database, the scale topology
 #   ./run.sh destroy --yes   stop everything and delete the database (embedded cluster or volume)
 #
 # serve, test, psql and bench install what they need (.venv; PostgreSQL with apt-get as root on
@@ -21,6 +24,9 @@ set -euo pipefail
 # Relative to the caller's directory, before we cd to the repo.
 if [[ -n ${INVENTORY_DATA_DIR:-} && $INVENTORY_DATA_DIR != /* ]]; then
   export INVENTORY_DATA_DIR=$PWD/$INVENTORY_DATA_DIR
+fi
+if [[ -n ${INVENTORY_SCALE_DIR:-} && $INVENTORY_SCALE_DIR != /* ]]; then
+  export INVENTORY_SCALE_DIR=$PWD/$INVENTORY_SCALE_DIR
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
@@ -39,7 +45,9 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh lint           ruff format --check, ruff check, mypy
        ./run.sh psql [args]    psql on the database, as superuser
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
-       ./run.sh stop           stop the API and the database
+       ./run.sh bench scale    two instances behind HAProxy and PgBouncer vs one direct
+       ./run.sh scale [stop|status]  primary + replica, PgBouncer, two APIs, HAProxy (:8080)
+       ./run.sh stop           stop the API and the database (and the scale topology)
        ./run.sh destroy --yes  stop both and delete the database
 MSG
   exit "${1:-2}"
@@ -183,6 +191,7 @@ stop_api() {
 cmd_stop() {
   stop_api
   db/cluster.sh stop
+  if [[ -d ${INVENTORY_SCALE_DIR:-$REPO/.scale} ]]; then db/scale.sh stop; fi
   if use_docker; then docker compose down; fi # no -v: the data volume stays
 }
 
@@ -225,15 +234,31 @@ cmd_lint() {
   "$VENV/bin/ruff" check .
   "$VENV/bin/mypy"
   if command -v shellcheck >/dev/null 2>&1; then
-    shellcheck run.sh db/cluster.sh db/migrate.sh .ci/run
+    shellcheck run.sh db/cluster.sh db/migrate.sh db/pgbouncer.sh db/scale.sh .ci/run
   else
     say "shellcheck is not installed: the shell scripts were not checked (apt-get install shellcheck)"
   fi
 }
 
+cmd_scale() {
+  case ${1:-start} in
+    start)
+      serve_requirements
+      exec db/scale.sh start
+      ;;
+    stop | status) exec db/scale.sh "$1" ;;
+    *) usage ;;
+  esac
+}
+
 cmd_bench() {
   serve_requirements
   db/cluster.sh bindir >/dev/null
+  if [[ ${1:-} == scale ]]; then
+    # Two instances behind HAProxy and PgBouncer next to one direct (docs/scaling.md).
+    shift
+    exec "$VENV/bin/python" bench/scale.py "$@"
+  fi
   exec "$VENV/bin/python" bench/bench.py "$@"
 }
 
@@ -245,6 +270,7 @@ case $cmd in
   lint) cmd_lint ;;
   psql) cmd_psql "$@" ;;
   bench) cmd_bench "$@" ;;
+  scale) cmd_scale "$@" ;;
   stop) cmd_stop ;;
   destroy) cmd_destroy "$@" ;;
   -h | --help | help) usage 0 ;;

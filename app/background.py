@@ -11,6 +11,7 @@ one more for LISTEN. How they wake each other:
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -22,6 +23,8 @@ from app.delivery import Deliverer
 from app.feed import Feed
 from app.listener import Listener
 from app.observability import Metrics
+
+logger = logging.getLogger("app.background")
 
 # Connections of the background work's own pool, per process.
 CONNECTIONS = 2
@@ -51,7 +54,18 @@ async def running(dsn: str, settings: Settings, metrics: Metrics) -> AsyncIterat
         sequencer = Sequencer(
             upkeep, poll_seconds=settings.changes_poll_seconds, on_numbered=numbered
         )
-        listener = Listener(settings.listen_database_url or dsn, on_numbered=numbered)
+        listen_dsn: str | None = settings.listen_database_url or dsn
+        if settings.pgbouncer and settings.listen_database_url is None:
+            # LISTEN through transaction pooling would subscribe a server connection that
+            # PgBouncer then lends to other clients. Without it, streams and webhooks still
+            # wake within changes_poll_seconds: every process polls (app.changelog, app.feed).
+            logger.warning(
+                "INVENTORY_PGBOUNCER=1 without INVENTORY_LISTEN_DATABASE_URL: no LISTEN; "
+                "streams and webhooks wake on the %.1f s poll",
+                settings.changes_poll_seconds,
+            )
+            listen_dsn = None
+        listener = Listener(listen_dsn, on_numbered=numbered)
         retention = Retention(
             upkeep,
             days=settings.changes_retention_days,

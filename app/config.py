@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     # re-requested from scratch; keeps recovery after a long outage within seconds.
     pool_reconnect_timeout: float = Field(default=10.0, gt=0)
     retry_after_seconds: int = Field(default=1, ge=0)
+    # DATABASE_URL is a PgBouncer in transaction pooling mode: statements are never prepared
+    # on the server (the server connection changes between transactions, and PgBouncer 1.18
+    # cannot carry them), and the service keeps no session state (docs/scaling.md).
+    pgbouncer: bool = False
+    # A streaming replica for exports, pages, GET /changes and reports; None: all on the
+    # primary. It is used only while it answers and is at most read_max_lag_seconds behind.
+    read_database_url: str | None = None
+    read_max_lag_seconds: float = Field(default=5.0, ge=0)
+    # How often each process asks the replica how far behind it is (one cheap query).
+    read_probe_seconds: float = Field(default=1.0, gt=0)
 
     # Idempotency-Key (API.md, README "Idempotency keys"). Keys are honoured for at least
     # 24 h: the TTL cannot be set lower than the contract promises.

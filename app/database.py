@@ -223,6 +223,21 @@ class Database:
         return self.sessions()
 
 
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """What every pooled connection is opened with.
+
+    Behind PgBouncer's transaction pooling, consecutive transactions of one client run on
+    different server connections: a statement prepared on one is missing on the next, and
+    PgBouncer 1.18 cannot carry them ("prepared statement _pg3_0 does not exist"). psycopg
+    then never prepares (prepare_threshold None); statements that pass prepare=False (the
+    listing's selective searches) are unprepared either way.
+    """
+    options: dict[str, Any] = {"autocommit": True}
+    if settings.pgbouncer:
+        options["prepare_threshold"] = None
+    return options
+
+
 @asynccontextmanager
 async def open_database(
     dsn: str, settings: Settings, *, wait: bool = True
@@ -237,7 +252,7 @@ async def open_database(
     pool: AsyncConnectionPool[PooledConnection] = AsyncConnectionPool(
         dsn,
         connection_class=PooledConnection,
-        kwargs={"autocommit": True},
+        kwargs=connection_options(settings),
         min_size=settings.pool_size,
         max_size=settings.pool_size,
         timeout=settings.pool_timeout,

@@ -14,6 +14,7 @@ from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field
 from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
+from app.replica import Reads
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
 
 # async throughout: FastAPI runs a plain `def` dependency in its thread pool, a hop that
@@ -34,6 +35,8 @@ SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
 IdempotencyDep = Annotated[Idempotency, Depends(_from_state("idempotency"))]
 MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
+# Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
+ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
 
 # auto_error=False: a missing or non-Bearer header comes back as None, and the 401 is ours
 # (problem+json, WWW-Authenticate). The scheme also puts `bearerAuth` into the OpenAPI.

@@ -28,20 +28,24 @@ class Listener:
     The callback must be quick and not raise.
     """
 
-    def __init__(self, dsn: str, *, on_numbered: Callable[[], None]) -> None:
+    def __init__(self, dsn: str | None, *, on_numbered: Callable[[], None]) -> None:
         self._dsn = dsn
         self._on_numbered = on_numbered
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        """Listen until cancelled."""
+        """Listen until cancelled; with no URL (PgBouncer and no direct one), do nothing."""
+        dsn = self._dsn
+        if dsn is None:
+            await asyncio.Event().wait()  # never set: until cancelled
+            return
         delay = RETRY_FIRST
         while True:
             try:
                 # TCP keepalives: a connection that died silently (a dropped network path)
                 # is noticed within about half a minute.
                 conninfo = make_conninfo(
-                    self._dsn,
+                    dsn,
                     keepalives=1,
                     keepalives_idle=10,
                     keepalives_interval=5,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import background, errors, openapi, routes
+from app import background, errors, openapi, replica, routes
 from app.access import Access, LoopbackOnly
 from app.config import Settings
 from app.database import open_database
@@ -45,7 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with (
                 idempotency.purging(settings.idempotency_purge_interval_seconds),
                 background.running(dsn, settings, metrics) as feed,
+                # Exports, pages, GET /changes and reports: a replica when one is usable.
+                replica.reading(database, settings, metrics.count_read) as reads,
             ):
+                metrics.replica.replica = reads.replica
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
                     "database": database,
@@ -54,8 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "access": access,
                     "metrics": metrics,
                     "feed": feed,
+                    "reads": reads,
                 }
             metrics.pool.pool = None
+            metrics.replica.replica = None
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files bundled in the
     # package, served under /static-offline-docs; no CDN, so the docs work offline.

@@ -130,6 +130,34 @@ class DeliveryBacklog(Collector):
             )
 
 
+class ReplicaCollector(Collector):
+    """The read replica as this process's probe last saw it (app.replica)."""
+
+    def __init__(self) -> None:
+        self.replica: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        replica = self.replica
+        if replica is None:
+            return
+        yield GaugeMetricFamily(
+            "inventory_db_replica_in_use",
+            "1 while reads go to the read replica (it answers and is within the lag limit).",
+            value=1 if replica.usable else 0,
+        )
+        yield GaugeMetricFamily(
+            "inventory_db_replica_up",
+            "1 while the read replica answers the probe as a replica.",
+            value=1 if replica.in_recovery else 0,
+        )
+        if replica.lag is not None:
+            yield GaugeMetricFamily(
+                "inventory_db_replica_lag_seconds",
+                "How far behind the primary the read replica is (seen from the replica).",
+                value=replica.lag,
+            )
+
+
 # Request latencies of an API answering from an index: most land well under 50 ms.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -178,8 +206,16 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.reads = Counter(
+            "inventory_db_reads",
+            "Exports, pages, change log pages and reports, by where they ran: replica, primary.",
+            ("target",),
+            registry=self.registry,
+        )
         self.pool = PoolCollector()
         self.registry.register(self.pool)
+        self.replica = ReplicaCollector()
+        self.registry.register(self.replica)
         self.backlog = DeliveryBacklog()
         self.registry.register(self.backlog)
         # labels() takes a lock and builds a key per call: cache the children per label set.
@@ -194,6 +230,9 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def count_read(self, target: str) -> None:
+        self.reads.labels(target).inc()
+
     def count_delivery(self, outcome: str) -> None:
         self.deliveries.labels(outcome).inc()
 
@@ -207,6 +246,7 @@ class Metrics:
             MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             registry.register(self.pool)
             registry.register(self.backlog)
+            registry.register(self.replica)
             return generate_latest(registry)
         return generate_latest(self.registry)
 

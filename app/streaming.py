@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.database import Connection, Database
 from app.formats import FRAMINGS, Format, Framing
+from app.replica import FALLBACK, Reads
 
 # Bytes per network write: one write per row was 8x slower than batches of ~1000 rows.
 CHUNK_BYTES = 256 * 1024
@@ -31,40 +32,75 @@ _JSON_ARRAY = FRAMINGS[Format.JSON]
 
 
 class _Streamed(Response):
-    """A response whose body is produced by `chunks(conn)` on a bulk connection."""
+    """A response whose body is produced by `chunks(conn)` on a bulk connection.
 
-    def __init__(self, db: Database, *, media_type: str, framing: Framing) -> None:
+    Given `Reads`, it runs on the replica while that is usable; a replica that fails before
+    the first chunk (stopped, restarting, no connection in time) leaves it to the primary.
+    """
+
+    def __init__(self, db: Database | Reads, *, media_type: str, framing: Framing) -> None:
         super().__init__(content=None, media_type=media_type)
         # The length is unknown until the end: stream with chunked transfer encoding.
         del self.headers["content-length"]
-        self._db = db
+        self._reads = db if isinstance(db, Reads) else Reads(db, None)
         self._framing = framing
 
     def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with self._db.bulk() as conn:
-            chunks = self.chunks(conn)
+        *first, last = self._reads.targets()
+        for target in first:
             try:
-                first = await anext(chunks, None)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
-                if first is None:
-                    await send({"type": "http.response.body", "body": self._framing.empty})
-                    return
-                await _send_chunks(receive, send, _then(first, chunks, self._framing.close))
-            finally:
-                # Shielded (the request may be being cancelled too): the query is cancelled
-                # and drained, so the connection goes back idle. Bounded: past EXIT_TIMEOUT
-                # psycopg closes it and the pool replaces it.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
-                    await chunks.aclose()
+                await self._respond(target, receive, send)
+                return
+            except _NotStarted as failed:
+                self._reads.failed(failed.cause)
+        try:
+            await self._respond(last, receive, send)
+        except _NotStarted as failed:
+            raise failed.cause from None
+
+    async def _respond(self, target: tuple[str, Database], receive: Receive, send: Send) -> None:
+        """Stream from `target`; a failure before the first chunk raises _NotStarted."""
+        name, db = target
+        started = False
+        try:
+            async with db.bulk() as conn:
+                chunks = self.chunks(conn)
+                try:
+                    first = await anext(chunks, None)
+                    started = True
+                    self._reads.served(name)
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": self.status_code,
+                            "headers": self.raw_headers,
+                        }
+                    )
+                    if first is None:
+                        await send({"type": "http.response.body", "body": self._framing.empty})
+                        return
+                    await _send_chunks(receive, send, _then(first, chunks, self._framing.close))
+                finally:
+                    # Shielded (the request may be being cancelled too): the query is
+                    # cancelled and drained, so the connection goes back idle. Bounded: past
+                    # EXIT_TIMEOUT psycopg closes it and the pool replaces it.
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_TIMEOUT):
+                        await chunks.aclose()
+        except FALLBACK as exc:
+            if started:
+                raise
+            raise _NotStarted(exc) from exc
+
+
+class _NotStarted(Exception):
+    """Nothing was sent yet: another database may still serve the whole response."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class CopyStream(_Streamed):
@@ -72,7 +108,7 @@ class CopyStream(_Streamed):
 
     def __init__(
         self,
-        db: Database,
+        db: Database | Reads,
         statement: sql.Composed,
         params: Any,
         *,

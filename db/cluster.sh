@@ -12,6 +12,8 @@
 #   db/cluster.sh bindir          print the server binary directory; the one command that installs
 #                                 PostgreSQL (apt-get, as root on Debian/Ubuntu) when it is missing
 #   db/cluster.sh destroy --yes   stop this data dir's cluster and delete it, data and all
+#   db/cluster.sh replica DIR     make this data dir a streaming replica of the running cluster
+#                                 of data dir DIR (pg_basebackup -R), start it; stdout as start
 #
 # Environment: INVENTORY_DATA_DIR (default <repo>/.data), INVENTORY_PG_PORT (default 54320),
 # INVENTORY_PG_FAST=1 (throwaway test clusters only: no fsync), PG_BINDIR (server binaries).
@@ -480,9 +482,53 @@ cmd_start() {
   else
     start_server
   fi
-  setup_database "$port"
+  # A streaming replica (db/cluster.sh replica) is read-only and gets its schema, roles and
+  # passwords from its primary.
+  [[ -f $PGDATA_DIR/standby.signal ]] || setup_database "$port"
   write_env "$port"
   printf 'DATABASE_URL=%s\n' "$(database_url "$port")" >&3
+}
+
+# db/cluster.sh replica <primary data dir>: this data dir becomes a streaming replica of the
+# running cluster of that data dir (pg_basebackup -R the first time; started every time).
+# The replica streams over the primary's private socket as the superuser (peer
+# authentication, pg_hba's `local replication` line): no replication password anywhere.
+cmd_replica() {
+  local primary=${1:-} primary_pgdata psock pport fast=()
+  exec 3>&1 1>&2
+  [[ -n $primary && -d $primary ]] || die "usage: db/cluster.sh replica <the primary's data dir>"
+  primary=$(cd "$primary" && pwd -P)
+  ensure_bindir 0
+  mkdir -p "$DATA_DIR"
+  canonical_data_dir
+  [[ $DATA_DIR != "$primary" ]] || die "a cluster cannot be its own replica"
+  if [[ -L $primary/pgdata ]]; then primary_pgdata=$(readlink "$primary/pgdata"); else primary_pgdata=$primary/pgdata; fi
+  [[ -f $primary_pgdata/postmaster.pid ]] || die "the primary ($primary) is not running; start it first"
+  pport=$(sed -n 4p "$primary_pgdata/postmaster.pid")
+  psock=$(sed -n 5p "$primary_pgdata/postmaster.pid")
+  # The service role's password is the primary's (roles are replicated with the data).
+  APP_PW=$(sed -n 's|^DATABASE_URL=postgresql://inventory_app:\([^@]*\)@.*|\1|p' "$primary/env")
+  [[ -n $APP_PW ]] || die "no service role password in $primary/env"
+  lock_data_dir
+  prepare_layout
+  choose_socket_dir
+  ensure_socket_dir
+  if [[ ! -f $PGDATA_DIR/PG_VERSION ]]; then
+    [[ ${INVENTORY_PG_FAST:-} == 1 ]] && fast=(--no-sync)
+    say "copying the primary on 127.0.0.1:$pport into $PGDATA_DIR (pg_basebackup -R)"
+    as_pg "$BINDIR/pg_basebackup" -h "$psock" -p "$pport" -U postgres -D "$PGDATA_DIR" \
+      -R -X stream -c fast ${fast[@]+"${fast[@]}"} >&2 || die "pg_basebackup failed (see above)"
+  fi
+  [[ -f $PGDATA_DIR/standby.signal ]] || die "$PGDATA_DIR is not a replica (no standby.signal)"
+  write_auth_files
+  if is_running; then
+    say "already running on 127.0.0.1:$(running_port)"
+    PORT=$(running_port)
+  else
+    start_server
+  fi
+  write_env "$PORT"
+  printf 'DATABASE_URL=%s\n' "$(database_url "$PORT")" >&3
 }
 
 # For stop, status, env, psql, admin-url: nothing is created.
@@ -607,7 +653,7 @@ cmd_destroy() {
 }
 
 usage() {
-  echo "usage: db/cluster.sh start|stop|status|env|psql [psql args...]|admin-url|bindir|destroy --yes" >&2
+  echo "usage: db/cluster.sh start|stop|status|env|psql [psql args...]|admin-url|bindir|replica <primary data dir>|destroy --yes" >&2
   exit 2
 }
 
@@ -622,5 +668,6 @@ case $cmd in
   admin-url) cmd_admin_url ;;
   bindir) ensure_bindir 1; echo "$BINDIR" ;;
   destroy) cmd_destroy "$@" ;;
+  replica) cmd_replica "$@" ;;
   *) usage ;;
 esac

@@ -5,6 +5,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -70,7 +72,15 @@ class Cluster:
         return done.stdout
 
     def start(self) -> None:
-        for line in self.run("start").splitlines():
+        self._started(self.run("start"))
+
+    def start_replica_of(self, primary: "Cluster") -> None:
+        """Make this a streaming replica of the running `primary` (pg_basebackup -R), or
+        start it again when it already is one."""
+        self._started(self.run("replica", str(primary.data_dir)))
+
+    def _started(self, output: str) -> None:
+        for line in output.splitlines():
             key, _, value = line.partition("=")
             if key == "DATABASE_URL":
                 url = urlsplit(value)
@@ -126,3 +136,49 @@ def psql(dsn: str, *args: str, stdin: str | None = None) -> str:
         capture_output=True,
     )
     return done.stdout
+
+
+BOUNCER_SCRIPT = REPO / "db" / "pgbouncer.sh"
+
+
+@contextmanager
+def bouncer(cluster: Cluster, *, pool_size: int, query_wait_timeout: float = 3) -> Iterator[str]:
+    """PgBouncer in transaction pooling mode in front of `cluster` (db/pgbouncer.sh), with
+    `pool_size` server connections per database: yields its "host:port"."""
+    directory = new_data_dir("inventory-bouncer-")
+    port = free_port()
+    env = {
+        **os.environ,
+        "INVENTORY_BOUNCER_DIR": str(directory),
+        "INVENTORY_BOUNCER_PORT": str(port),
+        "INVENTORY_BOUNCER_POOL_SIZE": str(pool_size),
+        "INVENTORY_BOUNCER_QUERY_WAIT_TIMEOUT": str(query_wait_timeout),
+        "INVENTORY_PG_PORT": str(cluster.port),
+        "INVENTORY_APP_PASSWORD": cluster.app_password,
+    }
+
+    def run(command: str) -> None:
+        subprocess.run(
+            ["bash", str(BOUNCER_SCRIPT), command],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            check=True,
+            timeout=300,
+        )
+
+    run("start")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        try:
+            run("stop")
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def via(dsn: str, address: str) -> str:
+    """`dsn` with its host and port replaced by `address` ("host:port")."""
+    url = urlsplit(dsn)
+    credentials = url.netloc.rpartition("@")[0]
+    return url._replace(netloc=f"{credentials}@{address}").geturl()

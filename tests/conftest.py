@@ -6,6 +6,7 @@ connected as the service role.
 """
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -21,7 +22,7 @@ from pytest_postgresql import factories
 
 from app.config import Settings
 from app.main import create_app
-from tests.cluster import REPO, Cluster, new_cluster, remove_cluster
+from tests.cluster import REPO, Cluster, bouncer, new_cluster, remove_cluster, via
 from tests.databases import Databases
 from tests.stock_helpers import Overlap, broken_ledgers
 
@@ -62,12 +63,35 @@ def postgresql(databases: Databases) -> Iterator[Connection[Any]]:
         yield conn
 
 
+# INVENTORY_TEST_PGBOUNCER=1: every app of `settings` connects through PgBouncer in
+# transaction pooling mode with 2 server connections per database, so that its transactions
+# really move between server connections (tests/test_pgbouncer.py runs the HTTP suites so).
+THROUGH_PGBOUNCER = os.environ.get("INVENTORY_TEST_PGBOUNCER") == "1"
+
+
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_server: Cluster) -> Iterator[str | None]:
+    """The address of the session's PgBouncer, or None when the tests go direct."""
+    if not THROUGH_PGBOUNCER:
+        yield None
+        return
+    with bouncer(pg_server, pool_size=2) as address:
+        yield address
+
+
 @pytest.fixture
-def settings(postgresql: Connection[Any], pg_server: Cluster) -> Settings:
+def settings(postgresql: Connection[Any], pg_server: Cluster, pg_bouncer: str | None) -> Settings:
     """The app connects as the service role, as in production, not as the superuser."""
-    return Settings(
-        database_url=pg_server.app_dsn(postgresql.info.dbname), pool_size=2, pool_timeout=2.0
-    )
+    direct = pg_server.app_dsn(postgresql.info.dbname)
+    if pg_bouncer is not None:
+        return Settings(
+            database_url=via(direct, pg_bouncer),
+            pgbouncer=True,
+            listen_database_url=direct,
+            pool_size=2,
+            pool_timeout=2.0,
+        )
+    return Settings(database_url=direct, pool_size=2, pool_timeout=2.0)
 
 
 @pytest.fixture

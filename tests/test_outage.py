@@ -64,28 +64,34 @@ async def test_outage_under_load_is_503_then_recovers_and_loses_nothing(
     async with make_client(
         database_url=own_cluster.app_dsn("inventory"), pool_size=3, pool_timeout=POOL_TIMEOUT
     ) as client:
-        load = Load(client)
-        running = asyncio.create_task(load.run())
-        await asyncio.sleep(1.0)
-        before = len(load.acknowledged)
+        await outage_under_load(client, own_cluster)
 
-        await asyncio.to_thread(own_cluster.stop)
-        await asyncio.sleep(2 * POOL_TIMEOUT)  # the load keeps coming while the database is down
-        started = time.monotonic()
-        ready = await client.get("/readyz")
-        assert time.monotonic() - started < HARD_TIMEOUT
-        assert_problem(ready, 503, "database_unavailable")
-        during = Counter(r.status_code for _, r in load.answers)
 
-        await asyncio.to_thread(own_cluster.start)
-        back = time.monotonic()
-        while (await client.get("/readyz")).status_code != 200:
-            assert time.monotonic() - back < 10, "not ready 10 s after the database came back"
-            await asyncio.sleep(0.1)
-        acknowledged_at_recovery = len(load.acknowledged)
-        await asyncio.sleep(1.0)  # and the load succeeds again
-        load.stop.set()
-        await running
+async def outage_under_load(client: AsyncClient, own_cluster: Cluster) -> None:
+    """`own_cluster` stops under load and starts again: every answer within the pool
+    timeout, 503 while down, ready within 10 s of its return, nothing acknowledged lost."""
+    load = Load(client)
+    running = asyncio.create_task(load.run())
+    await asyncio.sleep(1.0)
+    before = len(load.acknowledged)
+
+    await asyncio.to_thread(own_cluster.stop)
+    await asyncio.sleep(2 * POOL_TIMEOUT)  # the load keeps coming while the database is down
+    started = time.monotonic()
+    ready = await client.get("/readyz")
+    assert time.monotonic() - started < HARD_TIMEOUT
+    assert_problem(ready, 503, "database_unavailable")
+    during = Counter(r.status_code for _, r in load.answers)
+
+    await asyncio.to_thread(own_cluster.start)
+    back = time.monotonic()
+    while (await client.get("/readyz")).status_code != 200:
+        assert time.monotonic() - back < 10, "not ready 10 s after the database came back"
+        await asyncio.sleep(0.1)
+    acknowledged_at_recovery = len(load.acknowledged)
+    await asyncio.sleep(1.0)  # and the load succeeds again
+    load.stop.set()
+    await running
 
     assert not load.hung, load.hung
     assert before > 0 and during[503] > 0

@@ -1,6 +1,6 @@
-"""Readiness: does the database answer, and is the schema in place?"""
+"""Readiness: does the database answer, is the schema in place, how far behind is a replica?"""
 
-from sqlalchemy import Text, bindparam, func, select
+from sqlalchemy import Text, bindparam, case, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.database import Database, compile_once
@@ -19,3 +19,28 @@ async def schema_ready(db: Database) -> bool:
     async with db.connection() as conn:
         row = await (await conn.execute(_READY.sql, _READY.params(tables=_TABLES))).fetchone()
     return bool(row and row[0])
+
+
+# How far behind a streaming replica is, in seconds, seen from the replica. All it received
+# is replayed: 0, however long the primary has been idle. Otherwise the time since the last
+# replayed commit was made on the primary (an upper bound: after an idle spell it overstates
+# the lag until replay catches up, which only sends reads to the primary a little longer).
+# NULL (not known) before the first replayed commit.
+_caught_up = func.pg_last_wal_receive_lsn() == func.pg_last_wal_replay_lsn()
+_REPLICA_LAG = compile_once(
+    select(
+        func.pg_is_in_recovery(),
+        case(
+            (_caught_up, 0),
+            else_=func.extract("epoch", func.now() - func.pg_last_xact_replay_timestamp()),
+        ),
+    )
+)
+
+
+async def replica_lag(db: Database) -> tuple[bool, float | None]:
+    """(in recovery, seconds behind or None) of the database `db` is connected to."""
+    async with db.connection() as conn:
+        row = await (await conn.execute(_REPLICA_LAG.sql, _REPLICA_LAG.params())).fetchone()
+    assert row is not None
+    return bool(row[0]), None if row[1] is None else float(row[1])

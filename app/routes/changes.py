@@ -9,7 +9,7 @@ from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.database import Database
-from app.deps import DatabaseDep, FeedDep, MetricsDep, SettingsDep, known_parameters
+from app.deps import DatabaseDep, FeedDep, MetricsDep, ReadsDep, SettingsDep, known_parameters
 from app.errors import CursorExpired, ValidationFailed
 from app.feed import Feed
 from app.openapi import problems
@@ -49,11 +49,11 @@ def _expired(page: changes.Page, after: int | None) -> None:
 )
 async def list_changes(
     request: Request,
-    db: DatabaseDep,
+    reads: ReadsDep,
     after: ChangeCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
 ) -> Response:
-    page = await changes.page(db, after=after, limit=limit + 1)
+    page = await reads.run(lambda db: changes.page(db, after=after, limit=limit + 1))
     _expired(page, after)
     events = page.events[:limit]
     headers = {}

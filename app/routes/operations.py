@@ -1,10 +1,12 @@
 """Operational endpoints: liveness, readiness and metrics."""
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.deps import DatabaseDep, MetricsDep
+from app.deps import DatabaseDep, MetricsDep, ReadsDep
 from app.openapi import problems
 from app.queries import health
 
@@ -21,10 +23,16 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: the database answers and the schema is in place",
     responses=problems(503),
 )
-async def readyz(db: DatabaseDep) -> JSONResponse:
+async def readyz(db: DatabaseDep, reads: ReadsDep) -> JSONResponse:
+    # Readiness is the primary's: without the replica, reads go to the primary. The replica's
+    # state is shown for operators (and the same in /metrics).
+    replica = reads.replica
+    extra: dict[str, Any] = {}
+    if replica is not None:
+        extra["replica"] = {"state": replica.state, "lag_seconds": replica.lag}
     if not await health.schema_ready(db):
-        return JSONResponse({"status": "schema missing"}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "schema missing", **extra}, status_code=503)
+    return JSONResponse({"status": "ready", **extra})
 
 
 @router.get(

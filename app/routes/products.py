@@ -14,6 +14,7 @@ from app.deps import (
     IdempotencyDep,
     IdempotencyKey,
     ProductSku,
+    ReadsDep,
     known_parameters,
 )
 from app.errors import ProductNotFound, ValidationFailed
@@ -141,7 +142,7 @@ def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
 )
 async def list_products(
     request: Request,
-    db: DatabaseDep,
+    reads: ReadsDep,
     limit: Limit = None,
     after: After = None,
     sku_prefix: SkuPrefix = None,
@@ -163,13 +164,13 @@ async def list_products(
         query = replace(query, after=_position(after, query))
     if limit is None:
         return CopyStream(
-            db,
+            reads,
             query.export(csv=fmt is Format.CSV),
             query.params(),
             framing=FRAMINGS[fmt],
             media_type=fmt.content_type,
         )
-    page = await listing.page(db, query)
+    page = await reads.run(lambda db: listing.page(db, query))
     headers = {}
     if page.next_after is not None:
         created_at, id_ = page.next_after

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 
-from app.deps import DatabaseDep, known_parameters
+from app.deps import ReadsDep, known_parameters
 from app.errors import ValidationFailed
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
@@ -37,9 +37,9 @@ def _rfc3339(at: datetime) -> str:
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
     dependencies=[Depends(known_parameters())],
 )
-async def stock_report(db: DatabaseDep, accept: Accept = None) -> Response:
+async def stock_report(reads: ReadsDep, accept: Accept = None) -> Response:
     fmt = negotiate(accept, _OFFERED)
-    summary = await reports.stock_summary_now(db)
+    summary = await reads.run(reports.stock_summary_now)
     values = {
         "products": summary.products,
         "units": int(summary.units),
@@ -63,7 +63,7 @@ async def stock_report(db: DatabaseDep, accept: Accept = None) -> Response:
     dependencies=[Depends(known_parameters("from", "to", "bucket"))],
 )
 async def movements_report(
-    db: DatabaseDep,
+    reads: ReadsDep,
     from_: Annotated[
         Instant | None,
         Query(alias="from", description="Start, inclusive (RFC 3339); default: `to` - 30 days"),
@@ -88,4 +88,4 @@ async def movements_report(
         csv=fmt is Format.CSV, from_at=start, to_at=end, bucket=bucket
     )
     # Streamed in a bulk slot: a window of years by day is long, and memory stays flat.
-    return CopyStream(db, copy, params, framing=FRAMINGS[fmt], media_type=fmt.content_type)
+    return CopyStream(reads, copy, params, framing=FRAMINGS[fmt], media_type=fmt.content_type)

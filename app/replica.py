@@ -1,0 +1,161 @@
+"""Reads that may go to a streaming replica (INVENTORY_READ_DATABASE_URL).
+
+Exports, pages, GET /changes and reports ask `Reads` where to run. While the replica
+answers and is at most `read_max_lag_seconds` behind (as its probe last saw it, every
+`read_probe_seconds` per process), they run there. Otherwise they run on the primary, and
+so does a read the replica fails before anything was sent (which also marks the replica
+down until the next probe): a client never sees the replica's failure, only the primary's
+answer a moment later. Lookups and everything a write returns never come here: they read
+the primary (app.deps.DatabaseDep).
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from app.config import Settings
+from app.database import Database, open_database
+from app.errors import DatabaseUnavailable
+from app.queries import health
+
+logger = logging.getLogger("app.replica")
+
+T = TypeVar("T")
+
+# A replica that does not answer the probe within this is taken as down until the next one.
+PROBE_TIMEOUT = 1.0
+# A read waits at most this long for a replica connection before the primary serves it: a
+# busy or unreachable replica costs a second at most, never the primary's full pool timeout.
+REPLICA_POOL_TIMEOUT = 1.0
+# What the replica may fail a read with and the primary still serve it: connection trouble
+# (08, 53, 57: a stopped or restarting replica), recovery conflicts (40001), no connection
+# in time. psycopg raises all of these as OperationalError or its subclasses.
+FALLBACK = (psycopg.OperationalError, PoolTimeout, DatabaseUnavailable)
+
+
+class Replica:
+    """The replica's pool and its state as the last probe saw it."""
+
+    def __init__(self, db: Database, *, max_lag: float, probe_seconds: float) -> None:
+        self.db = db
+        self.max_lag = max_lag
+        self.probe_seconds = probe_seconds
+        # None until the first probe answers, and whenever it does not.
+        self.lag: float | None = None
+        self.in_recovery = False
+        self.state = "unknown"
+
+    @property
+    def usable(self) -> bool:
+        return self.state == "in use"
+
+    async def probe(self) -> None:
+        """Ask the replica whether it is one and how far behind it is; set `state`."""
+        try:
+            with anyio.fail_after(PROBE_TIMEOUT):
+                in_recovery, lag = await health.replica_lag(self.db)
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            if self.state != "down":
+                logger.warning("read replica not answering; reads go to the primary: %s", exc)
+            self.state, self.lag, self.in_recovery = "down", None, False
+            return
+        self.in_recovery, self.lag = in_recovery, lag
+        if not in_recovery:
+            # Promoted, or the URL names a primary: its data may have diverged from the
+            # primary's, so it is never read as a replica.
+            state = "not a replica"
+        elif lag is None or lag > self.max_lag:
+            state = "lagging"
+        else:
+            state = "in use"
+        if state != self.state and state != "in use":
+            logger.warning("read replica %s (lag %s s); reads go to the primary", state, lag)
+        elif state != self.state:
+            logger.info("read replica in use (lag %.3f s)", lag)
+        self.state = state
+
+    def failed(self, exc: BaseException) -> None:
+        """A read failed on the replica: the primary serves reads until a probe says the
+        replica answers again."""
+        logger.warning("a read failed on the replica, served by the primary: %s", exc)
+        self.state, self.lag, self.in_recovery = "down", None, False
+
+    async def run(self) -> None:
+        """Probe every `probe_seconds` until cancelled."""
+        while True:
+            await self.probe()
+            await asyncio.sleep(self.probe_seconds)
+
+
+class Reads:
+    """Where a read that may be stale by up to the lag limit runs: the replica or the primary."""
+
+    def __init__(
+        self,
+        primary: Database,
+        replica: Replica | None,
+        count: Callable[[str], None] = lambda target: None,
+    ) -> None:
+        self.primary = primary
+        self.replica = replica
+        self._count = count
+
+    def targets(self) -> list[tuple[str, Database]]:
+        """Where to try, in order: the replica first while it is usable, the primary last."""
+        if self.replica is not None and self.replica.usable:
+            return [("replica", self.replica.db), ("primary", self.primary)]
+        return [("primary", self.primary)]
+
+    def served(self, target: str) -> None:
+        self._count(target)
+
+    def failed(self, exc: BaseException) -> None:
+        if self.replica is not None:
+            self.replica.failed(exc)
+
+    async def run(self, work: Callable[[Database], Awaitable[T]]) -> T:
+        """`work(db)` on the replica, or on the primary when the replica cannot serve it.
+        `work` must only read (it may run twice)."""
+        *first, (last_name, last_db) = self.targets()
+        for name, db in first:
+            try:
+                result = await work(db)
+            except FALLBACK as exc:
+                self.failed(exc)
+                continue
+            self.served(name)
+            return result
+        result = await work(last_db)
+        self.served(last_name)
+        return result
+
+
+@asynccontextmanager
+async def reading(
+    primary: Database, settings: Settings, count: Callable[[str], None]
+) -> AsyncIterator[Reads]:
+    """The process's Reads; with a replica configured, its pool and probe run meanwhile."""
+    if settings.read_database_url is None:
+        yield Reads(primary, None, count)
+        return
+    own = settings.model_copy(update={"pool_timeout": REPLICA_POOL_TIMEOUT})
+    # Not waited for: a replica that is down at start-up is only skipped.
+    async with open_database(settings.read_database_url, own, wait=False) as db:
+        replica = Replica(
+            db,
+            max_lag=settings.read_max_lag_seconds,
+            probe_seconds=settings.read_probe_seconds,
+        )
+        probing = asyncio.create_task(replica.run())
+        try:
+            yield Reads(primary, replica, count)
+        finally:
+            probing.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(probing, return_exceptions=True)
