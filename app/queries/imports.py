@@ -1,16 +1,19 @@
 """POST /products/import: a CSV or NDJSON body streamed through COPY, all or nothing.
 
-The body goes straight from the socket into `COPY ... FROM STDIN` into a temporary staging
-table that numbers the records, inside the caller's transaction. The happy path is then a
-few set-wise statements - one INSERT ... SELECT by default - where the table's CHECKs and
-its unique index decide, as for every other client. Records whose SKU exists are refused
-(`error`), left alone (`skip`) or written over (`update`, a stock count when the file has
-quantities: each changed quantity gets its `correction` movement). Only when a statement
-fails does the diagnosis run: set-wise queries over the staging table that name up to
-MAX_LISTED bad records by line, validation problems (422) before existing SKUs (409). The
-rules it applies are the database's own: the required columns and types come from the
-model, the CHECK expressions from the live catalog (pg_constraint), never from a second
-copy. Nothing is written unless everything is.
+The body goes straight from the socket into `COPY ... FROM STDIN`, inside the caller's
+transaction. A CSV import of new products (`error`, the default) is first COPYed into
+products itself, in a savepoint, the body spooled on the way: a valid file is read and
+written once. Otherwise - or when that attempt fails - the body goes into a temporary
+staging table that numbers the records, and a few set-wise statements - one INSERT ...
+SELECT by default - write it, where the table's CHECKs and its unique index decide, as for
+every other client. Records whose SKU exists are refused (`error`), left alone (`skip`) or
+written over (`update`, a stock count when the file has quantities: each changed quantity
+gets its `correction` movement). Only when a statement fails does the diagnosis run:
+set-wise queries over the staging table that name up to MAX_LISTED bad records by line,
+validation problems (422) before existing SKUs (409). The rules it applies are the
+database's own: the required columns and types come from the model, the CHECK expressions
+from the live catalog (pg_constraint), never from a second copy. Nothing is written unless
+everything is.
 """
 
 import csv
