@@ -388,7 +388,9 @@ def import_file(path: Path, rows: int) -> None:
             f.write(f"IMP-{i},Imported product {i},{desc},{i % 100000 / 100:.2f},{i % 1000}\n")
 
 
-def imports(url: str, admin_url: str, rows: int, tmp: Path, repeats: int) -> dict[str, Any]:
+def imports(
+    url: str, admin_url: str, pid: int, rows: int, tmp: Path, repeats: int
+) -> dict[str, Any]:
     path = tmp / "import.csv"
     import_file(path, rows)
     reset = ["-c", "DELETE FROM products WHERE sku LIKE 'IMP-%'", "-c", "VACUUM ANALYZE products"]
@@ -401,20 +403,23 @@ def imports(url: str, admin_url: str, rows: int, tmp: Path, repeats: int) -> dic
         seconds, _ = timed(f"psql -X -q -v ON_ERROR_STOP=1 '{admin_url}' -c \"{command}\"")
         copy_runs.append(seconds)
         psql(admin_url, *reset)
-        seconds, out = timed(
-            f"curl -sf -X POST -H 'Content-Type: text/csv' --data-binary @{path} "
-            f"{url}/products/import"
-        )
+        with peak_rss(pid) as rss:
+            seconds, out = timed(
+                f"curl -sf -X POST -H 'Content-Type: text/csv' --data-binary @{path} "
+                f"{url}/products/import"
+            )
         assert json.loads(out)["created"] == rows, out
-        service_runs.append(seconds)
+        service_runs.append((seconds, rss["peak"], rss["start"]))
         psql(admin_url, *reset)
     return {
         "rows": rows,
         "bytes": path.stat().st_size,
-        "service_seconds": min(service_runs),
+        "service_seconds": min(service_runs)[0],
+        "service_peak_rss_mb": max(r[1] for r in service_runs) / 2**20,
+        "service_rss_before_mb": min(service_runs)[2] / 2**20,
         "copy_seconds": min(copy_runs),
         # Throughput against COPY's: rows per second of the service / of psql \copy.
-        "ratio": min(copy_runs) / min(service_runs),
+        "ratio": min(copy_runs) / min(service_runs)[0],
     }
 
 
@@ -427,6 +432,8 @@ TARGETS = {"lookup": 0.5, "create": 0.3, "page": 0.25}
 P99_TARGETS_MS = {"lookup": 25.0, "create": 40.0}
 BULK_TARGETS = {"json": 1.0, "csv": 0.8, "import": 0.9}
 RSS_TARGET_MB = 150.0
+# What one run measures, in this order; --only picks some.
+PARTS = ("http", "pgbench", "export", "import")
 
 
 def _verdict(met: bool) -> str:
@@ -434,14 +441,28 @@ def _verdict(met: bool) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    if "http" in results:
+        lines += _http_table(results)
+    if "export" in results:
+        lines += _export_table(results)
+    if "import" in results:
+        lines += _import_table(results)
+    return "\n".join(lines)
+
+
+_NAMES = {
+    "lookup": "GET /products/{sku}",
+    "create": "POST /products",
+    "page": "GET /products?limit=50",
+    "ceiling": "GET /ceiling (bench/ceiling.py)",
+}
+
+
+def _http_table(results: dict[str, Any]) -> list[str]:
     lines = []
     http = results["http"]
-    names = {
-        "lookup": "GET /products/{sku}",
-        "create": "POST /products",
-        "page": "GET /products?limit=50",
-        "ceiling": "GET /ceiling (bench/ceiling.py)",
-    }
+    names = _NAMES
     lines.append(
         f"{'HTTP (wrk)':<32}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
         f"{'/ceiling':>10}{'target':>8}{'':>9}{'pgbench tps':>13}"
@@ -451,7 +472,7 @@ def table(results: dict[str, Any]) -> str:
             ratio = r["rps"] / r["ceiling_rps"]
             target = TARGETS.get(name)
             verdict = _verdict(ratio >= target) if target else ""
-            pg = results["pgbench"].get(name, {}).get(conns)
+            pg = results.get("pgbench", {}).get(name, {}).get(conns)
             lines.append(
                 f"{names[name]:<32}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>8}{ratio:>10.2f}{target or '':>8}{verdict:>9}"
@@ -472,13 +493,18 @@ def table(results: dict[str, Any]) -> str:
     )
     lines.append("")
     lines.append(f"{'pgbench -M prepared':<32}{'clients':>7}{'tps':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    for name, by_clients in results["pgbench"].items():
+    for name, by_clients in results.get("pgbench", {}).items():
         for clients, r in sorted(by_clients.items()):
             lines.append(
                 f"{names[name]:<32}{clients:>7}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}"
             )
     lines.append("")
+    return lines
+
+
+def _export_table(results: dict[str, Any]) -> list[str]:
+    lines = []
     lines.append(
         f"{'export (' + str(results['rows']) + ' rows)':<32}{'service s':>10}{'psql s':>9}"
         f"{'x psql':>8}{'target':>8}{'':>9}{'MB':>8}{'peak RSS MB':>13}"
@@ -490,18 +516,24 @@ def table(results: dict[str, Any]) -> str:
             f"{r['ratio']:>8.2f}{target:>8}{_verdict(r['ratio'] >= target):>9}"
             f"{r['service_bytes'] / 1e6:>8.1f}{r['service_peak_rss_mb']:>13.1f}"
         )
+    return lines
+
+
+def _import_table(results: dict[str, Any]) -> list[str]:
+    lines = []
     r = results["import"]
     lines.append("")
     lines.append(
         f"{'import (' + str(r['rows']) + ' rows)':<32}{'service s':>10}{'COPY s':>9}"
-        f"{'x COPY':>8}{'target':>8}"
+        f"{'x COPY':>8}{'target':>8}{'':>9}{'MB':>8}{'peak RSS MB':>13}"
     )
     target = BULK_TARGETS["import"]
     lines.append(
         f"{'POST /products/import':<32}{r['service_seconds']:>10.2f}{r['copy_seconds']:>9.2f}"
         f"{r['ratio']:>8.2f}{target:>8}{_verdict(r['ratio'] >= target):>9}"
+        f"{r['bytes'] / 1e6:>8.1f}{r['service_peak_rss_mb']:>13.1f}"
     )
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -526,7 +558,16 @@ def main() -> None:
         help="an INVENTORY_* setting for the service (default: none, as a user gets it)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="export/import runs (best kept)")
+    parser.add_argument(
+        "--only",
+        type=lambda value: set(value.split(",")),
+        default=set(PARTS),
+        metavar=",".join(PARTS),
+        help="run only these parts (e.g. export,import: the bulk paths, minutes not half an hour)",
+    )
     args = parser.parse_args()
+    if not args.only <= set(PARTS):
+        parser.error(f"--only takes some of {','.join(PARTS)}")
     settings = dict(item.split("=", 1) for item in args.setting)
     for tool in ("wrk", "pgbench", "psql", "curl"):
         if shutil.which(tool) is None:
@@ -561,21 +602,27 @@ def main() -> None:
             ):
                 # The ceiling runs before and after every endpoint: each ratio compares runs
                 # minutes apart at most, on a machine whose load drifts.
-                results["http"] = http(url, ceiling_url, args, tmp, proc.pid)
-                results["pgbench"] = {}
-                for name in ("lookup", "page", "create"):
-                    results["pgbench"][name] = {}
-                    for conns in args.connections:
-                        say(f"pgbench {name} -c {conns}")
-                        results["pgbench"][name][conns] = pgbench(
-                            app_url, name, conns, args.duration, args.rows, tmp
-                        )
+                if "http" in args.only:
+                    results["http"] = http(url, ceiling_url, args, tmp, proc.pid)
+                if "pgbench" in args.only:
+                    results["pgbench"] = {}
+                    for name in ("lookup", "page", "create"):
+                        results["pgbench"][name] = {}
+                        for conns in args.connections:
+                            say(f"pgbench {name} -c {conns}")
+                            results["pgbench"][name][conns] = pgbench(
+                                app_url, name, conns, args.duration, args.rows, tmp
+                            )
                 psql(admin_url, "-c", "DELETE FROM products WHERE sku !~ '^BENCH-'",
                      "-c", "VACUUM ANALYZE products")  # fmt: skip
-                say("export")
-                results["export"] = export(url, admin_url, proc.pid, args.repeats)
-                say("import")
-                results["import"] = imports(url, admin_url, args.rows, tmp, args.repeats)
+                if "export" in args.only:
+                    say("export")
+                    results["export"] = export(url, admin_url, proc.pid, args.repeats)
+                if "import" in args.only:
+                    say("import")
+                    results["import"] = imports(
+                        url, admin_url, proc.pid, args.rows, tmp, args.repeats
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(table(results))

@@ -14,6 +14,8 @@ from httpx import AsyncClient
 from psycopg import Connection
 
 from app.config import Settings
+from app.formats import Format, render_page
+from app.streaming import CHUNK_BYTES
 from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 from tests.live_inprocess import live_server, rss_bytes
@@ -140,6 +142,32 @@ def _copies_running(db: Connection[Any]) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def test_exports_of_many_chunks_are_the_rows_as_a_page_frames_them(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    # Several network chunks, some holding a quoted newline in a CSV field (framed row by
+    # row) and some without one (framed in one pass): the same bytes either way.
+    _fill(db, 1500, description_chars=300)
+    await _create_tricky(client)
+    db.execute("INSERT INTO products (sku, name, description, price) SELECT 'MORE-' || i, "
+               "'More ' || i, repeat('m', 300), 1 FROM generate_series(1, 1500) i")  # fmt: skip
+    rows = [
+        text
+        for (text,) in db.execute(
+            "SELECT product_json(p)::text FROM products p ORDER BY created_at, id"
+        )
+    ]
+
+    as_json = await client.get("/products")
+    as_csv = await client.get("/products", headers={"accept": "text/csv"})
+    as_ndjson = await client.get("/products", headers={"accept": "application/x-ndjson"})
+
+    assert len(as_json.content) > 4 * CHUNK_BYTES
+    assert as_json.content == render_page(Format.JSON, rows)
+    assert as_ndjson.content == render_page(Format.NDJSON, rows)
+    assert as_csv.content == render_page(Format.CSV, rows)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -50,6 +51,54 @@ async def test_csv_import_creates_every_row_in_file_order(
     assert [p["sku"] for p in listed] == [f"IMP-{i}" for i in range(1, 301)]
     assert listed[1] == {**listed[1], "name": "Item 2", "description": None, "price": "2.50"}
     assert listed[1]["quantity"] == 2
+
+
+@contextmanager
+def tables_created(db: Connection[Any]) -> Iterator[list[str]]:
+    """The tables (temporary ones too) that statements create while the block runs."""
+    db.execute(
+        """
+        CREATE TABLE test_created (name text);
+        CREATE FUNCTION test_created() RETURNS event_trigger LANGUAGE plpgsql
+            SECURITY DEFINER SET search_path = public AS $$
+        BEGIN
+            INSERT INTO test_created SELECT object_identity FROM pg_event_trigger_ddl_commands()
+            WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS');
+        END $$;
+        CREATE EVENT TRIGGER test_created ON ddl_command_end EXECUTE FUNCTION test_created();
+        """
+    )
+    created: list[str] = []
+    try:
+        yield created
+        created += [name for (name,) in db.execute("SELECT name FROM test_created")]
+    finally:
+        db.execute(
+            "DROP EVENT TRIGGER test_created; DROP FUNCTION test_created(); DROP TABLE test_created"
+        )
+
+
+async def test_a_valid_csv_import_is_copied_straight_into_the_table(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    with tables_created(db) as created:
+        response = await post_csv(client, HEADER + csv_rows(300))
+    assert response.json() == {"created": 300, "updated": 0, "unchanged": 0}
+    assert created == []  # no staging table: read once, written once
+
+
+async def test_an_empty_field_with_a_default_gets_the_default(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    # COPY into the table would store NULL there and fail: the staged path stores the
+    # default, as an INSERT leaving the column out would.
+    response = await post_csv(client, "sku,name,price,quantity\nD-1,x,1.00,\nD-2,y,2.00,3\n")
+
+    assert response.json() == {"created": 2, "updated": 0, "unchanged": 0}
+    assert db.execute("SELECT sku, quantity FROM products ORDER BY id").fetchall() == [
+        ("D-1", 0),
+        ("D-2", 3),
+    ]
 
 
 async def test_csv_columns_in_any_order_and_optional_ones_left_out(client: AsyncClient) -> None:

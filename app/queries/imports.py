@@ -1,21 +1,25 @@
 """POST /products/import: a CSV or NDJSON body streamed through COPY, all or nothing.
 
-The body goes straight from the socket into `COPY ... FROM STDIN` into a temporary staging
-table that numbers the records, inside the caller's transaction. The happy path is then a
-few set-wise statements - one INSERT ... SELECT by default - where the table's CHECKs and
-its unique index decide, as for every other client. Records whose SKU exists are refused
-(`error`), left alone (`skip`) or written over (`update`, a stock count when the file has
-quantities: each changed quantity gets its `correction` movement). Only when a statement
-fails does the diagnosis run: set-wise queries over the staging table that name up to
-MAX_LISTED bad records by line, validation problems (422) before existing SKUs (409). The
-rules it applies are the database's own: the required columns and types come from the
-model, the CHECK expressions from the live catalog (pg_constraint), never from a second
-copy. Nothing is written unless everything is.
+The body goes straight from the socket into `COPY ... FROM STDIN`, inside the caller's
+transaction. A CSV import of new products (`error`, the default) is first COPYed into
+products itself, in a savepoint, the body spooled on the way: a valid file is read and
+written once. Otherwise - or when that attempt fails - the body goes into a temporary
+staging table that numbers the records, and a few set-wise statements - one INSERT ...
+SELECT by default - write it, where the table's CHECKs and its unique index decide, as for
+every other client. Records whose SKU exists are refused (`error`), left alone (`skip`) or
+written over (`update`, a stock count when the file has quantities: each changed quantity
+gets its `correction` movement). Only when a statement fails does the diagnosis run:
+set-wise queries over the staging table that name up to MAX_LISTED bad records by line,
+validation problems (422) before existing SKUs (409). The rules it applies are the
+database's own: the required columns and types come from the model, the CHECK expressions
+from the live catalog (pg_constraint), never from a second copy. Nothing is written unless
+everything is.
 """
 
 import csv
 import hashlib
 import re
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
 from typing import IO, Any, Literal, NamedTuple
@@ -400,14 +404,32 @@ async def import_products(
     unknown or missing columns, a SKU twice in the file), listing at most MAX_LISTED
     records by line.
     """
-    line_of: LineNumbers
-    columns: list[str] = []
-    if media_type == CSV:
-        columns = await _copy_csv(conn, body, on_conflict)
-        line_of = _csv_lines
-    else:
+    if media_type != CSV:
         await _copy_ndjson(conn, body, given=on_conflict == "update")
-        line_of = _ndjson_lines
+        return await _staged_write(conn, on_conflict, [], _ndjson_lines)
+    stream = aiter(body)
+    head = await _head(stream)
+    # Every record of an `error` import creates a product; otherwise only new SKUs do, and
+    # a file naming existing products (a stock count: sku,quantity) needs no more columns.
+    columns = _csv_header(head, REQUIRED if on_conflict == "error" else frozenset({"sku"}))
+    if on_conflict != "error" or not set(columns) <= set(CREATE_FIELDS):
+        # skip/update are chosen for files that name existing products, where COPY into
+        # the table fails; ignored columns cannot be left out of a COPY.
+        await _copy_csv(conn, _then(head, stream), columns)
+        return await _staged_write(conn, on_conflict, columns, _csv_lines)
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spooled:
+        created = await _copy_direct(conn, head, stream, columns, spooled)
+        if created is not None:
+            return Imported(created, 0, 0)
+        # Something in the file is wrong: the staging table and the diagnosis say what.
+        await _copy_csv(conn, unspool(spooled), columns)
+    return await _staged_write(conn, on_conflict, columns, _csv_lines)
+
+
+async def _staged_write(
+    conn: Connection, on_conflict: OnConflict, columns: list[str], line_of: LineNumbers
+) -> Imported:
+    """The staged records into products, set-wise; on failure the diagnosis names them."""
     if on_conflict != "error":
         # Without one INSERT of every record, the unique index no longer sees them all.
         cur = await conn.execute(_ANY_REPEATED.sql, _ANY_REPEATED.params())
@@ -439,33 +461,70 @@ async def _write(conn: Connection, on_conflict: OnConflict, columns: list[str]) 
     return Imported(created, updated, matched - updated)
 
 
-async def _copy_csv(
-    conn: Connection, body: AsyncIterator[bytes], on_conflict: OnConflict
-) -> list[str]:
-    stream = aiter(body)
+async def _head(stream: AsyncIterator[bytes]) -> bytes:
+    """The body's first bytes, through its header line (or 64 KiB without one)."""
     head = b""
     async for chunk in stream:
         head += chunk
         if b"\n" in head or len(head) > 64 * 1024:
             break
-    # Every record of an `error` import creates a product; otherwise only new SKUs do, and
-    # a file naming existing products (a stock count: sku,quantity) needs no more columns.
-    columns = _csv_header(head, REQUIRED if on_conflict == "error" else frozenset({"sku"}))
-    await conn.execute(_CREATE_STAGING)
-    copy_sql = sql.SQL("COPY import_rows ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns))
+    return head
+
+
+async def _then(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest:
+        yield chunk
+
+
+def _copy_sql(table: str, columns: list[str]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER true)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
     )
+
+
+async def _copy_direct(
+    conn: Connection,
+    head: bytes,
+    stream: AsyncIterator[bytes],
+    columns: list[str],
+    spooled: IO[bytes],
+) -> int | None:
+    """COPY the CSV straight into products; the number of products created, or None when
+    the database refused the file (nothing written; the whole body is then in `spooled`).
+
+    A valid file - the usual case - is read and written once, at COPY's own speed: no
+    staging table, no INSERT ... SELECT. The table's types, CHECKs, unique index and
+    triggers apply as to any INSERT. Where they refuse a record, the savepoint undoes the
+    attempt and the caller replays the spooled body through staging, which names the lines.
+    """
+    guard = _EndMarkerGuard()
+    cur = conn.cursor()
+    try:
+        async with savepoint(conn), cur.copy(_copy_sql("products", columns)) as copy:
+            async for chunk in _then(head, stream):
+                guard.check(chunk)
+                spooled.write(chunk)
+                await copy.write(chunk)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+        # COPY reports the first bad record only at its end, so the body is all spooled by
+        # now; whatever was not (an error raised midway) is taken here.
+        async for chunk in stream:
+            spooled.write(chunk)
+        return None
+    return cur.rowcount
+
+
+async def _copy_csv(conn: Connection, body: AsyncIterator[bytes], columns: list[str]) -> None:
+    await conn.execute(_CREATE_STAGING)
     guard = _EndMarkerGuard()
     try:
-        async with conn.cursor().copy(copy_sql) as copy:
-            guard.check(head)
-            await copy.write(head)
-            async for chunk in stream:
+        async with conn.cursor().copy(_copy_sql("import_rows", columns)) as copy:
+            async for chunk in body:
                 guard.check(chunk)
                 await copy.write(chunk)
     except psycopg.errors.DataError as exc:
         raise _unreadable(exc, "CSV") from None
-    return columns
 
 
 def _csv_header(head: bytes, required: frozenset[str]) -> list[str]:
@@ -662,6 +721,8 @@ async def _ndjson_lines(conn: Connection, ns: list[int]) -> dict[int, int]:
 
 
 SPOOL_CHUNK = 256 * 1024
+# A body kept for a second reading: in memory up to this, in a temporary file past it.
+SPOOL_MEMORY = 1024 * 1024
 
 
 async def spool(body: AsyncIterator[bytes], into: IO[bytes]) -> bytes:

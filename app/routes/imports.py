@@ -17,8 +17,6 @@ router = APIRouter(prefix="/products", tags=["products"], responses=problems(503
 
 _MEDIA_TYPES = {imports.CSV, imports.NDJSON}
 _CHARSETS = {None, "utf-8", "utf8", "us-ascii"}
-# Under a key the body is spooled: to memory up to this, to a temporary file past it.
-SPOOL_MEMORY = 1024 * 1024
 
 
 def _media_type(content_type: str | None) -> str:
@@ -77,7 +75,7 @@ async def import_products(
         )
     # Under a key the body's hash must be known before the work starts, and the work may
     # be retried (serialization failures): the body is spooled first, never held whole.
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spooled:
+    with tempfile.SpooledTemporaryFile(max_size=imports.SPOOL_MEMORY) as spooled:
         digest = await imports.spool(request.stream(), spooled)
         return await idempotency.run(
             lambda conn: into(conn, imports.unspool(spooled)),
