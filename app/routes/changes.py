@@ -42,6 +42,7 @@ def _expired(page: changes.Page, after: int | None) -> None:
 
 @router.get(
     "/changes",
+    operation_id="listChanges",
     response_model=list[ChangeRead],
     responses=problems(410, 422),
     summary="Every change to a product, oldest first; follow `after` to see each exactly once",
@@ -73,6 +74,7 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
 
 @router.get(
     "/changes/stream",
+    operation_id="streamChanges",
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Events as they happen"},

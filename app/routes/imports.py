@@ -35,6 +35,7 @@ def _media_type(content_type: str | None) -> str:
 
 @router.post(
     "/import",
+    operation_id="importProducts",
     status_code=201,
     dependencies=[Depends(known_parameters("on_conflict"))],
     responses=problems(409, 413, 415, 422),

@@ -32,6 +32,7 @@ def _rfc3339(at: datetime) -> str:
 
 @router.get(
     "/stock",
+    operation_id="stockReport",
     response_model=StockReport,
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
@@ -57,6 +58,7 @@ async def stock_report(db: DatabaseDep, accept: Accept = None) -> Response:
 
 @router.get(
     "/movements",
+    operation_id="movementReport",
     response_model=list[MovementBucket],
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="Stock movements summed by day, week or month (UTC) and reason",
