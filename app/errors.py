@@ -13,10 +13,12 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import compile_path
 
 from app.rules import rule_for
 
@@ -306,6 +308,18 @@ def from_http(exc: StarletteHTTPException) -> ApiError:
     return error
 
 
+def allowed_methods(request: Request) -> str:
+    """The Allow header for the request's path: the methods of every route that serves it,
+    with HEAD wherever GET is (app.head)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        if context.path and compile_path(context.path)[0].match(request.url.path):
+            methods |= context.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 def install(
     app: FastAPI,
     *,
@@ -325,6 +339,9 @@ def install(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only.
+            exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
         return from_http(exc).response(retry_after=retry_after)
 
     async def database_error(request: Request, exc: Exception) -> Response:

@@ -75,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         count_database_error=lambda label: metrics.db_errors.labels(label).inc(),
     )
     app.include_router(router)
-    openapi.install(app)
+    openapi.install(
+        app, secured=not access.open, loopback_only=access.open and not access.allow_open
+    )
     # Added first = innermost. BodyGuard answers 408/413/415/422 before a body is parsed
     # by anything else; LoopbackOnly refuses an open API's requests from the network;
     # HeadAsGet answers HEAD as GET; SendDeadline bounds every response write;

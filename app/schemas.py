@@ -24,6 +24,7 @@ from app.rules import (
     INT4_MAX,
     INT4_MIN,
     NAME_MAX,
+    NAME_PATTERN,
     NOT_BLANK,
     NOTE_MAX,
     PRICE_DECIMALS,
@@ -40,6 +41,13 @@ from app.rules import (
 )
 
 CENT = Decimal(1).scaleb(-PRICE_DECIMALS)
+# The strings _parse_price and _check_price accept, as a pattern for the OpenAPI document:
+# a zero with a sign, or up to 10 digits before the point (after any leading zeros) and up
+# to 2 decimals after it (then any trailing zeros). tests/test_openapi.py holds the two
+# to the same answers.
+PRICE_TEXT_PATTERN = (
+    rf"^(-?0+(\.0+)?|0*[0-9]{{1,{len(str(int(PRICE_MAX)))}}}(\.[0-9]{{1,{PRICE_DECIMALS}}}0*)?)$"
+)
 # A price sent as a string: plain ASCII decimal notation, nothing else.
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 
@@ -86,7 +94,8 @@ Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_MAX),
     AfterValidator(_not_blank),
-    Field(examples=["Blue mug"]),
+    # Documented only: the validators above decide (with Python's regex, not pydantic's).
+    Field(examples=["Blue mug"], json_schema_extra={"pattern": NAME_PATTERN}),
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
 Price = Annotated[
@@ -97,8 +106,13 @@ Price = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0, "maximum": float(PRICE_MAX)},
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": float(PRICE_MAX),
+                    "multipleOf": float(CENT),
+                },
+                {"type": "string", "pattern": PRICE_TEXT_PATTERN},
             ]
         }
     ),

@@ -44,8 +44,10 @@ def _media_type(content_type: str | None) -> str:
         "requestBody": {
             "required": True,
             "content": {
-                imports.CSV: {"schema": {"type": "string"}},
-                imports.NDJSON: {"schema": {"type": "string"}},
+                # binary: generators then give the method a file or bytes parameter,
+                # and the server streams it all the same.
+                imports.CSV: {"schema": {"type": "string", "format": "binary"}},
+                imports.NDJSON: {"schema": {"type": "string", "format": "binary"}},
             },
         }
     },

@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.deps import DatabaseDep, known_parameters
-from app.errors import ValidationFailed
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
 from app.queries import reports
@@ -21,6 +20,7 @@ _OFFERED = (Format.JSON, Format.CSV)
 _CSV_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {Format.CSV.value: {}}}}
 # The movements report's window when the client names no `from`.
 DEFAULT_WINDOW = timedelta(days=30)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 Accept = Annotated[str | None, Header(include_in_schema=False)]
 
@@ -81,11 +81,11 @@ async def movements_report(
 ) -> Response:
     fmt = negotiate(accept, _OFFERED)
     end = to or datetime.now(UTC)
-    start = from_ or end - DEFAULT_WINDOW
-    if start >= end:
-        raise ValidationFailed.field(
-            "to", "must be later than from", "The report's window is empty: to <= from."
-        )
+    # Near year 1 the default window starts at the earliest instant there is.
+    start = from_ or max(end, _EARLIEST + DEFAULT_WINDOW) - DEFAULT_WINDOW
+    # A window with to <= from holds no movements: its report is empty, not an error, as
+    # the OpenAPI document can say (no schema relates two parameters; issue 13).
+    end = max(start, end)
     copy, params = reports.movements_report(
         csv=fmt is Format.CSV, from_at=start, to_at=end, bucket=bucket
     )
