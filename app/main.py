@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_max_bytes=settings.import_max_bytes,
         timeout=settings.body_timeout_seconds,
         retry_after=settings.retry_after_seconds,
+        routes=app.router.routes,
     )
     if access.open and not access.allow_open:
         app.add_middleware(LoopbackOnly, retry_after=settings.retry_after_seconds)

@@ -121,9 +121,26 @@ Price = Annotated[
         examples=["19.99"],
     ),
 ]
-Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON, and JSON Schema's "integer", do not tell 5 from 5.0 (or 5e0): a number with no
+    # fraction is an integer. It arrives as a Decimal (app.limits); past bigint it stays
+    # one, and is refused, without a long conversion.
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and abs(value) <= 2**63
+        and value == value.to_integral_value()
+    ):
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX), Integral]
 # Low on stock at or below it (API.md); null: never low.
-ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX)]
+ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX), Integral]
 
 
 class ProductCreate(BaseModel):
@@ -238,7 +255,8 @@ class AdjustmentCreate(BaseModel):
 
     delta: Annotated[
         int,
-        Field(ge=INT4_MIN, le=INT4_MAX, examples=[5, -1]),
+        Field(ge=INT4_MIN, le=INT4_MAX, examples=[5, -1], json_schema_extra={"not": {"const": 0}}),
+        Integral,
         AfterValidator(_non_zero),
     ]
     reason: Reason
@@ -334,6 +352,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+# http or https (any case), then no space or control character.
+WEBHOOK_URL_PATTERN = (
+    "^(?:"
+    + "|".join("".join(f"[{c.upper()}{c}]" for c in scheme) for scheme in WEBHOOK_SCHEMES)
+    + r")://[^\x00-\x20\s]+$"
+)
+
+
 def _unique(events: list[str]) -> list[str]:
     return list(dict.fromkeys(events))
 
@@ -347,7 +373,13 @@ class WebhookCreate(BaseModel):
         str,
         StringConstraints(max_length=WEBHOOK_URL_MAX),
         AfterValidator(_http_url),
-        Field(examples=["https://example.com/hooks/inventory"]),
+        Field(
+            description="http or https; its host must resolve, to a public address unless "
+            "INVENTORY_WEBHOOK_ALLOW_PRIVATE=1 (422 otherwise)",
+            examples=["https://example.com/hooks/inventory"],
+            # Documented only; _http_url decides.
+            json_schema_extra={"format": "uri", "pattern": WEBHOOK_URL_PATTERN},
+        ),
     ]
     events: Annotated[
         list[Literal["*", EventType]],
