@@ -263,6 +263,14 @@ class AdjustmentCreate(BaseModel):
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
 
 
+class ImportResult(BaseModel):
+    """The answer to POST /products/import: how many products each row did what to."""
+
+    created: int
+    updated: int
+    unchanged: int
+
+
 class MovementRead(BaseModel):
     """One row of a product's stock ledger (built by PostgreSQL's movement_json)."""
 

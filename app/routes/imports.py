@@ -13,6 +13,7 @@ from app.errors import UnsupportedMediaType
 from app.idempotency import request_hash
 from app.openapi import problems
 from app.queries import imports
+from app.schemas import ImportResult
 
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
 
@@ -37,6 +38,7 @@ def _media_type(content_type: str | None) -> str:
     "/import",
     operation_id="importProducts",
     status_code=201,
+    response_model=ImportResult,
     dependencies=[Depends(known_parameters("on_conflict"))],
     responses=problems(409, 413, 415, 422),
     summary="Add or update many products from CSV or NDJSON: all or nothing",
