@@ -1,7 +1,7 @@
 """A Python client generated from the live server's /openapi.json drives the walk-through.
 
-As the README tells users: openapi-python-client with docs/python-client.yaml, into a
-temporary directory, at test time (nothing downloaded: the generator is a dev requirement).
+With the README's own command line (openapi-python-client with docs/python-client.yaml),
+into a temporary directory, at test time (nothing downloaded: the generator is a dev requirement).
 The generator must warn about nothing but the one body it cannot take (NDJSON), and the
 generated functions are named after the operation ids.
 """
@@ -9,6 +9,8 @@ generated functions are named after the operation ids.
 import asyncio
 import importlib
 import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,22 +28,25 @@ CONFIG = REPO / "docs" / "python-client.yaml"
 PACKAGE = "inventory_client"
 
 
+def readme_command() -> list[str]:
+    """The generator's command line exactly as the README gives it."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    [command] = [line for line in lines if line.startswith("openapi-python-client generate ")]
+    return shlex.split(command)
+
+
 async def _generate(url: str, into: Path) -> str:
     async with httpx.AsyncClient() as http:
         document = (await http.get(f"{url}/openapi.json")).raise_for_status().text
     await asyncio.to_thread((into / "openapi.json").write_text, document)
+    # The README's paths are the repo's: its config file is copied to the same place here.
+    (into / "docs").mkdir()
+    await asyncio.to_thread(shutil.copy, CONFIG, into / "docs")
     bin_dir = Path(sys.executable).parent
+    program, *args = readme_command()
     process = await asyncio.create_subprocess_exec(
-        str(bin_dir / "openapi-python-client"),
-        "generate",
-        "--path",
-        "openapi.json",
-        "--config",
-        str(CONFIG),
-        "--meta",
-        "none",
-        "--output-path",
-        PACKAGE,
+        str(bin_dir / program),
+        *args,
         cwd=into,
         # The generator formats its output with ruff, found on PATH.
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},

@@ -91,8 +91,14 @@ async def test_schemathesis_with_every_check_finds_nothing(
             "-m",
             "schemathesis.cli",
             *args,
-            cwd=REPO,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "NO_COLOR": "1"},
+            # Its cache (.schemathesis/) goes to the test's directory, not the repo.
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks",
+                "NO_COLOR": "1",
+            },
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
