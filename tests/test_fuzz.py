@@ -46,7 +46,6 @@ CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "410", "412", "429", "5xx"]
 """
-_SUMMARY = re.compile(r"^(API Operations|Test Phases|Test cases|Seed|Failures|Errors|=+ .* =+)")
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
@@ -106,8 +105,8 @@ async def test_schemathesis_with_every_check_finds_nothing(
     if os.environ.get("FUZZ_OUTPUT"):
         kept = Path(os.environ["FUZZ_OUTPUT"], f"schemathesis-{configuration}.txt")
         await asyncio.to_thread(kept.write_text, output)
-    summary = [line for line in output.splitlines() if _SUMMARY.match(line.strip())]
-    print(f"\nschemathesis, {configuration} server:\n" + "\n".join(summary))
+    summary = output[output.rfind("SUMMARY") :] if "SUMMARY" in output else output[-2000:]
+    print(f"\nschemathesis, {configuration} server:\n{summary}")
     assert process.returncode == 0, output
     assert "Failures:" not in output and " passed" in output, output
     # Every operation but the stream was tested, and the stateful phase followed links.
