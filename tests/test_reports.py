@@ -339,6 +339,13 @@ async def test_bad_report_parameters_are_422(
         {"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"},
         {"from": "9999-12-31T23:59:59Z"},
         {"to": "0001-01-02T00:00:00+01:00"},
+        # PostgreSQL takes offsets up to 15:59; RFC 3339 up to 23:59 (was a 422)
+        {"from": "0571-06-15T14:08:06.5573+19:35", "to": "0633-10-08T01:04:49.527Z"},
+        # past either end of Python's calendar, and RFC 3339's year 0000 and leap second
+        {"to": "0001-01-01T00:00:00+19:35"},
+        {"from": "9999-12-31T23:00:00-05:00"},
+        {"from": "0000-02-29T00:00:00Z", "to": "0001-01-01T00:00:00Z"},
+        {"from": "2016-12-31T23:59:60Z", "to": "2017-01-01T00:00:00Z"},
     ],
 )
 async def test_a_window_holding_no_instant_is_an_empty_report(

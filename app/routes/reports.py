@@ -10,7 +10,7 @@ from app.deps import DatabaseDep, known_parameters
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
 from app.queries import reports
-from app.schemas import Instant, MovementBucket, StockReport
+from app.schemas import EARLIEST, Instant, MovementBucket, StockReport
 from app.streaming import CopyStream
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
@@ -20,7 +20,6 @@ _OFFERED = (Format.JSON, Format.CSV)
 _CSV_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {Format.CSV.value: {}}}}
 # The movements report's window when the client names no `from`.
 DEFAULT_WINDOW = timedelta(days=30)
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 Accept = Annotated[str | None, Header(include_in_schema=False)]
 
@@ -82,7 +81,7 @@ async def movements_report(
     fmt = negotiate(accept, _OFFERED)
     end = to or datetime.now(UTC)
     # Near year 1 the default window starts at the earliest instant there is.
-    start = from_ or max(end, _EARLIEST + DEFAULT_WINDOW) - DEFAULT_WINDOW
+    start = from_ or max(end, EARLIEST + DEFAULT_WINDOW) - DEFAULT_WINDOW
     # A window with to <= from holds no movements: its report is empty, not an error, as
     # the OpenAPI document can say (no schema relates two parameters; issue 13).
     end = max(start, end)
