@@ -8,7 +8,7 @@ How a write endpoint uses it (POST /products does)::
 
     return await idempotency.run(
         operation, key=key, credential=credential, scope="POST /products",
-        request_hash=request_hash(canonical_json(body)),
+        request=(body,),
     )
 
 The contract of `operation`: it does all its database work on the connection it is given
@@ -61,10 +61,16 @@ def canonical_json(model: BaseModel) -> bytes:
     return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
 
 
-def request_hash(*parts: str | bytes) -> bytes:
+# What makes a request "the same request": text, bytes, or a validated body (canonical JSON).
+RequestPart = str | bytes | BaseModel
+
+
+def request_hash(*parts: RequestPart) -> bytes:
     """SHA-256 over the parts of a request that make it "the same request"."""
     digest = hashlib.sha256()
     for part in parts:
+        if isinstance(part, BaseModel):
+            part = canonical_json(part)
         data = part.encode() if isinstance(part, str) else part
         # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
         digest.update(len(data).to_bytes(8, "big"))
@@ -87,21 +93,24 @@ class Idempotency:
         key: str | None,
         credential: str,
         scope: str,
-        request_hash: bytes,
+        request: tuple[RequestPart, ...],
         bulk: bool = False,
     ) -> Response:
         """Run `operation` (see the module docstring) and return its response.
 
         Without a key: as Database.write runs it (a single statement, or with `bulk` a
         transaction in a bulk slot). With a key: at most once per (credential, scope, key)
-        within the TTL. Raises IdempotencyKeyReused, RequestInProgress.
+        within the TTL; `request` is hashed (request_hash) only then: a keyless write does
+        not pay for a digest it would never compare. Raises IdempotencyKeyReused,
+        RequestInProgress.
         """
         if key is None:
             return await self.db.write(operation, transaction=bulk, bulk=bulk)
         owner = f"{scope} {credential}".rstrip()
+        digest = request_hash(*request)
 
         async def keyed(conn: Connection) -> Response:
-            replay = await self._claim(conn, owner, key, request_hash)
+            replay = await self._claim(conn, owner, key, digest)
             if replay is not None:
                 return replay
             await keys.wait_as_usual(conn)

@@ -238,9 +238,14 @@ class BodyGuard:
     async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         response_started = False
+        body_done = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:
+                # Past the body, receive() only waits for the client to leave (a streamed
+                # export watches it for minutes): no deadline, or long exports were cut off.
+                return await receive()
             with anyio.move_on_after(self.timeout) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
@@ -249,6 +254,7 @@ class BodyGuard:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise PayloadTooLarge(limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import background, errors, openapi
+from app import background, errors, openapi, routes
 from app.access import Access, LoopbackOnly
 from app.config import Settings
 from app.database import open_database
@@ -16,7 +16,6 @@ from app.head import HeadAsGet
 from app.idempotency import Idempotency
 from app.limits import BodyGuard, SendDeadline
 from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
-from app.routes import router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_id=_request_id,
         count_database_error=lambda label: metrics.db_errors.labels(label).inc(),
     )
-    app.include_router(router)
+    routes.install(app, tokens=not access.open)
     openapi.install(
         app, secured=not access.open, loopback_only=access.open and not access.allow_open
     )

@@ -404,6 +404,42 @@ async def test_a_body_that_stops_arriving_is_cut_off_with_408(
     assert b"request_timeout" in b"".join(m.get("body", b"") for m in sent[1:])
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_response_outlasting_the_body_deadline_is_not_cut_off(method: str) -> None:
+    # A streamed response (an export) watches receive() for the client going away long
+    # after the body is complete: that wait is no body arriving late.
+    async def streams_while_watching(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        assert (await receive())["type"] == "http.disconnect"
+        await send({"type": "http.response.body", "body": b"done"})
+
+    messages: list[Message] = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.5)  # the client leaves after the deadline has passed
+        return {"type": "http.disconnect"}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    guard = BodyGuard(
+        streams_while_watching, json_max_bytes=100, import_max_bytes=1000, timeout=0.2,
+        retry_after=1,
+    )  # fmt: skip
+    path = "/products/import" if method == "POST" else "/products"
+    headers = [(b"content-type", b"text/csv")] if method == "POST" else []
+    await guard({"type": "http", "method": method, "path": path, "headers": headers}, receive, send)
+
+    assert sent[0]["status"] == 200
+    assert sent[-1]["body"] == b"done"
+
+
 async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline() -> None:
     async def endless(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -238,6 +238,21 @@ async def test_by_default_the_last_30_days(client: AsyncClient, db: Connection[A
     assert [(row["reason"], row["units"]) for row in body] == [("received", 2), ("sold", -4)]
 
 
+async def test_a_deleted_products_movements_still_count(client: AsyncClient) -> None:
+    # The ledger outlives its product (the change log keeps the delete): units sold before a
+    # product was withdrawn are still units sold that week.
+    assert (
+        await client.post("/products", json=product(sku="GONE-1", quantity=0))
+    ).status_code == 201
+    assert (await adjust(client, "GONE-1", 5)).status_code == 200
+    assert (await adjust(client, "GONE-1", -2, "sold")).status_code == 200
+    assert (await client.delete("/products/GONE-1")).status_code == 204
+
+    body = (await client.get("/reports/movements")).json()
+
+    assert sorted((row["reason"], row["units"]) for row in body) == [("received", 5), ("sold", -2)]
+
+
 async def test_reasons_come_alphabetically_within_a_bucket(
     client: AsyncClient, db: Connection[Any]
 ) -> None:

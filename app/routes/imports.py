@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, known_parameters
 from app.errors import UnsupportedMediaType
-from app.idempotency import request_hash
 from app.openapi import problems
 from app.queries import imports
 from app.schemas import ImportResult
@@ -92,8 +91,8 @@ async def import_products(
             scope="POST /products/import",
             # on_conflict is part of the request; left out for the default, so that keys
             # stored before the parameter existed still replay.
-            request_hash=request_hash(media_type, digest)
+            request=(media_type, digest)
             if on_conflict == "error"
-            else request_hash(media_type, on_conflict, digest),
+            else (media_type, on_conflict, digest),
             bulk=True,
         )

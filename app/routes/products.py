@@ -18,7 +18,6 @@ from app.deps import (
 )
 from app.errors import ProductNotFound, ValidationFailed
 from app.formats import FRAMINGS, Format, negotiate, render_page
-from app.idempotency import canonical_json, request_hash
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, invalid_cursor, next_link
@@ -91,7 +90,7 @@ async def create_product(
         key=idempotency_key,
         credential=credential,
         scope="POST /products",
-        request_hash=request_hash(canonical_json(body)),
+        request=(body,),
     )
 
 

@@ -5,7 +5,6 @@ from fastapi import APIRouter, Request, Response
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
 from app.errors import ProductNotFound
-from app.idempotency import canonical_json, request_hash
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
@@ -43,7 +42,7 @@ async def adjust_stock(
         key=idempotency_key,
         credential=credential,
         scope="POST /products/{sku}/adjustments",
-        request_hash=request_hash(sku.lower(), canonical_json(body)),
+        request=(sku.lower(), body),
     )
 
 

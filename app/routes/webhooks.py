@@ -22,7 +22,6 @@ from app.deps import (
     require_writer,
 )
 from app.errors import ValidationFailed, WebhookNotFound
-from app.idempotency import canonical_json, request_hash
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
@@ -82,7 +81,7 @@ async def create_webhook(
         key=idempotency_key,
         credential=credential,
         scope="POST /webhooks",
-        request_hash=request_hash(canonical_json(body)),
+        request=(body,),
     )
 
 
