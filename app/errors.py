@@ -13,10 +13,12 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, compile_path
 
 from app.rules import rule_for
 
@@ -96,6 +98,17 @@ class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
             f"Product '{sku}' has {available} in stock; cannot remove {-delta}.",
             available=available,
         )
+
+
+class StockLimitExceeded(ApiError, status=409, code="stock_limit_exceeded"):
+    """The mirror of InsufficientStock: the sum would pass the quantity's upper bound.
+
+    A conflict with the stock held, not bad input: the same delta suits a product with less
+    (so no schema can refuse it, and the OpenAPI document declares the 409).
+    """
+
+    def __init__(self, sku: str, *, limit: int, delta: int) -> None:
+        super().__init__(f"Product '{sku}' cannot hold {delta} more: at most {limit} in stock.")
 
 
 class ProductNotFound(ApiError, status=404, code="product_not_found"):
@@ -306,6 +319,24 @@ def from_http(exc: StarletteHTTPException) -> ApiError:
     return error
 
 
+def route_methods(routes: Sequence[BaseRoute], path: str) -> set[str]:
+    """The methods of the routes serving `path`, with HEAD wherever GET is (app.head).
+
+    As OpenAPI matches paths, a concrete one wins over a template: /products/import is
+    POST only, though /products/{sku} would also match it.
+    """
+    concrete: set[str] = set()
+    templated: set[str] = set()
+    for context in iter_route_contexts(routes):
+        if context.path and compile_path(context.path)[0].match(path):
+            found = templated if "{" in context.path else concrete
+            found |= context.methods or set()
+    methods = concrete or templated
+    if "GET" in methods:
+        methods.add("HEAD")
+    return methods
+
+
 def install(
     app: FastAPI,
     *,
@@ -325,6 +356,10 @@ def install(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only.
+            allowed = ", ".join(sorted(route_methods(request.app.routes, request.url.path)))
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
         return from_http(exc).response(retry_after=retry_after)
 
     async def database_error(request: Request, exc: Exception) -> Response:

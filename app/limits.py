@@ -10,13 +10,14 @@ parsed body is handed to the route (JsonRoute) so it is parsed once.
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from decimal import Decimal
 from typing import Any
 
 import anyio
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (
@@ -25,6 +26,7 @@ from app.errors import (
     RequestTimeout,
     UnsupportedMediaType,
     ValidationFailed,
+    route_methods,
 )
 
 # Methods whose bodies the API reads as JSON.
@@ -144,8 +146,10 @@ class BodyGuard:
         import_max_bytes: int,
         timeout: float,
         retry_after: int,
+        routes: Sequence[BaseRoute] | None = None,
     ) -> None:
         self.app = app
+        self.routes = routes
         self.json_max_bytes = json_max_bytes
         self.import_max_bytes = import_max_bytes
         self.timeout = timeout
@@ -178,6 +182,9 @@ class BodyGuard:
             await self._counted(scope, receive, send, limit)
             return
         if (length or chunked) and (content_type is None or not _is_json(content_type)):
+            if not self._served(scope):
+                await self._counted(scope, receive, send, limit)
+                return
             detail = (
                 "Send JSON: Content-Type application/json (UTF-8)."
                 if content_type is None
@@ -187,15 +194,29 @@ class BodyGuard:
             return
         try:
             body = await self._read(receive, limit)
-            parsed = parse_json(body) if body else None
         except ApiError as error:
             await self._refuse(error, scope, receive, send)
             return
         except _Disconnected:
             return  # nobody to answer
+        try:
+            parsed = parse_json(body) if body else None
+        except ApiError as error:
+            if self._served(scope):
+                await self._refuse(error, scope, receive, send)
+            else:
+                await self.app(scope, _replay(body, receive), send)
+            return
         if body:
             scope[_PARSED_KEY] = parsed
         await self.app(scope, _replay(body, receive), send)
+
+    def _served(self, scope: Scope) -> bool:
+        """Whether a route takes this method on this path: if not, the router's 405 (or
+        404) is the answer, whatever the body. Asked only before refusing a body."""
+        if self.routes is None:  # no router behind the guard: it decides alone
+            return True
+        return scope["method"] in route_methods(self.routes, scope["path"])
 
     async def _read(self, receive: Receive, limit: int) -> bytes:
         """The whole body, within the limit and the deadline (a JSON body is small)."""

@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         count_database_error=lambda label: metrics.db_errors.labels(label).inc(),
     )
     routes.install(app, tokens=not access.open)
-    openapi.install(app)
+    openapi.install(
+        app, secured=not access.open, loopback_only=access.open and not access.allow_open
+    )
     # Added first = innermost. BodyGuard answers 408/413/415/422 before a body is parsed
     # by anything else; LoopbackOnly refuses an open API's requests from the network;
     # HeadAsGet answers HEAD as GET; SendDeadline bounds every response write;
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_max_bytes=settings.import_max_bytes,
         timeout=settings.body_timeout_seconds,
         retry_after=settings.retry_after_seconds,
+        routes=app.router.routes,
     )
     if access.open and not access.allow_open:
         app.add_middleware(LoopbackOnly, retry_after=settings.retry_after_seconds)

@@ -20,6 +20,10 @@ NAME_MAX = 200
 # str.isspace(): the no-break spaces (U+00A0, U+2007, U+202F) are not in it.
 SPACE_CHARACTERS = "\t\n\v\f\r \u1680\u2000-\u2006\u2008-\u200a\u2028\u2029\u205f\u3000"
 NOT_BLANK = re.compile(f"[^{SPACE_CHARACTERS}]")
+# Text PostgreSQL can store holds no NUL (app.limits refuses one in any JSON string).
+STORABLE_TEXT_PATTERN = r"^[^\x00]*$"
+# A name as the OpenAPI document states it: storable, and not blank.
+NAME_PATTERN = rf"^[^\x00]*[^\x00{SPACE_CHARACTERS}][^\x00]*$"
 DESCRIPTION_MAX = 2000
 PRICE_MAX = Decimal("9999999999.99")
 PRICE_DECIMALS = 2
@@ -39,8 +43,10 @@ ALL_EVENTS = "*"
 WEBHOOK_URL_MAX = 2000
 WEBHOOK_SCHEMES = ("http", "https")
 WEBHOOK_DESCRIPTION_MAX = 500
-# Idempotency-Key (API.md): 1-255 printable ASCII characters.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+# Idempotency-Key (API.md): 1-255 printable ASCII characters. Neither the first nor the last
+# is a space: HTTP strips a field value's surrounding whitespace (RFC 9110 5.5), so such a
+# key would not arrive as sent.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"
 
 
 @dataclass(frozen=True)

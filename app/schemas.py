@@ -1,7 +1,7 @@
 """Request and response bodies: the contract's field rules, checked before the database."""
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from app.rules import (
     INT4_MAX,
     INT4_MIN,
     NAME_MAX,
+    NAME_PATTERN,
     NOT_BLANK,
     NOTE_MAX,
     PRICE_DECIMALS,
@@ -40,6 +41,13 @@ from app.rules import (
 )
 
 CENT = Decimal(1).scaleb(-PRICE_DECIMALS)
+# The strings _parse_price and _check_price accept, as a pattern for the OpenAPI document:
+# a zero with a sign, or up to 10 digits before the point (after any leading zeros) and up
+# to 2 decimals after it (then any trailing zeros). tests/test_openapi.py holds the two
+# to the same answers.
+PRICE_TEXT_PATTERN = (
+    rf"^(-?0+(\.0+)?|0*[0-9]{{1,{len(str(int(PRICE_MAX)))}}}(\.[0-9]{{1,{PRICE_DECIMALS}}}0*)?)$"
+)
 # A price sent as a string: plain ASCII decimal notation, nothing else.
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 
@@ -86,7 +94,8 @@ Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=NAME_MAX),
     AfterValidator(_not_blank),
-    Field(examples=["Blue mug"]),
+    # Documented only: the validators above decide (with Python's regex, not pydantic's).
+    Field(examples=["Blue mug"], json_schema_extra={"pattern": NAME_PATTERN}),
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX)]
 Price = Annotated[
@@ -97,8 +106,13 @@ Price = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "minimum": 0, "maximum": float(PRICE_MAX)},
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": float(PRICE_MAX),
+                    "multipleOf": float(CENT),
+                },
+                {"type": "string", "pattern": PRICE_TEXT_PATTERN},
             ]
         }
     ),
@@ -107,9 +121,26 @@ Price = Annotated[
         examples=["19.99"],
     ),
 ]
-Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX)]
+
+
+def _integral(value: Any) -> Any:
+    # JSON, and JSON Schema's "integer", do not tell 5 from 5.0 (or 5e0): a number with no
+    # fraction is an integer. It arrives as a Decimal (app.limits); past bigint it stays
+    # one, and is refused, without a long conversion.
+    if (
+        isinstance(value, Decimal)
+        and value.is_finite()
+        and abs(value) <= 2**63
+        and value == value.to_integral_value()
+    ):
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX), Integral]
 # Low on stock at or below it (API.md); null: never low.
-ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX)]
+ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX), Integral]
 
 
 class ProductCreate(BaseModel):
@@ -224,11 +255,20 @@ class AdjustmentCreate(BaseModel):
 
     delta: Annotated[
         int,
-        Field(ge=INT4_MIN, le=INT4_MAX, examples=[5, -1]),
+        Field(ge=INT4_MIN, le=INT4_MAX, examples=[5, -1], json_schema_extra={"not": {"const": 0}}),
+        Integral,
         AfterValidator(_non_zero),
     ]
     reason: Reason
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
+
+
+class ImportResult(BaseModel):
+    """The answer to POST /products/import: how many products each row did what to."""
+
+    created: int
+    updated: int
+    unchanged: int
 
 
 class MovementRead(BaseModel):
@@ -246,16 +286,37 @@ class MovementRead(BaseModel):
 
 # RFC 3339 section 5.6 date-time: a full date, a time, and an offset (Z or +hh:mm), nothing
 # less. In a URL a `+` must be sent as %2B (a bare one reads as a space).
+_LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}):60")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
 
 
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def _parse_instant(value: Any) -> datetime:
+    """An RFC 3339 date-time as a UTC datetime: every one the format allows is taken.
+
+    PostgreSQL takes offsets up to 15:59 only, so the instant goes to it in UTC. Python's
+    calendar ends before RFC 3339's does (year 0000, offsets reaching past 0001 or 9999):
+    such an instant reads as the calendar's nearest end, which no stored time is beyond.
+    A leap second (:60) reads as the second before it.
+    """
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise ValueError("must be an RFC 3339 date-time such as 2026-11-01T00:00:00Z")
+    text = _LEAP_SECOND.sub(r"\1:59", value.upper().replace("Z", "+00:00").replace(" ", "T"))
+    # Year 0000 is checked as 0004, a leap year as 0000 is.
+    year_zero = text.startswith("0000")
     try:
-        return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat("0004" + text[4:] if year_zero else text)
     except ValueError:
         raise ValueError("is not a valid date-time") from None
+    if year_zero:
+        return EARLIEST
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if parsed.year == 1 else LATEST
 
 
 Instant = Annotated[
@@ -320,6 +381,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+# http or https (any case), then no space or control character.
+WEBHOOK_URL_PATTERN = (
+    "^(?:"
+    + "|".join("".join(f"[{c.upper()}{c}]" for c in scheme) for scheme in WEBHOOK_SCHEMES)
+    + r")://[^\x00-\x20\s]+$"
+)
+
+
 def _unique(events: list[str]) -> list[str]:
     return list(dict.fromkeys(events))
 
@@ -333,7 +402,13 @@ class WebhookCreate(BaseModel):
         str,
         StringConstraints(max_length=WEBHOOK_URL_MAX),
         AfterValidator(_http_url),
-        Field(examples=["https://example.com/hooks/inventory"]),
+        Field(
+            description="http or https; its host must resolve, to a public address unless "
+            "INVENTORY_WEBHOOK_ALLOW_PRIVATE=1 (422 otherwise)",
+            examples=["https://example.com/hooks/inventory"],
+            # Documented only; _http_url decides.
+            json_schema_extra={"format": "uri", "pattern": WEBHOOK_URL_PATTERN},
+        ),
     ]
     events: Annotated[
         list[Literal["*", EventType]],

@@ -72,8 +72,12 @@ async def resolve(url: str, *, allow_private: bool) -> list[Target]:
     any of its addresses is not public (one private answer among public ones is enough:
     which one a client would use is not ours to guess).
     """
-    parsed = httpx.URL(url)
-    host = parsed.raw_host.decode("ascii").strip("[]")
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii").strip("[]")
+    except (httpx.InvalidURL, UnicodeError):
+        # A host IDNA cannot encode (httpx raises InvalidURL) names nothing that resolves.
+        raise AddressRefused("the host is not a valid name") from None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     addresses = await _addresses(host, port)
     if not allow_private:

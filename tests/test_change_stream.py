@@ -180,9 +180,12 @@ async def test_an_expired_cursor_is_410_before_the_stream_starts(
 
     expired = await client.get("/changes/stream", headers={"Last-Event-ID": "1"})
     malformed = await client.get("/changes/stream", headers={"Last-Event-ID": "x1"})
+    # A digit to str.isdigit(), not to int(): it was a 500.
+    superscript = await client.get("/changes/stream", headers={"Last-Event-ID": b"\xb2"})
 
     assert_problem(expired, 410, "cursor_expired")
     assert_problem(malformed, 422, "validation_failed")
+    assert_problem(superscript, 422, "validation_failed")
 
 
 async def test_head_answers_at_once_without_a_stream(settings: Settings) -> None:

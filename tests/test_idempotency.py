@@ -174,7 +174,16 @@ async def test_a_create_key_reused_with_another_product_is_422(
 
 @pytest.mark.parametrize(
     "key",
-    [b"", b"k" * 256, b"tab\there", b"bell\x07", b"del\x7f", "caf\u00e9".encode("latin-1")],
+    [
+        b"",
+        b"k" * 256,
+        b"tab\there",
+        b"bell\x07",
+        b"del\x7f",
+        "caf\u00e9".encode("latin-1"),
+        b" leading-space",
+        b"trailing-space ",
+    ],
 )
 async def test_invalid_keys_are_422_validation_failed(
     client: AsyncClient, db: Connection[Any], key: bytes

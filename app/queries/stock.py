@@ -6,7 +6,7 @@ from psycopg import AsyncConnection, errors
 from sqlalchemy import BindParameter, bindparam, insert, select, true, update
 
 from app.database import compile_once
-from app.errors import InsufficientStock, ProductNotFound, ValidationFailed
+from app.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
 from app.models import Product, StockMovement
 from app.queries.common import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
 from app.queries.products import ProductJson, quantity_of
@@ -67,7 +67,7 @@ async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCrea
     """Add `delta` to the quantity and record the movement, atomically; return the product.
 
     Raises ProductNotFound; InsufficientStock (with `available`) when the quantity would go
-    below zero, nothing changed; ValidationFailed when it would pass the integer range.
+    below zero, nothing changed; StockLimitExceeded when it would pass the integer range.
     """
     params = _ADJUST.params(sku=sku, **adjustment.model_dump())
     # Stock that was short can arrive between the failed UPDATE and the look at the current
@@ -77,11 +77,7 @@ async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCrea
         try:
             row = await (await conn.execute(_ADJUST.sql, params)).fetchone()
         except errors.NumericValueOutOfRange:
-            raise ValidationFailed.field(
-                "delta",
-                f"would take quantity above {QUANTITY_MAX}",
-                f"The adjustment would take the quantity above {QUANTITY_MAX}.",
-            ) from None
+            raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=adjustment.delta) from None
         if row is not None:
             return ProductJson(*row)
         current = await quantity_of(conn, sku=sku)

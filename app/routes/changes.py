@@ -1,5 +1,6 @@
 """/changes: the change log, page by page or as a live stream of server-sent events."""
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -20,6 +21,9 @@ from app.schemas import ChangeRead
 router = APIRouter(tags=["changes"], responses=problems(503))
 
 SEQ_MAX = 2**63 - 1
+# A seq as Last-Event-ID carries it: decimal digits, at most as many as SEQ_MAX has.
+SEQ_PATTERN = rf"^[0-9]{{1,{len(str(SEQ_MAX))}}}$"
+_SEQ = re.compile(SEQ_PATTERN)
 # Events per database read while a stream catches up from an old cursor.
 STREAM_BATCH = 500
 # How long a client waits before reconnecting after the stream ends (the SSE `retry:`).
@@ -42,6 +46,7 @@ def _expired(page: changes.Page, after: int | None) -> None:
 
 @router.get(
     "/changes",
+    operation_id="listChanges",
     response_model=list[ChangeRead],
     responses=problems(410, 422),
     summary="Every change to a product, oldest first; follow `after` to see each exactly once",
@@ -66,13 +71,15 @@ async def list_changes(
 def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
     if last_event_id is None:
         return after
-    if not last_event_id.isdigit() or int(last_event_id) > SEQ_MAX:
+    # Not str.isdigit(): it takes "²", which int() then refuses.
+    if not _SEQ.match(last_event_id) or int(last_event_id) > SEQ_MAX:
         raise ValidationFailed.field("Last-Event-ID", "must be the seq of an event")
     return int(last_event_id)
 
 
 @router.get(
     "/changes/stream",
+    operation_id="streamChanges",
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Events as they happen"},
@@ -88,7 +95,13 @@ async def stream_changes(
     metrics: MetricsDep,
     after: ChangeCursor = None,
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", description="Sent by EventSource on reconnect")
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Sent by EventSource on reconnect: the seq of the last event seen",
+            # Documented only: _resume_point decides (and names the header in its 422).
+            json_schema_extra={"pattern": SEQ_PATTERN},
+        ),
     ] = None,
 ) -> EventSourceResponse:
     start = _resume_point(last_event_id, after)

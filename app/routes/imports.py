@@ -12,6 +12,7 @@ from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, kn
 from app.errors import UnsupportedMediaType
 from app.openapi import problems
 from app.queries import imports
+from app.schemas import ImportResult
 
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
 
@@ -32,7 +33,9 @@ def _media_type(content_type: str | None) -> str:
 
 @router.post(
     "/import",
+    operation_id="importProducts",
     status_code=201,
+    response_model=ImportResult,
     dependencies=[Depends(known_parameters("on_conflict"))],
     responses=problems(409, 413, 415, 422),
     summary="Add or update many products from CSV or NDJSON: all or nothing",
@@ -40,8 +43,10 @@ def _media_type(content_type: str | None) -> str:
         "requestBody": {
             "required": True,
             "content": {
-                imports.CSV: {"schema": {"type": "string"}},
-                imports.NDJSON: {"schema": {"type": "string"}},
+                # binary: generators then give the method a file or bytes parameter,
+                # and the server streams it all the same.
+                imports.CSV: {"schema": {"type": "string", "format": "binary"}},
+                imports.NDJSON: {"schema": {"type": "string", "format": "binary"}},
             },
         }
     },

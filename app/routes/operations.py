@@ -13,13 +13,14 @@ from app.queries import health
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", operation_id="checkHealth", summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get(
     "/readyz",
+    operation_id="checkReadiness",
     summary="Readiness: the database answers and the schema is in place",
     responses=problems(503),
 )
@@ -37,6 +38,7 @@ async def readyz(db: DatabaseDep, reads: ReadsDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics: requests, latencies, pool, database errors, webhooks, streams",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},

@@ -70,6 +70,7 @@ def _json(
 
 @router.post(
     "",
+    operation_id="createProduct",
     status_code=201,
     response_model=ProductRead,
     responses=problems(409, 422),
@@ -130,6 +131,7 @@ def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
 
 @router.get(
     "",
+    operation_id="listProducts",
     response_model=list[ProductRead],
     responses={
         **problems(406, 422),
@@ -182,6 +184,7 @@ async def list_products(
 
 @router.get(
     "/{sku}",
+    operation_id="getProduct",
     response_model=ProductRead,
     responses={**problems(404), 304: {"description": "Not modified: your ETag is current"}},
     summary="Look up one product by SKU, ignoring case",
@@ -199,6 +202,7 @@ async def get_product(
 
 @router.patch(
     "/{sku}",
+    operation_id="updateProduct",
     response_model=ProductRead,
     responses=problems(404, 412, 422),
     summary="Change name, description, price or reorder point (JSON merge patch)",
@@ -214,6 +218,7 @@ async def patch_product(
 
 @router.delete(
     "/{sku}",
+    operation_id="deleteProduct",
     status_code=204,
     responses=problems(404, 412),
     summary="Delete a product",

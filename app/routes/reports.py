@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Response
 
 from app.deps import ReadsDep, known_parameters
-from app.errors import ValidationFailed
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
 from app.queries import reports
-from app.schemas import Instant, MovementBucket, StockReport
+from app.schemas import EARLIEST, Instant, MovementBucket, StockReport
 from app.streaming import CopyStream
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
@@ -32,6 +31,7 @@ def _rfc3339(at: datetime) -> str:
 
 @router.get(
     "/stock",
+    operation_id="stockReport",
     response_model=StockReport,
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
@@ -57,6 +57,7 @@ async def stock_report(reads: ReadsDep, accept: Accept = None) -> Response:
 
 @router.get(
     "/movements",
+    operation_id="movementReport",
     response_model=list[MovementBucket],
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="Stock movements summed by day, week or month (UTC) and reason",
@@ -79,11 +80,11 @@ async def movements_report(
 ) -> Response:
     fmt = negotiate(accept, _OFFERED)
     end = to or datetime.now(UTC)
-    start = from_ or end - DEFAULT_WINDOW
-    if start >= end:
-        raise ValidationFailed.field(
-            "to", "must be later than from", "The report's window is empty: to <= from."
-        )
+    # Near year 1 the default window starts at the earliest instant there is.
+    start = from_ or max(end, EARLIEST + DEFAULT_WINDOW) - DEFAULT_WINDOW
+    # A window with to <= from holds no movements: its report is empty, not an error, as
+    # the OpenAPI document can say (no schema relates two parameters; issue 13).
+    end = max(start, end)
     copy, params = reports.movements_report(
         csv=fmt is Format.CSV, from_at=start, to_at=end, bucket=bucket
     )

@@ -19,6 +19,7 @@ router = APIRouter(
 
 @router.post(
     "/{sku}/adjustments",
+    operation_id="adjustStock",
     response_model=ProductRead,
     responses=problems(404, 409, 422),
     summary="Add or remove stock; records a movement (never below zero)",
@@ -47,6 +48,7 @@ async def adjust_stock(
 
 @router.get(
     "/{sku}/movements",
+    operation_id="listMovements",
     response_model=list[MovementRead],
     responses=problems(404, 422),
     summary="The product's stock movements, oldest first",

@@ -47,6 +47,7 @@ def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = No
 
 @router.post(
     "",
+    operation_id="createWebhook",
     status_code=201,
     response_model=WebhookCreated,
     responses=problems(422),
@@ -86,6 +87,7 @@ async def create_webhook(
 
 @router.get(
     "",
+    operation_id="listWebhooks",
     response_model=list[WebhookRead],
     responses=problems(422),
     summary="Every subscription (no secrets)",
@@ -97,6 +99,7 @@ async def list_webhooks(db: DatabaseDep) -> Response:
 
 @router.get(
     "/{id}",
+    operation_id="getWebhook",
     response_model=WebhookRead,
     responses=problems(404, 422),
     summary="One subscription (no secret)",
@@ -111,6 +114,7 @@ async def get_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
 
 @router.delete(
     "/{id}",
+    operation_id="deleteWebhook",
     status_code=204,
     responses=problems(404, 422),
     summary="Unsubscribe: pending deliveries and the delivery log go with it",
@@ -124,6 +128,7 @@ async def delete_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
 
 @router.get(
     "/{id}/deliveries",
+    operation_id="listDeliveries",
     response_model=list[DeliveryRead],
     responses=problems(404, 422),
     summary="Delivery attempts, newest first; with limit, pages linked by Link",
