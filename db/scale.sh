@@ -130,9 +130,12 @@ cmd_start() {
       # As root, it runs as the same unprivileged user as PostgreSQL and PgBouncer.
       local -a runner=()
       ((IS_ROOT)) && runner=(runuser -u postgres --)
-      INVENTORY_LB_BIND=127.0.0.1:$LB_PORT INVENTORY_API_1=127.0.0.1:$API_PORT \
-        INVENTORY_API_2=127.0.0.1:$API2_PORT \
-        ${runner[@]+"${runner[@]}"} "$HAPROXY" -D -p "$DIR/haproxy/haproxy.pid" -f "$DIR/haproxy/haproxy.cfg" ||
+      # From its own directory: HAProxy returns to its starting directory after reading the
+      # configuration, and the caller's (a root-only checkout, as in CI) may be closed to it.
+      (cd "$DIR/haproxy" &&
+        INVENTORY_LB_BIND=127.0.0.1:$LB_PORT INVENTORY_API_1=127.0.0.1:$API_PORT \
+          INVENTORY_API_2=127.0.0.1:$API2_PORT \
+          ${runner[@]+"${runner[@]}"} "$HAPROXY" -D -p "$DIR/haproxy/haproxy.pid" -f "$DIR/haproxy/haproxy.cfg") ||
         die "HAProxy did not start"
     fi
     url=http://127.0.0.1:$LB_PORT
