@@ -64,6 +64,12 @@ sha256() {
 # pip runs only when the files changed since the last install: a stamp in .venv holds their hash.
 ensure_venv() {
   local req=$1 hash stamp
+  # A .venv that is a link, or whose interpreter does not run here (made on another machine,
+  # or its Python removed), cannot be repaired in place: python3 -m venv refuses "File exists".
+  if [[ -L $VENV ]] || { [[ -e $VENV ]] && ! "$VENV/bin/python" -c '' >/dev/null 2>&1; }; then
+    say "removing .venv: it $( [[ -L $VENV ]] && echo "is a link to $(readlink "$VENV")" || echo "does not run here"); rebuilding it"
+    rm -rf -- "$VENV"
+  fi
   if [[ ! -x $VENV/bin/python ]]; then
     command -v python3 >/dev/null 2>&1 || die "python3 not found: install Python 3.11 or newer"
     python_ok python3 || die "Python 3.11 or newer is needed; python3 is $(python3 -V 2>&1)"
