@@ -143,7 +143,8 @@ class Layout:
                     f"  {kept.parent} belongs to {owner}, which no longer exists; left alone "
                     f"(to delete it: INVENTORY_DATA_DIR={owner} db/cluster.sh destroy --yes)"
                 )
-        log.warning("\n".join(lines))
+        for line in lines:
+            log.warning("%s", line)
 
     def _first_blocked(self, server: OsUser) -> Path | None:
         """The first directory on the way to the data dir that the server's user cannot enter."""
