@@ -99,8 +99,8 @@ def install_server(environ: Mapping[str, str]) -> Path:
     log.info("PostgreSQL server not found; installing it: apt-get install postgresql")
     env = {**environ, "DEBIAN_FRONTEND": "noninteractive"}
     what = "apt-get install postgresql"
-    run([apt_get, "update", "-q"], what=what, env=env)
-    run([apt_get, "install", "-y", "-q", "postgresql"], what=what, env=env)
+    run([apt_get, "update", "-q"], what=what, env=env, stream=True)
+    run([apt_get, "install", "-y", "-q", "postgresql"], what=what, env=env, stream=True)
     bindir = find_bindir(environ)
     if bindir is None:
         raise missing_server(_NOT_INSTALLED, installing=True)

@@ -14,13 +14,16 @@ def run(
     env: Mapping[str, str] | None = None,
     input: str | None = None,
     echo: bool = True,
+    stream: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run `argv` to completion from `/`, with stdin closed (or fed `input`).
 
     Its stdout and stderr, merged, are returned and (with `echo`) written to our stderr:
     never to our stdout, which carries the command line's answer. With `what`, a non-zero
-    exit raises ClusterError naming `what` and quoting the output's last lines. Only fds
-    0-2 are passed on, so a server the command leaves running holds nothing of ours.
+    exit raises ClusterError naming `what` and quoting the output's last lines. With
+    `stream`, the output goes straight to our stderr as it comes (a long apt-get) and is not
+    returned. Only fds 0-2 are passed on, so a server the command leaves running holds
+    nothing of ours.
     """
     done = subprocess.run(
         list(argv),
@@ -28,17 +31,19 @@ def run(
         env=None if env is None else dict(env),
         input=input,
         stdin=subprocess.DEVNULL if input is None else None,
-        stdout=subprocess.PIPE,
+        stdout=2 if stream else subprocess.PIPE,  # 2: our stderr, whatever sys.stderr is
         stderr=subprocess.STDOUT,
         text=True,
         errors="replace",
         check=False,
     )
-    if echo and done.stdout:
-        sys.stderr.write(done.stdout)
+    output = done.stdout or ""
+    if echo and output:
+        sys.stderr.write(output)
         sys.stderr.flush()
     if what is not None and done.returncode != 0:
-        raise ClusterError(f"{what} failed (exit {done.returncode}): {tail(done.stdout)}")
+        said = "see above" if stream else tail(output)
+        raise ClusterError(f"{what} failed (exit {done.returncode}): {said}")
     return done
 
 
