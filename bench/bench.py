@@ -1,6 +1,6 @@
 """The Inventory API against its ceilings, side by side in one run (see README "Performance").
 
-Starts a throwaway PostgreSQL cluster (db/cluster.sh, temp dir, free port) and the service as
+Starts a throwaway PostgreSQL cluster (app.cluster, temp dir, free port) and the service as
 recommended for production on 2 cores (uvicorn, 2 workers, uvloop + httptools), loads
 products, then measures:
   - HTTP (wrk): POST /products, GET /products/{sku}, GET /products?limit=50 and the framework
@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from app.cluster import Cluster  # noqa: E402
 from app.queries import listing, products  # noqa: E402
 
 BENCH = REPO / "bench"
@@ -60,25 +61,15 @@ def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def cluster(tmp: Path) -> Iterator[dict[str, str]]:
-    env = {
-        **os.environ,
-        "INVENTORY_DATA_DIR": str(tmp / "db"),
-        "INVENTORY_PG_PORT": str(free_port()),
-    }
-    env.pop("INVENTORY_PG_FAST", None)  # production settings: fsync and synchronous commit on
+    """A throwaway cluster with production settings (fsync and synchronous commit on):
+    DATABASE_URL (the service role) and ADMIN_DATABASE_URL (the superuser's socket URL,
+    for psql and the loaders)."""
+    db = Cluster(tmp / "db", port=free_port())
     try:
-        out = run(
-            ["bash", str(REPO / "db" / "cluster.sh"), "start"], env=env, stdout=subprocess.PIPE
-        )
-        urls = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-        # The superuser has no password: a unix-socket URL, for psql and the loaders.
-        admin = run(
-            ["bash", str(REPO / "db" / "cluster.sh"), "admin-url"], env=env, stdout=subprocess.PIPE
-        )
-        urls["ADMIN_DATABASE_URL"] = admin.stdout.strip()
+        urls = {"DATABASE_URL": db.start(), "ADMIN_DATABASE_URL": db.admin_url()}
         yield urls
     finally:
-        subprocess.run(["bash", str(REPO / "db" / "cluster.sh"), "stop"], env=env, check=False)
+        db.stop()
 
 
 @contextmanager
@@ -576,7 +567,7 @@ def main() -> None:
     # Ctrl-C and SIGTERM unwind through every finally: servers and cluster stop.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     tmp = Path(tempfile.mkdtemp(prefix="inventory-bench-"))
-    tmp.chmod(0o755)  # the postgres OS user (db/cluster.sh as root) keeps the cluster in here
+    tmp.chmod(0o755)  # the postgres OS user (the server, as root) keeps the cluster in here
     results: dict[str, Any] = {
         "rows": args.rows,
         "duration_s": args.duration,

@@ -19,8 +19,8 @@
 # Environment: INVENTORY_SCALE_DIR (default <repo>/.scale: clusters, logs, pid files);
 # ports INVENTORY_SCALE_PORT (HAProxy, 8080), INVENTORY_SCALE_PG_PORT (primary, 54330),
 # INVENTORY_SCALE_REPLICA_PORT (the next), INVENTORY_SCALE_BOUNCER_PORT (6433),
-# INVENTORY_SCALE_API_PORT (instance 1, 8001), INVENTORY_SCALE_API2_PORT (the next). Everything else (INVENTORY_API_TOKENS, ...)
-# goes to both instances as it is.
+# INVENTORY_SCALE_API_PORT (instance 1, 8001), INVENTORY_SCALE_API2_PORT (the next).
+# Everything else (INVENTORY_API_TOKENS, ...) goes to both instances as it is.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -31,7 +31,7 @@ PG_PORT=${INVENTORY_SCALE_PG_PORT:-54330}
 REPLICA_PORT=${INVENTORY_SCALE_REPLICA_PORT:-$((PG_PORT + 1))}
 BOUNCER_PORT=${INVENTORY_SCALE_BOUNCER_PORT:-6433}
 API_PORT=${INVENTORY_SCALE_API_PORT:-8001}
-API2_PORT=${INVENTORY_SCALE_API2_PORT:-$API2_PORT}
+API2_PORT=${INVENTORY_SCALE_API2_PORT:-$((API_PORT + 1))}
 UVICORN=$REPO/.venv/bin/uvicorn
 IS_ROOT=0
 [[ $(id -u) -eq 0 ]] && IS_ROOT=1
@@ -78,14 +78,17 @@ urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; then return 0;
   die "$2 did not become ready at $1 within 30 s"
 }
 
-start_api() { # start_api <n> <port> <env...>
+start_api() { # start_api <n> <port> <NAME=value...>
   local n=$1 port=$2 pidfile=$DIR/api-$1.pid
   shift 2
   if alive "$pidfile"; then say "API instance $n already running (pid $(cat "$pidfile"))"; return 0; fi
   say "starting API instance $n on 127.0.0.1:$port (log: $DIR/api-$n.log)"
+  # The settings hold the service role's password: exported in the subshell (export is a
+  # builtin), never arguments of a command, which every local user could read in ps.
   # setsid: the instance outlives this script (and its terminal) and is stopped by its pid
   # file; exec keeps the pid the subshell's.
-  (cd "$REPO" && exec env "$@" setsid "$UVICORN" app.main:app --host 127.0.0.1 --port "$port" \
+  # shellcheck disable=SC2163 # "$@" holds NAME=value words, each exported as it is
+  (cd "$REPO" && export "$@" && exec setsid "$UVICORN" app.main:app --host 127.0.0.1 --port "$port" \
     --timeout-graceful-shutdown 20 --no-access-log </dev/null >>"$DIR/api-$n.log" 2>&1) &
   echo $! >"$pidfile"
 }

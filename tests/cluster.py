@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL clusters for tests, run by db/cluster.sh (which handles root)."""
+"""Throwaway PostgreSQL clusters for tests, run by the cluster manager (app.cluster)."""
 
 import os
 import shutil
@@ -12,6 +12,10 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
+from app.cluster import Cluster as Manager
+from app.cluster import DeployFiles
+from app.cluster.binaries import server_bindir
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "db" / "cluster.sh"
 
@@ -23,11 +27,27 @@ def free_port() -> int:
 
 
 def new_data_dir(prefix: str = "inventory-test-") -> Path:
-    """A temp dir the postgres OS user can traverse (mkdtemp makes 0700), so that
-    db/cluster.sh run as root keeps the cluster in it instead of relocating it."""
+    """A temp dir the postgres OS user can traverse (mkdtemp makes 0700), so that the
+    manager run as root keeps the cluster in it instead of relocating it."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o711)
     return path
+
+
+def make_checkout(root: Path, files: dict[str, str] | None = None) -> Path:
+    """A copy of the deploy files and the cluster manager in the repository's layout: its
+    schema can be changed without touching the real one. `files` gives other contents (e.g.
+    an older release)."""
+    manager = [str(p.relative_to(REPO)) for p in (REPO / "app" / "cluster").glob("*.py")]
+    (root / "app" / "cluster").mkdir(parents=True)
+    (root / "db").mkdir()
+    for name in (
+        "db/cluster.sh", "db/migrate.sh", "db/roles.sql", "schema.sql", "app/__init__.py",
+        *manager,
+    ):  # fmt: skip
+        text = files[name] if files and name in files else (REPO / name).read_text()
+        (root / name).write_text(text)
+    return root
 
 
 @dataclass
@@ -35,7 +55,8 @@ class Cluster:
     """A private cluster; its attributes are what pytest-postgresql's depends_on reads.
 
     `host` is the directory of the superuser's unix socket (the superuser has no password
-    and no TCP access); the service role connects over TCP on `app_host`.
+    and no TCP access); the service role connects over TCP on `app_host`. `script` is the
+    command line of the checkout it runs from (a copied checkout in tests/test_deploy.py).
     """
 
     data_dir: Path
@@ -51,7 +72,13 @@ class Cluster:
     template_dbname: str | None = None
     script: Path = CLUSTER_SCRIPT
 
+    @property
+    def manager(self) -> Manager:
+        files = DeployFiles(self.script.parent.parent)
+        return Manager(self.data_dir, port=self.port, fast=True, files=files)
+
     def env(self) -> dict[str, str]:
+        """The environment that makes the command line (`script`) mean this cluster."""
         return {
             **os.environ,
             "INVENTORY_DATA_DIR": str(self.data_dir),
@@ -60,6 +87,7 @@ class Cluster:
         }
 
     def run(self, *args: str, timeout: float = 180) -> str:
+        """The command line with `args`: its stdout (stderr passes through)."""
         done = subprocess.run(
             ["bash", str(self.script), *args],
             env=self.env(),
@@ -72,27 +100,24 @@ class Cluster:
         return done.stdout
 
     def start(self) -> None:
-        self._started(self.run("start"))
+        self._started(self.manager.start())
 
     def start_replica_of(self, primary: "Cluster") -> None:
         """Make this a streaming replica of the running `primary` (pg_basebackup -R), or
         start it again when it already is one."""
-        self._started(self.run("replica", str(primary.data_dir)))
+        self._started(self.manager.replica(primary.data_dir))
 
-    def _started(self, output: str) -> None:
-        for line in output.splitlines():
-            key, _, value = line.partition("=")
-            if key == "DATABASE_URL":
-                url = urlsplit(value)
-                self.app_user, self.app_password = url.username or "", url.password or ""
-        admin = urlsplit(self.run("admin-url").strip())
+    def _started(self, database_url: str) -> None:
+        url = urlsplit(database_url)
+        self.app_user, self.app_password = url.username or "", url.password or ""
+        admin = urlsplit(self.manager.admin_url())
         self.host = parse_qs(admin.query)["host"][0]
 
     def stop(self) -> None:
-        self.run("stop")
+        self.manager.stop()
 
     def destroy(self) -> None:
-        self.run("destroy", "--yes")
+        self.manager.destroy()
 
     def app_dsn(self, dbname: str) -> str:
         """The service role's URL for one database of this cluster."""
@@ -110,7 +135,7 @@ def new_cluster() -> Cluster:
 
 
 def remove_cluster(cluster: Cluster) -> None:
-    """Stops and deletes this cluster only (db/cluster.sh destroy), then its temp dir."""
+    """Stops and deletes this cluster only, then its temp dir."""
     try:
         cluster.destroy()
     finally:
@@ -120,10 +145,7 @@ def remove_cluster(cluster: Cluster) -> None:
 @cache
 def psql_path() -> Path:
     """The psql of the PostgreSQL the clusters run (Debian keeps it beside the server)."""
-    bindir = subprocess.run(
-        ["bash", str(CLUSTER_SCRIPT), "bindir"], stdout=subprocess.PIPE, text=True, check=True
-    ).stdout.strip()
-    return Path(bindir) / "psql"
+    return server_bindir(os.environ) / "psql"
 
 
 def psql(dsn: str, *args: str, stdin: str | None = None) -> str:

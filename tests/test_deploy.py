@@ -1,4 +1,5 @@
-"""Deploying: db/cluster.sh, db/migrate.sh, ./run.sh and compose, on real clusters and processes."""
+"""Deploying: the cluster manager's command line (db/cluster.sh), db/migrate.sh, ./run.sh and
+compose, on real clusters and processes."""
 
 import hashlib
 import os
@@ -28,6 +29,7 @@ from tests.cluster import (
     REPO,
     Cluster,
     free_port,
+    make_checkout,
     new_data_dir,
     remove_cluster,
 )
@@ -66,17 +68,6 @@ def git_show(path: str) -> str:
             f"export?): {done.stderr.strip()}"
         )
     return done.stdout
-
-
-def make_checkout(root: Path, files: dict[str, str] | None = None) -> Path:
-    """A copy of the deploy files in the repository's layout: its schema can be changed
-    without touching the real one. `files` gives other contents (e.g. an older release)."""
-    root.mkdir(parents=True)
-    (root / "db").mkdir()
-    for name in ("db/cluster.sh", "db/migrate.sh", "db/roles.sql", "schema.sql"):
-        text = files[name] if files and name in files else (REPO / name).read_text()
-        (root / name).write_text(text)
-    return root
 
 
 @pytest.fixture
@@ -398,8 +389,8 @@ async def test_the_embedded_path_gives_the_app_the_service_role_only(
 
 @pytest.mark.slow
 def test_the_lifespan_under_uvloop_returns_once_the_cluster_runs(tmp_path: Path) -> None:
-    """uvicorn's workers run uvloop, whose subprocesses inherit descriptors beyond 0-2; a
-    server that kept one of them would keep the worker waiting for the script's output."""
+    """uvicorn's workers run uvloop; the cluster is started from a worker thread of its
+    loop, and the server it leaves running must hold none of the worker's descriptors."""
     pytest.importorskip("uvloop", reason="uvicorn[standard] brings uvloop")
     data_dir = new_data_dir()
     env = {**os.environ, "INVENTORY_PG_PORT": str(free_port()), "INVENTORY_PG_FAST": "1"}
