@@ -164,3 +164,21 @@ def test_ctrl_c_leaves_a_database_that_ran_before_and_says_so(
 
     assert checkout.run("stop").returncode == 0
     assert checkout.cluster("status").returncode == 3
+
+
+def test_status_and_stop_cover_a_scale_topology_left_on_disk(
+    checkout: Checkout, tmp_path: Path
+) -> None:
+    # ./run.sh scale's state directory, with every port left at its default (the second
+    # instance's included: its default once named an unset variable).
+    checkout.env["INVENTORY_SCALE_DIR"] = str(tmp_path / "scale")
+    (tmp_path / "scale").mkdir()
+    for key in [k for k in checkout.env if k.startswith("INVENTORY_SCALE_") and "DIR" not in k]:
+        del checkout.env[key]
+
+    status = checkout.run("status")
+    assert status.returncode == 3, status.stderr
+    assert "scale topology (./run.sh scale):" in status.stdout
+    assert "API instance 2: not running" in status.stdout
+    stopped = checkout.run("stop")
+    assert stopped.returncode == 0, stopped.stderr
