@@ -18,7 +18,7 @@ COPY schema.sql .
 
 USER inventory
 EXPOSE 8000
-# Metrics of both workers summed (README "Metrics"); the directory is emptied on every start.
+# Metrics of both workers summed (docs/running.md "Metrics"); the directory is emptied on every start.
 ENV PROMETHEUS_MULTIPROC_DIR=/tmp/inventory-metrics
 # Binds 0.0.0.0 and sets no INVENTORY_ALLOW_OPEN: run bare, with no tokens, the service refuses
 # to start rather than serve an open API to whatever network reaches the container. Give it

@@ -11,11 +11,15 @@
 #                            ./run.sh bench scale [args]: bench/scale.py
 #   ./run.sh scale [stop|status]  the scale topology on this machine (db/scale.sh): primary and
 #                            replica clusters, PgBouncer, two API instances, HAProxy on :8080
+#   ./run.sh status          what runs: the API (pid, URL), the database, the data dir
 #   ./run.sh stop            stop what ./run.sh started: the API, the database, the scale topology
 #   ./run.sh destroy --yes   stop everything and delete the database (embedded cluster or volume)
 #
 # serve, test, psql and bench install what they need (.venv; PostgreSQL with apt-get as root on
-# Debian/Ubuntu). One serve per data dir: a second is refused while the first runs.
+# Debian/Ubuntu). One serve per data dir: a second is refused while the first runs. A serve
+# checks its port before it starts anything, and stops what it started when it ends (Ctrl+C,
+# ./run.sh stop, or uvicorn failing): the API, and the embedded database unless that was
+# already running before it.
 #
 # Environment: HOST, PORT, WEB_CONCURRENCY (uvicorn); DATABASE_URL (serve against that database
 # instead of the embedded one); INVENTORY_DATA_DIR, INVENTORY_PG_PORT (see db/cluster.sh).
@@ -34,6 +38,8 @@ VENV=$REPO/.venv
 DATA_DIR=${INVENTORY_DATA_DIR:-$REPO/.data}
 UVICORN_PID=$DATA_DIR/uvicorn.pid
 SERVE_LOCK=$DATA_DIR/serve.lock
+# What a serve started, for serve_cleanup; never taken from the environment.
+API_PID='' STARTED_DB='' DATABASE_URL_GIVEN=${DATABASE_URL:+1}
 
 say() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -47,6 +53,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
        ./run.sh bench scale    two instances behind HAProxy and PgBouncer vs one direct
        ./run.sh scale [stop|status]  primary + replica, PgBouncer, two APIs, HAProxy (:8080)
+       ./run.sh status         what runs: the API (pid, URL), the database, the data dir
        ./run.sh stop           stop the API and the database (and the scale topology)
        ./run.sh destroy --yes  stop both and delete the database
 MSG
@@ -109,53 +116,115 @@ claim_serve_lock() {
   if command -v flock >/dev/null 2>&1; then
     exec 8>>"$SERVE_LOCK"
     flock -n 8 || already_running
-    # Says where this one serves, for a second one to report while this one starts up.
-    printf 'pid %s, http://%s\n' $$ "$1" >"$SERVE_LOCK"
   elif [[ -f $UVICORN_PID ]] && is_uvicorn "$(cat "$UVICORN_PID")"; then
     already_running # no flock(1) (macOS): a live uvicorn behind the pid file says the same
   fi
+  # Where this one serves, for a second one to report and for ./run.sh status to show.
+  printf 'pid %s, http://%s\n' $$ "$1" >"$SERVE_LOCK"
 }
 
 already_running() {
   local where
-  where=$(cat "$SERVE_LOCK" 2>/dev/null || true)
+  where=$(head -n 1 "$SERVE_LOCK" 2>/dev/null || true)
   die "the API is already running from $DATA_DIR (${where:-pid $(cat "$UVICORN_PID" 2>/dev/null || echo unknown)}); ./run.sh stop stops it"
 }
 
+# Refuses, before anything starts or is announced, an address uvicorn could not listen on:
+# it would fail only after the database had been started and the API announced.
+check_port() {
+  local host=$1 port=$2 why
+  command -v python3 >/dev/null 2>&1 || return 0 # no way to tell: uvicorn will say it
+  why=$(python3 - "$host" "$port" 2>&1 <<'PY'
+import socket, sys
+
+host, port = sys.argv[1], int(sys.argv[2])
+with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        sys.exit(e.strerror or str(e))
+PY
+) && return 0
+  if [[ $why == *"in use"* ]]; then
+    die "port $port on $host is already in use by another program; nothing was started. Choose another port with PORT=, e.g. PORT=$((port + 1)) ./run.sh"
+  fi
+  die "cannot listen on $host:$port ($why); nothing was started. Choose another address with HOST= and PORT="
+}
+
 cmd_serve() {
-  local host=${HOST:-127.0.0.1} port=${PORT:-8000} env_lines
+  local host=${HOST:-127.0.0.1} port=${PORT:-8000} env_lines status
   if use_docker; then
-    say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, ./run.sh stop to stop"
+    check_port 127.0.0.1 "$port" # compose publishes the API on the host's loopback
+    say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, Ctrl+C or ./run.sh stop to stop"
     exec docker compose up --build
   fi
   claim_serve_lock "$host:$port"
+  check_port "$host" "$port"
   serve_requirements
   # The app's own start-up checks, before anything starts: token variables that hold no
   # token, or an open API bound beyond loopback (uvicorn's supervisor would exit 0 after its
   # workers refused to start, which reads like success).
   "$VENV/bin/python" -c 'import sys; from app.access import Access; from app.config import Settings
 Access.from_settings(Settings()).refuse_bind(sys.argv[1])' "$host" || die "not starting (see above)"
+  # From here on, however this script ends, it stops what it started (serve_cleanup).
+  trap serve_cleanup EXIT
+  trap serve_interrupted INT TERM
   if [[ -z ${DATABASE_URL:-} ]]; then
     # 8>&-: the database server must not inherit the serve lock (it outlives uvicorn).
     # bindir first: this explicit set-up command may install PostgreSQL, start never does.
     db/cluster.sh bindir >/dev/null 8>&-
+    db/cluster.sh status >/dev/null 2>&1 8>&- || STARTED_DB=1
     env_lines=$(db/cluster.sh start 8>&-) || die "the embedded PostgreSQL did not start (see above)"
     DATABASE_URL=$(printf '%s\n' "$env_lines" | sed -n 's/^DATABASE_URL=//p' | tail -n 1)
     export DATABASE_URL
+    echo "database embedded" >>"$SERVE_LOCK"
+  else
+    echo "database $(printf '%s' "$DATABASE_URL" | sed -E 's#//[^@/]*@#//#')" >>"$SERVE_LOCK"
   fi
-  say "the API on http://$host:$port (docs: http://$host:$port/docs); ./run.sh psql for SQL, ./run.sh stop to stop"
-  # exec keeps this PID, so it is uvicorn's: ./run.sh stop finds it here.
-  echo $$ >"$UVICORN_PID"
-  # Metrics of all workers summed (README "Metrics"): prometheus_client's multiprocess files,
-  # emptied on every start so counters begin at zero with the new processes. Only here, with
-  # the lock held: no other serve of this data dir is writing to them.
+  say "the API on http://$host:$port (docs: http://$host:$port/docs); ./run.sh psql for SQL, Ctrl+C or ./run.sh stop to stop"
+  # Metrics of all workers summed (docs/running.md "Metrics"): prometheus_client's
+  # multiprocess files, emptied on every start so counters begin at zero with the new
+  # processes. Only here, with the lock held: no other serve of this data dir writes to them.
   export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$DATA_DIR/metrics}
   mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
   rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
   # SIGTERM (./run.sh stop) lets requests in flight finish for up to 20 s (past the 15 s
   # statement_timeout), then closes the pool. The app logs each request itself, as JSON.
-  exec "$VENV/bin/uvicorn" app.main:app --host "$host" --port "$port" --workers "${WEB_CONCURRENCY:-2}" \
-    --timeout-graceful-shutdown 20 --no-access-log
+  "$VENV/bin/uvicorn" app.main:app --host "$host" --port "$port" --workers "${WEB_CONCURRENCY:-2}" \
+    --timeout-graceful-shutdown 20 --no-access-log &
+  API_PID=$!
+  echo "$API_PID" >"$UVICORN_PID"
+  # A trapped signal interrupts wait; uvicorn is waited for until it has really exited.
+  while :; do
+    status=0
+    wait "$API_PID" || status=$?
+    kill -0 "$API_PID" 2>/dev/null || break
+  done
+  exit "$status"
+}
+
+# Ctrl+C reaches uvicorn from the terminal as well; a signal sent to this script alone (kill, a
+# supervisor) is passed on. Either way uvicorn lets requests in flight finish, then exits.
+serve_interrupted() {
+  if [[ -z ${API_PID:-} ]]; then exit 130; fi
+  kill -TERM "$API_PID" 2>/dev/null || true
+}
+
+# Stops what this serve started: the API's pid file goes, and the embedded database stops
+# unless it was running before (then it says so: something else may be using it).
+serve_cleanup() {
+  trap - INT TERM
+  if [[ -n ${API_PID:-} ]]; then
+    if kill -TERM "$API_PID" 2>/dev/null; then wait "$API_PID" 2>/dev/null || true; fi
+    rm -f "$UVICORN_PID"
+  fi
+  if [[ -n ${STARTED_DB:-} ]]; then
+    say "stopping the database this ./run.sh started (the data stays)"
+    db/cluster.sh stop >/dev/null 2>&1 8>&- || say "warning: db/cluster.sh stop failed; run ./run.sh stop"
+  elif [[ -z ${DATABASE_URL_GIVEN:-} ]] && db/cluster.sh status >/dev/null 2>&1 8>&-; then
+    say "the database keeps running (it was running before this ./run.sh); ./run.sh stop stops it"
+  fi
 }
 
 cmd_psql() {
@@ -196,9 +265,41 @@ stop_api() {
 
 cmd_stop() {
   stop_api
+  # The ./run.sh that served stops the database it started once uvicorn is gone, holding the
+  # serve lock until it is done: wait for it, so that two stops do not race.
+  if command -v flock >/dev/null 2>&1 && [[ -f $SERVE_LOCK ]]; then
+    flock -w 30 "$SERVE_LOCK" true || say "warning: the serving ./run.sh is still shutting down"
+  fi
   db/cluster.sh stop
   if [[ -d ${INVENTORY_SCALE_DIR:-$REPO/.scale} ]]; then db/scale.sh stop; fi
   if use_docker; then docker compose down; fi # no -v: the data volume stays
+}
+
+# What runs from this data dir; exit 0 when the API does, 3 when it does not (as LSB's status).
+cmd_status() {
+  local pid='' where database rc=3
+  if use_docker; then exec docker compose ps; fi
+  [[ -f $UVICORN_PID ]] && pid=$(cat "$UVICORN_PID")
+  if [[ -n $pid ]] && is_uvicorn "$pid"; then
+    where=$(sed -n 's/^pid [0-9]*, //p' "$SERVE_LOCK" 2>/dev/null)
+    echo "API:       running, pid $pid, ${where:-at an unknown address} (docs: ${where}/docs)"
+    database=$(sed -n 's/^database //p' "$SERVE_LOCK" 2>/dev/null)
+    rc=0
+  else
+    echo "API:       not running"
+  fi
+  if [[ -n ${database:-} && $database != embedded ]]; then
+    echo "database:  $database (DATABASE_URL, credentials left out)"
+  else
+    echo "database:  embedded PostgreSQL, $(db/cluster.sh status 2>/dev/null || true)"
+  fi
+  echo "data dir:  $DATA_DIR"
+  if [[ -L $DATA_DIR/pgdata ]]; then echo "           its cluster's files: $(readlink "$DATA_DIR/pgdata")"; fi
+  if [[ -d ${INVENTORY_SCALE_DIR:-$REPO/.scale} ]]; then
+    echo "scale topology (./run.sh scale):"
+    db/scale.sh status || true
+  fi
+  return "$rc"
 }
 
 # Deletes data, so only when asked in so many words.
@@ -277,6 +378,7 @@ case $cmd in
   psql) cmd_psql "$@" ;;
   bench) cmd_bench "$@" ;;
   scale) cmd_scale "$@" ;;
+  status) cmd_status ;;
   stop) cmd_stop ;;
   destroy) cmd_destroy "$@" ;;
   -h | --help | help) usage 0 ;;

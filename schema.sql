@@ -188,6 +188,37 @@ COMMENT ON FUNCTION product_fields(products) IS
 COMMENT ON FUNCTION product_json(products) IS
     'The API representation of a product: price with 2 decimals, RFC 3339 UTC timestamps.';
 
+-- What each rule guards, for psql users (\dd products*, \di+ products*): every constraint
+-- and index carries a comment (tests/test_schema.py).
+COMMENT ON CONSTRAINT products_pkey ON products IS
+    'One row per id, assigned by the database; the ledger and the change log refer to it.';
+COMMENT ON CONSTRAINT products_sku_format_check ON products IS
+    'SKU: 1-64 characters, a letter or digit first, then letters, digits, ".", "_" or "-".';
+COMMENT ON CONSTRAINT products_name_check ON products IS
+    'Name: 1-200 characters, not blank or whitespace only.';
+COMMENT ON CONSTRAINT products_description_length_check ON products IS
+    'Description: at most 2000 characters (NULL: none).';
+COMMENT ON CONSTRAINT products_price_check ON products IS
+    'Price: 0 to 9999999999.99 with at most 2 decimals; a value with more is refused, never rounded.';
+COMMENT ON CONSTRAINT products_quantity_check ON products IS
+    'Stock on hand is never negative, whoever writes the row (the API answers 409 insufficient_stock first).';
+COMMENT ON CONSTRAINT products_reorder_point_check ON products IS
+    'Reorder point: not negative (NULL: the product is never low on stock).';
+COMMENT ON INDEX products_pkey IS 'The index of products_pkey: a product by id.';
+COMMENT ON INDEX products_sku_lower_key IS
+    'SKUs are unique ignoring case (abc-1 and ABC-1 are one SKU: 409 duplicate_sku); '
+    'text_pattern_ops also serves lookups by SKU and sku_prefix searches.';
+COMMENT ON INDEX products_created_at_id_idx IS
+    'The list order of GET /products (oldest first, id breaking ties) and the keyset of its pages.';
+COMMENT ON INDEX products_name_trgm_idx IS
+    'GET /products?q=: names containing a term of 3 or more characters, ignoring case (pg_trgm).';
+COMMENT ON INDEX products_sku_trgm_idx IS
+    'GET /products?q=: SKUs containing a term of 3 or more characters, ignoring case (pg_trgm).';
+COMMENT ON INDEX products_quantity_idx IS
+    'GET /products?quantity_max=: the products with at most that many in stock, without a scan.';
+COMMENT ON INDEX products_low_stock_idx IS
+    'GET /products?low_stock=true: only the products at or below their reorder point, in list order.';
+
 -- The service reads and writes rows; it never changes the schema.
 GRANT USAGE ON SCHEMA public TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON products TO inventory_rw;
@@ -322,6 +353,19 @@ COMMENT ON COLUMN stock_movements.created_at IS 'When the movement was recorded 
 COMMENT ON TYPE movement_api IS 'The fields of a movement as the API returns them (see movement_json).';
 COMMENT ON FUNCTION movement_json(stock_movements) IS
     'The API representation of a stock movement, with an RFC 3339 UTC timestamp.';
+COMMENT ON CONSTRAINT stock_movements_pkey ON stock_movements IS
+    'One row per movement; per product, ids follow the order the movements were applied.';
+COMMENT ON CONSTRAINT stock_movements_delta_check ON stock_movements IS
+    'A movement moves stock: delta is never 0.';
+COMMENT ON CONSTRAINT stock_movements_reason_check ON stock_movements IS
+    'Reason: received, sold, returned, damaged or correction.';
+COMMENT ON CONSTRAINT stock_movements_note_length_check ON stock_movements IS
+    'Note: at most 500 characters (NULL: none).';
+COMMENT ON CONSTRAINT stock_movements_quantity_after_check ON stock_movements IS
+    'The quantity a movement leaves is never negative.';
+COMMENT ON INDEX stock_movements_pkey IS 'The index of stock_movements_pkey: a movement by id.';
+COMMENT ON INDEX stock_movements_product_id_id_idx IS
+    'A product''s movements in id order: GET /products/{sku}/movements and the keyset of its pages.';
 
 -- Idempotency-Key: the first response to a (scope, key), written in the same transaction as
 -- the work it describes, so a key is stored exactly when its effect is. Rows older than the
@@ -358,6 +402,18 @@ COMMENT ON COLUMN idempotency_keys.status IS
 COMMENT ON COLUMN idempotency_keys.headers IS 'Response headers to replay (Content-Type, Location, ETag).';
 COMMENT ON COLUMN idempotency_keys.body IS 'The response body, replayed byte for byte.';
 COMMENT ON COLUMN idempotency_keys.created_at IS 'When the key was first used; it expires 24 h later.';
+COMMENT ON CONSTRAINT idempotency_keys_pkey ON idempotency_keys IS
+    'One stored response per operation and key: a repeat finds the first request''s answer, '
+    'or waits on its row while it still runs; it never runs twice.';
+COMMENT ON CONSTRAINT idempotency_keys_scope_check ON idempotency_keys IS
+    'Scope (the operation): 1-200 characters.';
+COMMENT ON CONSTRAINT idempotency_keys_key_check ON idempotency_keys IS
+    'Idempotency-Key: 1-255 printable ASCII characters.';
+COMMENT ON CONSTRAINT idempotency_keys_status_check ON idempotency_keys IS
+    'A stored status is an HTTP status (100-599); NULL while the first request still runs.';
+COMMENT ON INDEX idempotency_keys_pkey IS 'The index of idempotency_keys_pkey: a key by operation.';
+COMMENT ON INDEX idempotency_keys_created_at_idx IS
+    'The purge: expired keys, oldest first, in batches.';
 
 -- The ledger is append-only for the service: no UPDATE or DELETE on stock_movements.
 -- Identity columns need no sequence grant.
@@ -429,6 +485,9 @@ COMMENT ON COLUMN movement_daily.day IS 'The UTC day the movements were recorded
 COMMENT ON COLUMN movement_daily.reason IS 'received, sold, returned, damaged or correction.';
 COMMENT ON COLUMN movement_daily.movements IS 'Number of movements.';
 COMMENT ON COLUMN movement_daily.units IS 'Sum of their deltas (negative: stock went out).';
+COMMENT ON INDEX stock_movements_created_at_idx IS
+    'Movements by time, covering reason and delta: movement_daily(from, to) and GET '
+    '/reports/movements read a range of the ledger from the index alone.';
 
 GRANT SELECT ON stock_summary, movement_daily TO inventory_rw;
 GRANT EXECUTE ON FUNCTION movement_daily(timestamptz, timestamptz) TO inventory_rw;
@@ -1094,6 +1153,74 @@ COMMENT ON FUNCTION
 COMMENT ON FUNCTION webhook_delivery_release(bigint, integer) IS
     'Hands a claimed webhook delivery back unattempted (the claiming process is stopping).';
 COMMENT ON TABLE webhook_attempts IS 'Every delivery attempt and its outcome (GET /webhooks/{id}/deliveries).';
+COMMENT ON CONSTRAINT product_changes_pkey ON product_changes IS
+    'One row per event; ids follow insertion, so per product the order the changes were made.';
+COMMENT ON CONSTRAINT product_changes_type_check ON product_changes IS
+    'Event type: product.created, product.updated or product.deleted.';
+COMMENT ON CONSTRAINT product_changes_sequenced_check ON product_changes IS
+    'seq and sequenced_at come together: an event is numbered, once, with the time it was.';
+COMMENT ON INDEX product_changes_pkey IS 'The index of product_changes_pkey: an event by id.';
+COMMENT ON INDEX product_changes_seq_key IS
+    'Each seq names one event, the cursor of GET /changes (seq > after ORDER BY seq); '
+    'events not yet numbered have no entry.';
+COMMENT ON INDEX product_changes_unsequenced_idx IS
+    'The sequencer''s work list: events not yet numbered, in insertion order.';
+COMMENT ON INDEX product_changes_unsequenced_product_idx IS
+    'The triggers'' look-up of a product''s events not yet numbered (their own transaction''s).';
+COMMENT ON CONSTRAINT product_changes_purged_pkey ON product_changes_purged IS
+    'Retention keeps one mark: one row, keyed by the constant one.';
+COMMENT ON CONSTRAINT product_changes_purged_one_check ON product_changes_purged IS
+    'The key can only be true, so the table holds at most one row.';
+COMMENT ON INDEX product_changes_purged_pkey IS 'The index of product_changes_purged_pkey.';
+COMMENT ON CONSTRAINT webhooks_pkey ON webhooks IS 'One row per subscription (/webhooks/{id}).';
+COMMENT ON CONSTRAINT webhooks_url_check ON webhooks IS
+    'URL: http:// or https:// and a host, at most 2000 characters.';
+COMMENT ON CONSTRAINT webhooks_events_check ON webhooks IS
+    'Events: 1-4 of *, product.created, product.updated, product.deleted; no NULL.';
+COMMENT ON CONSTRAINT webhooks_description_check ON webhooks IS
+    'Description: at most 500 characters (NULL: none).';
+COMMENT ON CONSTRAINT webhooks_secret_check ON webhooks IS
+    'Signing secret: whsec_ and at least 16 base64 characters (Standard Webhooks).';
+COMMENT ON INDEX webhooks_pkey IS 'The index of webhooks_pkey: a subscription by id.';
+COMMENT ON CONSTRAINT webhook_deliveries_pkey ON webhook_deliveries IS
+    'One row per delivery still to make.';
+COMMENT ON CONSTRAINT webhook_deliveries_webhook_id_fkey ON webhook_deliveries IS
+    'A delivery belongs to a subscription and goes with it (ON DELETE CASCADE).';
+COMMENT ON CONSTRAINT webhook_deliveries_attempts_check ON webhook_deliveries IS
+    'Attempts claimed so far: never negative.';
+COMMENT ON CONSTRAINT webhook_deliveries_webhook_id_seq_key ON webhook_deliveries IS
+    'One delivery per subscription and event: an event is never queued twice for a webhook.';
+COMMENT ON INDEX webhook_deliveries_pkey IS 'The index of webhook_deliveries_pkey: a delivery by id.';
+COMMENT ON INDEX webhook_deliveries_webhook_id_seq_key IS
+    'The index of webhook_deliveries_webhook_id_seq_key: a delivery by subscription and event.';
+COMMENT ON INDEX webhook_deliveries_webhook_id_next_attempt_at_idx IS
+    'The workers'' queue per subscription: its due deliveries (webhook_deliveries_claim).';
+COMMENT ON INDEX webhook_deliveries_next_attempt_at_idx IS
+    'The workers'' queue overall: when the next delivery falls due.';
+COMMENT ON INDEX webhook_deliveries_seq_idx IS
+    'The oldest undelivered event: the metric, and where retention must stop.';
+COMMENT ON CONSTRAINT webhook_attempts_pkey ON webhook_attempts IS
+    'One row per attempt; ids follow the order attempts were logged.';
+COMMENT ON CONSTRAINT webhook_attempts_webhook_id_fkey ON webhook_attempts IS
+    'An attempt belongs to a subscription and goes with it (ON DELETE CASCADE).';
+COMMENT ON CONSTRAINT webhook_attempts_attempt_check ON webhook_attempts IS
+    'Attempts count from 1.';
+COMMENT ON CONSTRAINT webhook_attempts_outcome_check ON webhook_attempts IS
+    'Outcome: delivered (a 2xx came back), retry (another attempt is scheduled) or failed (given up).';
+COMMENT ON CONSTRAINT webhook_attempts_status_code_check ON webhook_attempts IS
+    'The status the receiver answered is an HTTP status (100-599); NULL when no answer came.';
+COMMENT ON CONSTRAINT webhook_attempts_error_check ON webhook_attempts IS
+    'What went wrong: at most 1000 characters.';
+COMMENT ON CONSTRAINT webhook_attempts_duration_ms_check ON webhook_attempts IS
+    'Duration: never negative.';
+COMMENT ON CONSTRAINT webhook_attempts_seq_webhook_id_attempt_key ON webhook_attempts IS
+    'An attempt is logged once, by the process that claimed it.';
+COMMENT ON INDEX webhook_attempts_pkey IS 'The index of webhook_attempts_pkey: an attempt by id.';
+COMMENT ON INDEX webhook_attempts_seq_webhook_id_attempt_key IS
+    'The index of webhook_attempts_seq_webhook_id_attempt_key, seq first: retention removes '
+    'attempts by a range of seq.';
+COMMENT ON INDEX webhook_attempts_webhook_id_id_idx IS
+    'GET /webhooks/{id}/deliveries, newest first; also the cascade from webhooks.';
 
 -- The service reads the log and never writes it: the triggers and the two functions do.
 GRANT SELECT ON product_changes, product_changes_purged TO inventory_rw;

@@ -3,9 +3,10 @@
 Every service process runs a sequencer every `poll_seconds` (0.1 s); schema.sql's advisory
 lock lets one number at a time, and any of them will do. Polling, not a NOTIFY from the
 writers: a transaction that notifies holds a database-wide lock through its commit, which
-halved write throughput (README "Change log"), while a poll that finds nothing new costs
-one index probe. It numbers what any client committed, psql included. Retention removes
-events older than INVENTORY_CHANGES_RETENTION_DAYS in batches, one process at a time.
+halved write throughput (docs/performance.md "The change log"), while a poll that finds
+nothing new costs one index probe. It numbers what any client committed, psql included.
+Retention removes events older than INVENTORY_CHANGES_RETENTION_DAYS in batches, one process
+at a time.
 """
 
 import asyncio

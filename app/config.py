@@ -1,4 +1,4 @@
-"""Settings read from the environment (see README "Configuration")."""
+"""Settings read from the environment (see docs/running.md "Settings")."""
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # How often each process asks the replica how far behind it is (one cheap query).
     read_probe_seconds: float = Field(default=1.0, gt=0)
 
-    # Idempotency-Key (API.md, README "Idempotency keys"). Keys are honoured for at least
+    # Idempotency-Key (docs/api.md "Idempotency-Key"). Keys are honoured for at least
     # 24 h: the TTL cannot be set lower than the contract promises.
     idempotency_ttl_seconds: int = Field(default=86_400, ge=86_400)
     # How often each worker deletes expired keys (batched; several workers do not collide).
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     # Attempts for a unit of work that hits a serialization failure or deadlock before 503.
     conflict_attempts: int = Field(default=4, ge=1, le=20)
 
-    # --- Access (API.md "Access", README "Security"). ---
+    # --- Access (docs/api.md "Access", docs/security.md). ---
     # Comma-separated bearer tokens; unset (None) means none. Set but empty is a start-up
     # error (app/access.py). SecretStr keeps them out of any repr or log line.
     api_tokens: SecretStr | None = None

@@ -5,6 +5,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access import Access
@@ -105,17 +107,32 @@ IdempotencyKey = Annotated[
 ]
 
 
-def known_parameters(*names: str) -> Callable[[Request], Awaitable[None]]:
-    """A dependency refusing (422) any query parameter but `names`: a misspelt one
-    (`?limt=10`, `?buckt=week`) must not silently change what the answer holds."""
-    known = frozenset(names)
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route declares: its own and its dependencies'."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
-    async def check(request: Request) -> None:
-        unknown = sorted(set(request.query_params) - known)
-        if unknown:
-            raise ValidationFailed(
-                "Unknown query parameter.",
-                [field_error(n, "is not a known parameter") for n in unknown],
-            )
 
-    return check
+async def refuse_unknown_parameters(request: Request) -> None:
+    """Every route's first dependency (app.main): a query parameter the route does not
+    declare is 422, so a misspelt one (`?limt=10`, `?buckt=week`) never silently changes
+    what the answer holds.
+
+    Routes outside the OpenAPI document (the /docs pages) are not the API and take whatever
+    their UI sends.
+    """
+    if not request.scope["query_string"]:
+        return
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return
+    # Worked out per request (a few microseconds, only with a query string): routes compare
+    # by value, so they cannot key a cache, and any route added later is covered alike.
+    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
+    if unknown:
+        raise ValidationFailed(
+            "Unknown query parameter.",
+            [field_error(n, "is not a known parameter") for n in unknown],
+        )

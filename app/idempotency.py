@@ -20,7 +20,7 @@ replayed like a success (what the operation did is undone with its savepoint). A
 else (5xx, a bug, a lost connection) rolls everything back, the key included, so a retry
 runs afresh. It may be called again: Database.write retries the whole unit on 40001/40P01.
 
-Semantics (README "Idempotency keys"): the key row is inserted in the same READ COMMITTED
+Semantics (docs/api.md "Idempotency-Key"): the key row is inserted in the same READ COMMITTED
 transaction as the work (`INSERT ... ON CONFLICT DO NOTHING RETURNING`), so it is committed
 exactly when the effect is. A repeat of a finished request finds the stored response: same
 request hash -> replay (`Idempotent-Replayed: true`), another -> 422 idempotency_key_reused.

@@ -4,13 +4,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
 from app import background, errors, openapi, replica, routes
 from app.access import Access, LoopbackOnly
 from app.config import Settings
 from app.database import open_database
+from app.deps import refuse_unknown_parameters
 from app.embedded import start_embedded
 from app.head import HeadAsGet
 from app.idempotency import Idempotency
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Swagger UI would otherwise send the document to an online validator.
         swagger_ui_parameters={"validatorUrl": None},
+        # On every route, present and future, before any other dependency.
+        dependencies=[Depends(refuse_unknown_parameters)],
     )
     errors.install(
         app,

@@ -32,8 +32,9 @@ def install(app: FastAPI, *, secured: bool, loopback_only: bool) -> None:
       application/json, and its own HTTPValidationError shape for 422);
     - an operation with a body may answer 408, 413 and 415 (app/limits.py answers them),
       and no string in a JSON body may hold NUL (app/limits.py refuses it);
-    - any operation may answer 405 with `Allow` (another method on its path; app/errors.py)
-      and 500 `internal_error`; a 503 carries `Retry-After`.
+    - any operation may answer 405 with `Allow` (another method on its path; app/errors.py),
+      422 (a query parameter it does not take; app/deps.py) and 500 `internal_error`; a
+      503 carries `Retry-After`.
     Applies to routes added later too, whoever adds them.
     """
 
@@ -71,8 +72,7 @@ def install(app: FastAPI, *, secured: bool, loopback_only: bool) -> None:
                         responses["403"] = _problem("Not on loopback (`forbidden`)")
                     else:
                         responses.pop("403", None)
-                if "422" in responses:
-                    responses["422"] = _problem("Validation failed (`validation_failed`)")
+                responses["422"] = _problem("Validation failed (`validation_failed`)")
                 # Every error is problem+json and nothing else (API.md "Errors").
                 for status, response in responses.items():
                     if status[0] in "45":

@@ -1,4 +1,4 @@
-"""The Inventory API against its ceilings, side by side in one run (see README "Performance").
+"""The Inventory API against its ceilings, side by side in one run (see docs/performance.md).
 
 Starts a throwaway PostgreSQL cluster (app.cluster, temp dir, free port) and the service as
 recommended for production on 2 cores (uvicorn, 2 workers, uvloop + httptools), loads
@@ -417,7 +417,7 @@ def imports(
 # ------------------------------------------------------------------------------------------
 
 
-# The targets (README "Performance"): ratios to the ceiling (HTTP) or to psql (bulk), the
+# The targets (docs/performance.md): ratios to the ceiling (HTTP) or to psql (bulk), the
 # p99 at 64 connections, and the resident memory of the supervisor and its workers.
 TARGETS = {"lookup": 0.5, "create": 0.3, "page": 0.25}
 P99_TARGETS_MS = {"lookup": 25.0, "create": 40.0}

@@ -183,7 +183,7 @@ async def locked(make_client: ClientFactory) -> AsyncIterator[AsyncClient]:
 @pytest.fixture
 def analyst_dsn(db: Connection[Any], pg_server: Cluster) -> Iterator[str]:
     """The URL of a person's login role that is a member of inventory_reader, made as the
-    README tells an admin to (CREATE ROLE ... LOGIN; GRANT inventory_reader TO ...)."""
+    docs/running.md tells an admin to (CREATE ROLE ... LOGIN; GRANT inventory_reader TO ...)."""
     name, password = f"analyst_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     db.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")  # type: ignore[arg-type]
     db.execute(f"GRANT inventory_reader TO {name}")  # type: ignore[arg-type]

@@ -1,14 +1,15 @@
 """A Python client generated from the live server's /openapi.json drives the walk-through.
 
-With the README's own command line (openapi-python-client with docs/python-client.yaml),
+With docs/api.md's own command line (openapi-python-client with docs/python-client.yaml),
 into a temporary directory, at test time (nothing downloaded: the generator is a dev requirement).
 The generator must warn about nothing but the one body it cannot take (NDJSON), and the
-generated functions are named after the operation ids.
+generated functions are named after the operation ids. docs/api.md's example runs as written.
 """
 
 import asyncio
 import importlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -26,25 +27,36 @@ from tests.live_inprocess import live_server
 pytestmark = pytest.mark.slow
 
 CONFIG = REPO / "docs" / "python-client.yaml"
+DOC = REPO / "docs" / "api.md"
+DOC_URL = "http://127.0.0.1:8000"
 PACKAGE = "inventory_client"
 
 
-def readme_command() -> list[str]:
-    """The generator's command line exactly as the README gives it."""
-    lines = (REPO / "README.md").read_text().splitlines()
+def documented_command() -> list[str]:
+    """The generator's command line exactly as docs/api.md gives it."""
+    lines = DOC.read_text().splitlines()
     [command] = [line for line in lines if line.startswith("openapi-python-client generate ")]
     return shlex.split(command)
+
+
+def documented_example() -> tuple[str, str]:
+    """docs/api.md's client example, and what its last line's comment says it prints."""
+    section = DOC.read_text().split("### A generated client", 1)[1]
+    [example] = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    printed = re.search(r"# (.+)$", example.rstrip().splitlines()[-1])
+    assert printed, "the example's last line says what it prints"
+    return example, printed.group(1)
 
 
 async def _generate(url: str, into: Path) -> str:
     async with httpx.AsyncClient() as http:
         document = (await http.get(f"{url}/openapi.json")).raise_for_status().text
     await asyncio.to_thread((into / "openapi.json").write_text, document)
-    # The README's paths are the repo's: its config file is copied to the same place here.
+    # docs/api.md's paths are the repo's: its config file is copied to the same place here.
     (into / "docs").mkdir()
     await asyncio.to_thread(shutil.copy, CONFIG, into / "docs")
     bin_dir = Path(sys.executable).parent
-    program, *args = readme_command()
+    program, *args = documented_command()
     process = await asyncio.create_subprocess_exec(
         str(bin_dir / program),
         *args,
@@ -59,6 +71,22 @@ async def _generate(url: str, into: Path) -> str:
     return output
 
 
+async def _run_example(url: str, generated: Path) -> tuple[int, str, str]:
+    example, _ = documented_example()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        example.replace(DOC_URL, url),
+        cwd=generated,
+        env={**os.environ, "PYTHONPATH": str(generated)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def test_a_generated_client_walks_through_the_readme(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -67,6 +95,7 @@ async def test_a_generated_client_walks_through_the_readme(
         # Every operation has its function; only NDJSON bodies are beyond the generator.
         assert "will not be generated" not in output, output
         assert output.count("Unsupported content type") <= 1, output
+
         sys.path.insert(0, str(tmp_path))
         try:
             await _walk_through(url)
@@ -74,6 +103,15 @@ async def test_a_generated_client_walks_through_the_readme(
             sys.path.remove(str(tmp_path))
             for name in [m for m in sys.modules if m.split(".")[0] == PACKAGE]:
                 del sys.modules[name]
+
+        # docs/api.md's example as written: it prints what its comment says; run again, its
+        # product exists, and it stops on the 409 instead of carrying on.
+        _, printed = documented_example()
+        status, out, err = await _run_example(url, tmp_path)
+        assert (status, out) == (0, printed + "\n"), err
+        status, out, err = await _run_example(url, tmp_path)
+        assert (status, out) == (1, ""), err
+        assert err.startswith("duplicate_sku: "), err
 
 
 def _api(path: str) -> Any:

@@ -273,6 +273,57 @@ async def test_records_with_the_wrong_number_of_fields_are_422_with_line(
     assert body["errors"][0]["line"] == 3
 
 
+def in_chunks(text: str, size: int) -> AsyncIterator[bytes]:
+    """The body in pieces of `size` bytes, as a slow client sends it (no Content-Length)."""
+    data = text.encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for at in range(0, len(data), size):
+            yield data[at : at + size]
+
+    return chunks()
+
+
+UNCLOSED = "has an unclosed quote: the record runs to the end of the body"
+
+
+@pytest.mark.parametrize("on_conflict", ["error", "update"])
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+@pytest.mark.parametrize(
+    ("records", "line"),
+    [
+        # The issue's case: line 3 of 4 opens a quote it never closes.
+        ('A-1,a,,1,1\nA-2,"b,,1,1\nA-3,c,,1,1\n', 3),
+        # A quote in the middle of a field opens one too (as COPY reads CSV), and a quoted
+        # field spanning lines before it moves the line on; doubled quotes close nothing.
+        ('M-1,"two\n""lines""",,1,1\nA-2,b",,1,1\nA-3,c,,1,1', 4),
+        ('A-1,"a",,1,1\nA-2,b,,1,1\nA-3,c,,1,1\nA-4,"d\n\n\n', 5),
+    ],
+)
+async def test_an_unclosed_quote_is_named_at_the_line_its_record_begins(
+    client: AsyncClient, db: Connection[Any], records: str, line: int, chunk: int, on_conflict: str
+) -> None:
+    response = await client.post(
+        f"/products/import?on_conflict={on_conflict}",
+        content=in_chunks(HEADER + records, chunk),
+        headers={"content-type": "text/csv"},
+    )
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"] == [{"field": "line", "message": UNCLOSED, "line": line}]
+    assert body["detail"] == f"The body cannot be read as CSV at line {line}."
+    assert count(db) == 0
+
+
+async def test_a_record_refused_before_an_unclosed_quote_keeps_its_own_reason(
+    client: AsyncClient,
+) -> None:
+    response = await post_csv(client, HEADER + 'A-1,a,,1,1,extra\nA-2,"b,,1,1\n')
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"] == [
+        {"field": "line", "message": "does not have the header's columns", "line": 2}
+    ]
+
+
 async def test_invalid_utf8_is_422(client: AsyncClient) -> None:
     response = await post_csv(client, HEADER.encode() + b"A-1,caf\xe9,,1,1\n")
     body = assert_problem(response, 422, "validation_failed")

@@ -19,7 +19,8 @@ ROWS = 1_000_000
 # Products whose count differs: a stock count of the whole million goes through update mode,
 # but only these change. Counting every one of a million changed quantities in one import is
 # superlinear today (50,000 changed rows took 280-360 s on this machine: a known bug in the
-# change-log path of a big count, README "Known problems"); this keeps the test in CI's time.
+# change-log path of a big count, docs/performance.md "Known problems"); this keeps the test
+# in CI's time.
 COUNTED = 10_000
 HEADER = b"sku,name,description,price,quantity,reorder_point\n"
 MIB = 1 << 20

@@ -208,3 +208,21 @@ def test_service_role_can_write_rows_but_not_change_the_schema(
         ):
             with pytest.raises(errors.InsufficientPrivilege):
                 app_db.execute(ddl)  # type: ignore[arg-type]
+
+
+def test_every_constraint_and_index_says_what_it_guards(db: Connection[Any]) -> None:
+    # psql users read the rules from the catalog (\dd, \di+): each one explains itself.
+    rows = db.execute(
+        "SELECT 'constraint ' || c.conname, obj_description(c.oid, 'pg_constraint')"
+        "  FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid"
+        " WHERE t.relnamespace = 'public'::regnamespace"
+        " UNION ALL "
+        "SELECT 'index ' || i.indexrelid::regclass, obj_description(i.indexrelid, 'pg_class')"
+        "  FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+        " WHERE t.relnamespace = 'public'::regnamespace"
+    ).fetchall()
+
+    assert {"constraint products_price_check", "index products_sku_lower_key"} <= {
+        name for name, _ in rows
+    }
+    assert sorted(name for name, comment in rows if not comment) == []

@@ -518,13 +518,15 @@ async def _copy_direct(
 async def _copy_csv(conn: Connection, body: AsyncIterator[bytes], columns: list[str]) -> None:
     await conn.execute(_CREATE_STAGING)
     guard = _EndMarkerGuard()
+    records = _CsvRecords()
     try:
         async with conn.cursor().copy(_copy_sql("import_rows", columns)) as copy:
             async for chunk in body:
                 guard.check(chunk)
+                records.feed(chunk)
                 await copy.write(chunk)
     except psycopg.errors.DataError as exc:
-        raise _unreadable(exc, "CSV") from None
+        raise _unreadable(exc, "CSV", unclosed=records.unclosed()) from None
 
 
 def _csv_header(head: bytes, required: frozenset[str]) -> list[str]:
@@ -618,13 +620,51 @@ class _EndMarkerGuard:
         self._tail = window[-4:]
 
 
+class _CsvRecords:
+    """Where the record still open at the end of a CSV body began, if one is.
+
+    A quote that is never closed makes COPY read the rest of the body as one field and
+    report the line where the body ended, past the culprit. This follows the quotes as
+    COPY's CSV reader does (every `"` toggles quoting, so a doubled one inside quotes
+    toggles twice; a newline outside quotes ends a record), at C speed per chunk (count,
+    rfind); only newlines inside quotes cost a Python step each.
+    """
+
+    def __init__(self) -> None:
+        self.lines = 0  # newlines fed so far
+        self.quoted = False  # inside quotes at the end of what was fed
+        self.record_line = 1  # the line where the current record began
+
+    def feed(self, chunk: bytes) -> None:
+        quotes = chunk.count(b'"')
+        if quotes or not self.quoted:
+            # The last newline outside quotes begins the next record. Quoting at a newline
+            # is quoting at the chunk's start, toggled by every quote before it.
+            end, after = len(chunk), 0
+            at = chunk.rfind(b"\n")
+            while at >= 0:
+                after += chunk.count(b'"', at, end)
+                if self.quoted == bool((quotes - after) % 2):
+                    self.record_line = self.lines + chunk.count(b"\n", 0, at) + 2
+                    break
+                end, at = at, chunk.rfind(b"\n", 0, at)
+        self.lines += chunk.count(b"\n")
+        self.quoted ^= bool(quotes % 2)
+
+    def unclosed(self) -> int | None:
+        """The line where the record with a quote never closed begins, or None."""
+        return self.record_line if self.quoted else None
+
+
 def _bad_line(line: int, message: str) -> ValidationFailed:
     return ValidationFailed(
         f"Line {line} cannot be imported.", [field_error("line", message, line=line)]
     )
 
 
-def _unreadable(exc: psycopg.Error, what: str) -> ValidationFailed:
+def _unreadable(exc: psycopg.Error, what: str, *, unclosed: int | None = None) -> ValidationFailed:
+    """The problem for a body COPY could not read; `unclosed`: the line where a record with
+    a quote never closed begins (COPY then stops at the end of the body, past it)."""
     # COPY reports where it stopped as context "COPY import_rows, line 5[, column ...]".
     found = _COPY_LINE.search(exc.diag.context or "")
     line = int(found.group(1)) if found else None
@@ -632,6 +672,9 @@ def _unreadable(exc: psycopg.Error, what: str) -> ValidationFailed:
         "22P04": "does not have the header's columns",
         "22021": "is not valid UTF-8",
     }.get(exc.sqlstate or "", f"cannot be read as {what}")
+    # A record COPY refused before reaching the unclosed quote keeps COPY's own reason.
+    if unclosed is not None and exc.sqlstate == "22P04" and (line is None or line >= unclosed):
+        line, message = unclosed, "has an unclosed quote: the record runs to the end of the body"
     return ValidationFailed(
         f"The body cannot be read as {what}" + (f" at line {line}." if line is not None else "."),
         [field_error("line", message, line=line)],

@@ -5,12 +5,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from prometheus_client import Gauge
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.database import Database
-from app.deps import DatabaseDep, FeedDep, MetricsDep, ReadsDep, SettingsDep, known_parameters
+from app.deps import DatabaseDep, FeedDep, MetricsDep, ReadsDep, SettingsDep
 from app.errors import CursorExpired, ValidationFailed
 from app.feed import Feed
 from app.openapi import problems
@@ -50,7 +50,6 @@ def _expired(page: changes.Page, after: int | None) -> None:
     response_model=list[ChangeRead],
     responses=problems(410, 422),
     summary="Every change to a product, oldest first; follow `after` to see each exactly once",
-    dependencies=[Depends(known_parameters("after", "limit"))],
 )
 async def list_changes(
     request: Request,
@@ -86,7 +85,6 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int | None:
         **problems(410, 422),
     },
     summary="The change log as server-sent events, live; resumes from Last-Event-ID",
-    dependencies=[Depends(known_parameters("after"))],
 )
 async def stream_changes(
     db: DatabaseDep,

@@ -4,11 +4,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, known_parameters
+from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey
 from app.errors import UnsupportedMediaType
 from app.openapi import problems
 from app.queries import imports
@@ -36,7 +36,6 @@ def _media_type(content_type: str | None) -> str:
     operation_id="importProducts",
     status_code=201,
     response_model=ImportResult,
-    dependencies=[Depends(known_parameters("on_conflict"))],
     responses=problems(409, 413, 415, 422),
     summary="Add or update many products from CSV or NDJSON: all or nothing",
     openapi_extra={

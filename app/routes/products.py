@@ -15,7 +15,6 @@ from app.deps import (
     IdempotencyKey,
     ProductSku,
     ReadsDep,
-    known_parameters,
 )
 from app.errors import ProductNotFound, ValidationFailed
 from app.formats import FRAMINGS, Format, negotiate, render_page
@@ -138,9 +137,6 @@ def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
         200: {"content": {f.value: {} for f in Format if f is not Format.JSON}},
     },
     summary="List products oldest first: everything (streamed) or one page; JSON, CSV, NDJSON",
-    dependencies=[
-        Depends(known_parameters("limit", "after", "sku_prefix", "q", "quantity_max", "low_stock"))
-    ],
 )
 async def list_products(
     request: Request,

@@ -4,9 +4,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 
-from app.deps import ReadsDep, known_parameters
+from app.deps import ReadsDep
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
 from app.queries import reports
@@ -35,7 +35,6 @@ def _rfc3339(at: datetime) -> str:
     response_model=StockReport,
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
-    dependencies=[Depends(known_parameters())],
 )
 async def stock_report(reads: ReadsDep, accept: Accept = None) -> Response:
     fmt = negotiate(accept, _OFFERED)
@@ -61,7 +60,6 @@ async def stock_report(reads: ReadsDep, accept: Accept = None) -> Response:
     response_model=list[MovementBucket],
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="Stock movements summed by day, week or month (UTC) and reason",
-    dependencies=[Depends(known_parameters("from", "to", "bucket"))],
 )
 async def movements_report(
     reads: ReadsDep,

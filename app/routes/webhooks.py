@@ -18,7 +18,6 @@ from app.deps import (
     IdempotencyKey,
     SettingsDep,
     WebhookId,
-    known_parameters,
     require_writer,
 )
 from app.errors import ValidationFailed, WebhookNotFound
@@ -52,7 +51,6 @@ def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = No
     response_model=WebhookCreated,
     responses=problems(422),
     summary="Subscribe a URL to change events; the answer shows the signing secret, once",
-    dependencies=[Depends(known_parameters())],
 )
 async def create_webhook(
     body: WebhookCreate,
@@ -91,7 +89,6 @@ async def create_webhook(
     response_model=list[WebhookRead],
     responses=problems(422),
     summary="Every subscription (no secrets)",
-    dependencies=[Depends(known_parameters())],
 )
 async def list_webhooks(db: DatabaseDep) -> Response:
     return _json("[" + ",".join(await webhooks.list_webhooks(db)) + "]")
@@ -103,7 +100,6 @@ async def list_webhooks(db: DatabaseDep) -> Response:
     response_model=WebhookRead,
     responses=problems(404, 422),
     summary="One subscription (no secret)",
-    dependencies=[Depends(known_parameters())],
 )
 async def get_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
     webhook = await webhooks.get_webhook(db, webhook_id=webhook_id)
@@ -118,7 +114,6 @@ async def get_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
     status_code=204,
     responses=problems(404, 422),
     summary="Unsubscribe: pending deliveries and the delivery log go with it",
-    dependencies=[Depends(known_parameters())],
 )
 async def delete_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
     if not await webhooks.delete_webhook(db, webhook_id=webhook_id):
@@ -132,7 +127,6 @@ async def delete_webhook(webhook_id: WebhookId, db: DatabaseDep) -> Response:
     response_model=list[DeliveryRead],
     responses=problems(404, 422),
     summary="Delivery attempts, newest first; with limit, pages linked by Link",
-    dependencies=[Depends(known_parameters("limit", "after"))],
 )
 async def list_deliveries(
     webhook_id: WebhookId,
