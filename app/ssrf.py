@@ -21,17 +21,55 @@ class AddressRefused(Exception):
     """The URL's host does not resolve, or resolves to an address webhooks may not reach."""
 
 
+# NAT64's well-known prefix (RFC 6052): the last 32 bits are the IPv4 address it reaches.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# NAT64 for local use (RFC 8215): where the IPv4 address sits depends on the prefix length
+# each network chose, and it is not globally routed: never a webhook's address.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+# IPv4-compatible addresses (deprecated, RFC 4291): the last 32 bits; :: and ::1 are here too.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# Global unicast: every IPv6 address a webhook may reach directly lies in it.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 addresses an IPv6 address leads to through a transition mechanism, or None
+    when it carries none: IPv4-mapped, NAT64, IPv4-compatible, 6to4, Teredo (server and
+    client)."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return None
+
+
+def _public_ipv4(address: ipaddress.IPv4Address) -> bool:
+    return address.is_global and not address.is_multicast
+
+
 def is_public(address: Address) -> bool:
-    """True for a globally routed unicast address.
+    """True for a globally routed unicast address, judged by where it really leads.
 
     is_global is False for loopback, RFC 1918 and unique-local, link-local (169.254/16,
     where cloud metadata services answer, and fe80::/10), shared (100.64/10, Alibaba's
-    metadata), unspecified, reserved and documentation ranges. An IPv4-mapped IPv6 address
-    (::ffff:127.0.0.1) is judged as the IPv4 address it carries.
+    metadata), unspecified, reserved and documentation ranges. An IPv6 address that
+    carries an IPv4 address (::ffff:127.0.0.1, NAT64 64:ff9b::a9fe:a9fe, 6to4, Teredo,
+    IPv4-compatible) is judged by the IPv4 address it carries: on a NAT64 network
+    64:ff9b::a9fe:a9fe reaches 169.254.169.254, whatever is_global says of it. Any other
+    IPv6 address must be global unicast (2000::/3).
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+    if isinstance(address, ipaddress.IPv4Address):
+        return _public_ipv4(address)
+    if address in _NAT64_LOCAL:
+        return False
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        return all(_public_ipv4(inner) for inner in embedded)
+    return address in _GLOBAL_UNICAST and address.is_global and not address.is_multicast
 
 
 @dataclass(frozen=True)
@@ -53,7 +91,7 @@ async def _addresses(host: str, port: int) -> list[Address]:
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
     except (socket.gaierror, UnicodeError):
-        raise AddressRefused(f"{host} does not resolve") from None
+        raise AddressRefused("the host does not resolve") from None
     found: list[Address] = []
     for info in infos:
         # A link-local IPv6 answer carries its zone ("fe80::1%eth0").
@@ -61,7 +99,7 @@ async def _addresses(host: str, port: int) -> list[Address]:
         if address not in found:
             found.append(address)
     if not found:
-        raise AddressRefused(f"{host} does not resolve")
+        raise AddressRefused("the host does not resolve")
     return found
 
 
@@ -83,9 +121,10 @@ async def resolve(url: str, *, allow_private: bool) -> list[Target]:
     if not allow_private:
         refused = [a for a in addresses if not is_public(a)]
         if refused:
+            # Which address, the client is not told: the refusal must not turn the API into
+            # a resolver of names inside the network it runs in.
             raise AddressRefused(
-                f"{host} resolves to {refused[0]}, a loopback, private, link-local or "
-                "metadata address"
+                "the host resolves to a loopback, private, link-local or metadata address"
             )
     headers = {"Host": parsed.netloc.decode("ascii")}
     extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
