@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import Forbidden, Unauthorized
+from app.errors import ApiError, Forbidden, Unauthorized
 
 logger = logging.getLogger("app.auth")
 
@@ -30,6 +30,33 @@ PROTECTED = ("/products", "/changes", "/reports", "/webhooks")
 READ_METHODS = frozenset({"GET", "HEAD"})
 # The credential of requests to an open API: they all share one idempotency namespace.
 ANONYMOUS = ""
+# Where TokenCheck leaves the request's Caller, for BodyGuard and the route dependencies.
+CALLER_KEY = "inventory.caller"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts as: its credential (a digest of its token; ANONYMOUS on an open
+    API), and whether that token may write."""
+
+    credential: str
+    writer: bool
+
+
+def is_protected(path: str) -> bool:
+    """Whether a token guards `path` when tokens are configured (a prefix, segment-wise)."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTECTED)
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of the first Authorization header, read as FastAPI's HTTPBearer reads it:
+    None unless it is `Bearer <token>` (scheme in any case)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
 
 
 class TokenConfigError(ValueError):
@@ -83,15 +110,14 @@ class Access:
     def open(self) -> bool:
         return not self.writers and not self.readers
 
-    def check(self, method: str, token: str | None, *, writers_only: bool = False) -> str:
-        """The credential a request with this method and bearer token acts as.
+    def authenticate(self, token: str | None) -> Caller:
+        """The Caller a bearer token makes; raises Unauthorized (no or unknown token).
 
-        Raises Unauthorized (no or unknown token) or Forbidden (a read-only token writing,
-        or reading where only read-write tokens may). The credential is a digest of the
-        token: it scopes Idempotency-Keys, and it is not the token.
+        The credential is a digest of the token: it scopes Idempotency-Keys and bulk slots,
+        and it is not the token.
         """
         if self.open:
-            return ANONYMOUS
+            return Caller(ANONYMOUS, writer=True)
         if token is None:
             raise Unauthorized(
                 "This API needs an 'Authorization: Bearer <token>' header.", invalid_token=False
@@ -102,9 +128,22 @@ class Access:
         reader = _any_match(candidate, self.readers)
         if not (writer or reader):
             raise Unauthorized("The bearer token is not valid.", invalid_token=True)
-        if not writer and (writers_only or method not in READ_METHODS):
+        return Caller(candidate.hex(), writer=writer)
+
+    def authorize(self, caller: Caller, method: str, *, writers_only: bool = False) -> str:
+        """The caller's credential; raises Forbidden for a read-only token writing, or
+        reading where only read-write tokens may."""
+        if not caller.writer and (writers_only or method not in READ_METHODS):
             raise Forbidden("This token may only read.")
-        return candidate.hex()
+        return caller.credential
+
+    def check(self, method: str, token: str | None, *, writers_only: bool = False) -> str:
+        """The credential a request with this method and bearer token acts as.
+
+        Raises Unauthorized (no or unknown token) or Forbidden (a read-only token writing,
+        or reading where only read-write tokens may).
+        """
+        return self.authorize(self.authenticate(token), method, writers_only=writers_only)
 
     def refuse_exposed_sockets(self) -> None:
         """At start-up: raise ExposedOpenApi when an open API listens beyond loopback."""
@@ -211,3 +250,43 @@ class LoopbackOnly:
             await refusal.response(retry_after=self.retry_after)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class TokenCheck:
+    """Pure ASGI middleware, with tokens configured: a protected path's token is checked
+    from the headers alone, before any byte of the body is read.
+
+    No token or an unknown one is 401, a read-only token writing 403, and the body is never
+    read, let alone parsed: a client without a valid token costs a header's worth of work.
+    The answer then closes the connection, so the server does not read that body either.
+    The Caller is left in the scope (CALLER_KEY) for BodyGuard and the routes.
+    """
+
+    def __init__(self, app: ASGIApp, *, access: Access, retry_after: int) -> None:
+        self.app = app
+        self.access = access
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            caller = self.access.authenticate(bearer_token(scope["headers"]))
+            self.access.authorize(caller, scope["method"])
+        except ApiError as refusal:
+            if _has_body(scope["headers"]):
+                refusal.headers["Connection"] = "close"
+            await refusal.response(retry_after=self.retry_after)(scope, receive, send)
+            return
+        scope[CALLER_KEY] = caller
+        await self.app(scope, receive, send)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length" and value.strip() not in (b"", b"0"):
+            return True
+        if name == b"transfer-encoding":
+            return True
+    return False

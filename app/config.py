@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # A request body that stalls this long (between two chunks, or a JSON body not complete
     # by then) is cut off with 408: a slow client cannot pin a worker or a pool connection.
     body_timeout_seconds: float = Field(default=10.0, gt=0)
+    # JSON bodies of requests without a checked token (an open API; a path no token guards)
+    # read at once per process; more wait up to a second, then get 503 server_busy.
+    unauthenticated_bodies: int = Field(default=16, ge=1)
     # A response write the client does not take within this long ends the response: a
     # client that stops reading cannot pin a pool connection, a COPY or a bulk slot.
     send_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.access import Access
+from app.access import CALLER_KEY, Access, Caller
 from app.config import Settings
 from app.database import Database
 from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
@@ -49,17 +49,26 @@ _bearer = HTTPBearer(
 _Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    # TokenCheck has checked the token already (app.access); a route outside its prefixes
+    # would not have been, so it is checked here then, never skipped.
+    caller: Caller | None = request.scope.get(CALLER_KEY)
+    if caller is not None:
+        return caller
+    access: Access = request.state.access
+    return access.authenticate(None if credentials is None else credentials.credentials)
+
+
 async def require_token(request: Request, credentials: _Bearer) -> str:
     """Every protected router's dependency; returns the request's credential (app.access)."""
     access: Access = request.state.access
-    return access.check(request.method, None if credentials is None else credentials.credentials)
+    return access.authorize(_caller(request, credentials), request.method)
 
 
 async def require_writer(request: Request, credentials: _Bearer) -> str:
     """Like require_token, but read-only tokens are refused even for reads."""
     access: Access = request.state.access
-    token = None if credentials is None else credentials.credentials
-    return access.check(request.method, token, writers_only=True)
+    return access.authorize(_caller(request, credentials), request.method, writers_only=True)
 
 
 # The credential a request acts as: its token's digest, "" for an open API. Cached per

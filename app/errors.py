@@ -200,6 +200,10 @@ class DatabaseUnavailable(ApiError, status=503, code="database_unavailable", ret
         super().__init__(detail)
 
 
+class ServerBusy(ApiError, status=503, code="server_busy", retryable=True):
+    """A limit of concurrent work that is not the database's was reached."""
+
+
 class ConflictRetry(ApiError, status=503, code="conflict_retry", retryable=True):
     def __init__(self) -> None:
         super().__init__("The request kept conflicting with concurrent changes. Retry it.")

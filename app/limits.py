@@ -2,15 +2,18 @@
 
 BodyGuard holds every request body to a limit chosen by method and route: the bulk import
 (`POST /products/import`) streams under its own large limit; every other body, whatever its
-path or method, is held to the JSON limit and, for POST/PUT/PATCH, must be strict JSON. A
-body that stalls is cut off (408). SendDeadline ends a response whose client stops taking
-it. Prices and other decimals are parsed as Decimal, never through a binary float, and the
-parsed body is handed to the route (JsonRoute) so it is parsed once.
+path or method, is held to the JSON limit and, for POST/PUT/PATCH, must be JSON. A body
+that stalls is cut off (408); bodies of requests without a checked token are read a few at
+a time (503 past that). The route that takes a JSON body (JsonRoute) parses it, once, as
+strict JSON with a bounded number of values: a path no route serves never costs a parse.
+Prices and other decimals are parsed as Decimal, never through a binary float.
+SendDeadline ends a response whose client stops taking it.
 """
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -20,10 +23,12 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import CALLER_KEY
 from app.errors import (
     ApiError,
     PayloadTooLarge,
     RequestTimeout,
+    ServerBusy,
     UnsupportedMediaType,
     ValidationFailed,
     route_methods,
@@ -34,8 +39,15 @@ _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # The one route whose body is not JSON: CSV or NDJSON, streamed to PostgreSQL, its media
 # type checked by the route itself.
 IMPORT_ROUTE = ("POST", "/products/import")
-# Where BodyGuard leaves the parsed JSON body for JsonRoute.
-_PARSED_KEY = "inventory.json"
+# The most values, members and separators a JSON body may hold, counted from its bytes
+# before it is parsed ("," "[" "{", inside strings too): a body of this API holds at most a
+# few hundred, and parsing is linear in them. A 1 MiB body of `[{},{},...]` (350,000 empty
+# objects) took half a second of a worker's CPU to parse and check; 10,000 take a few ms.
+JSON_VALUES_MAX = 10_000
+# How long a body of a request without a checked token waits for one of the process's
+# slots for such bodies before it is answered 503 (reading a body that has arrived whole
+# takes microseconds: the slots are only ever full of bodies that trickle).
+UNAUTHENTICATED_WAIT = 1.0
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -108,8 +120,15 @@ def parse_json(body: bytes) -> Any:
     """A body parsed as strict JSON: RFC 8259, UTF-8, unique keys, storable strings, and
     every number with a fraction or exponent as an exact Decimal.
 
-    Raises ValidationFailed naming the field (or `body`) otherwise.
+    Raises ValidationFailed naming the field (or `body`) otherwise, and for a body with
+    more than JSON_VALUES_MAX values, members or separators, before parsing it.
     """
+    if body.count(b",") + body.count(b"[") + body.count(b"{") > JSON_VALUES_MAX:
+        raise ValidationFailed.field(
+            "body",
+            f"holds more than {JSON_VALUES_MAX} values, members or separators",
+            "The request body is invalid.",
+        )
     try:
         value = json.loads(
             body.decode("utf-8"),
@@ -136,7 +155,12 @@ def parse_json(body: bytes) -> Any:
 
 
 class BodyGuard:
-    """Pure ASGI middleware: 408, 413, 415 and 422 for hostile bodies, before any parsing."""
+    """Pure ASGI middleware: 408, 413 and 415 for hostile bodies, before the app reads them.
+
+    JSON bodies of requests that carry no checked token (app.access.TokenCheck: an open
+    API, or a path no token guards) are read at most `unauthenticated_bodies` at once per
+    process; one that finds no slot within UNAUTHENTICATED_WAIT is answered 503.
+    """
 
     def __init__(
         self,
@@ -146,6 +170,7 @@ class BodyGuard:
         import_max_bytes: int,
         timeout: float,
         retry_after: int,
+        unauthenticated_bodies: int,
         routes: Sequence[BaseRoute] | None = None,
     ) -> None:
         self.app = app
@@ -154,6 +179,7 @@ class BodyGuard:
         self.import_max_bytes = import_max_bytes
         self.timeout = timeout
         self.retry_after = retry_after
+        self._unauthenticated = anyio.Semaphore(unauthenticated_bodies)
 
     async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
         await error.response(retry_after=self.retry_after)(scope, receive, send)
@@ -193,23 +219,28 @@ class BodyGuard:
             await self._refuse(UnsupportedMediaType(detail), scope, receive, send)
             return
         try:
-            body = await self._read(receive, limit)
+            if CALLER_KEY in scope or not (length or chunked):
+                body = await self._read(receive, limit)
+            else:
+                async with self._unauthenticated_slot():
+                    body = await self._read(receive, limit)
         except ApiError as error:
             await self._refuse(error, scope, receive, send)
             return
         except _Disconnected:
             return  # nobody to answer
-        try:
-            parsed = parse_json(body) if body else None
-        except ApiError as error:
-            if self._served(scope):
-                await self._refuse(error, scope, receive, send)
-            else:
-                await self.app(scope, _replay(body, receive), send)
-            return
-        if body:
-            scope[_PARSED_KEY] = parsed
         await self.app(scope, _replay(body, receive), send)
+
+    @asynccontextmanager
+    async def _unauthenticated_slot(self) -> AsyncIterator[None]:
+        with anyio.move_on_after(UNAUTHENTICATED_WAIT) as waiting:
+            await self._unauthenticated.acquire()
+        if waiting.cancelled_caught:
+            raise ServerBusy("Too many request bodies are being received. Retry later.")
+        try:
+            yield
+        finally:
+            self._unauthenticated.release()
 
     def _served(self, scope: Scope) -> bool:
         """Whether a route takes this method on this path: if not, the router's 405 (or
@@ -303,20 +334,27 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _ParsedJsonRequest(Request):
+    _parsed: Any = None
+
     async def json(self) -> Any:
-        if _PARSED_KEY in self.scope:
-            return self.scope[_PARSED_KEY]
-        return parse_json(await self.body())
+        return self._parsed
 
 
 class JsonRoute(APIRoute):
-    """A route that takes the body BodyGuard already parsed (exact decimals, strict JSON)."""
+    """A route whose JSON body is parsed here, once, as strict JSON (exact decimals).
+
+    Parsed before FastAPI looks at it: FastAPI would answer the ValidationFailed that
+    parse_json raises as a bare 400.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def parsed_once(request: Request) -> Response:
-            return await handler(_ParsedJsonRequest(request.scope, request.receive))
+            parsed = _ParsedJsonRequest(request.scope, request.receive)
+            if request.method in _JSON_METHODS and (body := await parsed.body()):
+                parsed._parsed = parse_json(body)
+            return await handler(parsed)
 
         return parsed_once
 

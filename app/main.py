@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
 from app import background, errors, openapi, replica, routes
-from app.access import Access, LoopbackOnly
+from app.access import Access, LoopbackOnly, TokenCheck
 from app.config import Settings
 from app.database import open_database
 from app.embedded import start_embedded
@@ -82,8 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(
         app, secured=not access.open, loopback_only=access.open and not access.allow_open
     )
-    # Added first = innermost. BodyGuard answers 408/413/415/422 before a body is parsed
-    # by anything else; LoopbackOnly refuses an open API's requests from the network;
+    # Added first = innermost. BodyGuard answers 408/413/415 before the app reads a body;
+    # TokenCheck, before it, answers 401/403 before any body byte is read; LoopbackOnly
+    # refuses an open API's requests from the network;
     # HeadAsGet answers HEAD as GET; SendDeadline bounds every response write;
     # ObserveRequests, outermost, ids, counts and logs every answer, those included.
     app.add_middleware(
@@ -92,8 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_max_bytes=settings.import_max_bytes,
         timeout=settings.body_timeout_seconds,
         retry_after=settings.retry_after_seconds,
+        unauthenticated_bodies=settings.unauthenticated_bodies,
         routes=app.router.routes,
     )
+    if not access.open:
+        app.add_middleware(TokenCheck, access=access, retry_after=settings.retry_after_seconds)
     if access.open and not access.allow_open:
         app.add_middleware(LoopbackOnly, retry_after=settings.retry_after_seconds)
     app.add_middleware(HeadAsGet)
