@@ -12,6 +12,7 @@ SendDeadline ends a response whose client stops taking it.
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -33,6 +34,9 @@ from app.errors import (
     ValidationFailed,
     route_methods,
 )
+from app.observability import REQUEST_ID_KEY
+
+logger = logging.getLogger("app.limits")
 
 # Methods whose bodies the API reads as JSON.
 _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -359,13 +363,19 @@ class JsonRoute(APIRoute):
         return parsed_once
 
 
+class ClientTooSlow(TimeoutError):
+    """The client did not take a response's data in time: the response is ended."""
+
+
 class SendDeadline:
     """Pure ASGI middleware: a response write the client does not take in time ends it.
 
     uvicorn's send waits while the client's socket buffer is full; a client that stops
     reading would otherwise hold the response, and with it a pool connection, a COPY
-    snapshot or a bulk slot, for as long as it likes. TimeoutError ends the request; the
-    streaming code gives its connection back on the way out.
+    snapshot or a bulk slot, for as long as it likes. ClientTooSlow ends the request (the
+    streaming code gives its connection back on the way out), and is logged here as one
+    line at INFO: any client can cause it at will, so it is no error of the service and
+    earns no traceback.
     """
 
     def __init__(self, app: ASGIApp, *, timeout: float) -> None:
@@ -387,7 +397,35 @@ class SendDeadline:
             if not streaming:
                 await send(message)
                 return
-            async with asyncio.timeout(self.timeout):
-                await send(message)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ClientTooSlow(f"the client took no data for {self.timeout:g} s") from None
 
-        await self.app(scope, receive, send_in_time)
+        try:
+            await self.app(scope, receive, send_in_time)
+        except BaseException as exc:
+            slow = _only(exc, ClientTooSlow)
+            if slow is None:
+                raise
+            logger.info(
+                "response ended: %s",
+                slow,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "request_id": scope.get(REQUEST_ID_KEY),
+                },
+            )
+
+
+def _only(exc: BaseException, kind: type[ClientTooSlow]) -> ClientTooSlow | None:
+    """`exc` when it is a `kind`, or the first of a group holding nothing else; else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(kind)
+        if matched is not None and rest is None:
+            return _only(matched.exceptions[0], kind)
+    return None
