@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     # Bulk work (exports, imports): at most this many pool connections at once per process,
     # capped below pool_size so lookups and writes always find a connection.
     bulk_connections: int = Field(default=3, ge=1)
+    # Of those, at most this many for one token (an open API's clients are not counted
+    # apart): one credential never holds every slot.
+    bulk_per_credential: int = Field(default=2, ge=1)
+    # A bulk response (an export, the movement list, the movements report) or an import
+    # body whose client moves fewer bytes than this per second spent waiting on it is cut
+    # off; bulk_grace_seconds of waiting are in hand, and fast stretches earn no more.
+    bulk_min_bytes_per_second: int = Field(default=128 * 1024, ge=1)
+    bulk_grace_seconds: float = Field(default=10.0, gt=0)
 
     # --- The change log, its stream and webhooks (API.md "GET /changes", "Webhooks"). ---
     # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None

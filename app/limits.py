@@ -13,6 +13,7 @@ SendDeadline ends a response whose client stops taking it.
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -37,6 +38,10 @@ from app.errors import (
 from app.observability import REQUEST_ID_KEY
 
 logger = logging.getLogger("app.limits")
+
+# Set in the scope by a response that holds a bulk slot (app.streaming): SendDeadline then
+# holds its client to the rate floor too.
+BULK_KEY = "inventory.bulk"
 
 # Methods whose bodies the API reads as JSON.
 _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -158,6 +163,32 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+class RateFloor:
+    """How slow a bulk transfer's client may be: a bucket of waiting time.
+
+    It starts with `grace` seconds; every second spent waiting on the client (a send it
+    does not take, a body chunk that does not come) takes one out, every byte moved puts
+    1/`min_rate` s back, never above `grace`. Empty, the client is too slow. A client
+    moving `min_rate` bytes/s or more never empties it; one moving r < min_rate is cut off
+    after grace / (1 - r/min_rate) seconds of waiting; one that stops, after what is left.
+    The cap means a fast start (socket buffers filling at once) buys no slow minutes later.
+    """
+
+    def __init__(self, *, min_rate: int, grace: float) -> None:
+        self.min_rate = min_rate
+        self.grace = grace
+        self.left = grace
+
+    def allows(self, chunk: bytes) -> float:
+        """How long sending `chunk` may wait: what is left, and what the chunk earns."""
+        return self.left + len(chunk) / self.min_rate
+
+    def moved(self, waited: float, nbytes: int) -> bool:
+        """Account one transfer; False when the client has now been too slow."""
+        self.left = min(self.grace, self.left - waited + nbytes / self.min_rate)
+        return self.left > 0
+
+
 class BodyGuard:
     """Pure ASGI middleware: 408, 413 and 415 for hostile bodies, before the app reads them.
 
@@ -175,9 +206,13 @@ class BodyGuard:
         timeout: float,
         retry_after: int,
         unauthenticated_bodies: int,
+        min_rate: int,
+        grace: float,
         routes: Sequence[BaseRoute] | None = None,
     ) -> None:
         self.app = app
+        self.min_rate = min_rate
+        self.grace = grace
         self.routes = routes
         self.json_max_bytes = json_max_bytes
         self.import_max_bytes = import_max_bytes
@@ -208,12 +243,14 @@ class BodyGuard:
             await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
         if streamed or scope["method"] not in _JSON_METHODS:
-            # Counted as it streams (a body the app ignores is counted all the same).
-            await self._counted(scope, receive, send, limit)
+            # Counted as it streams (a body the app ignores is counted all the same); the
+            # import holds a bulk slot while it streams: its client is held to the floor.
+            floor = RateFloor(min_rate=self.min_rate, grace=self.grace) if streamed else None
+            await self._counted(scope, receive, send, limit, floor)
             return
         if (length or chunked) and (content_type is None or not _is_json(content_type)):
             if not self._served(scope):
-                await self._counted(scope, receive, send, limit)
+                await self._counted(scope, receive, send, limit, None)
                 return
             detail = (
                 "Send JSON: Content-Type application/json (UTF-8)."
@@ -270,7 +307,9 @@ class BodyGuard:
             raise RequestTimeout(self.timeout)
         return bytes(body)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, floor: RateFloor | None
+    ) -> None:
         received = 0
         response_started = False
         body_done = False
@@ -281,15 +320,23 @@ class BodyGuard:
                 # Past the body, receive() only waits for the client to leave (a streamed
                 # export watches it for minutes): no deadline, or long exports were cut off.
                 return await receive()
-            with anyio.move_on_after(self.timeout) as waiting:
+            deadline = self.timeout if floor is None else min(self.timeout, floor.left)
+            started = time.monotonic()
+            with anyio.move_on_after(deadline) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
+                if deadline < self.timeout:
+                    raise RequestTimeout(self.timeout, min_rate=self.min_rate)
                 raise RequestTimeout(self.timeout)
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
                 if received > limit:
                     raise PayloadTooLarge(limit)
                 body_done = not message.get("more_body", False)
+                waited = time.monotonic() - started
+                if floor is not None and not body_done and not floor.moved(waited, chunk):
+                    raise RequestTimeout(self.timeout, min_rate=self.min_rate)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -372,24 +419,29 @@ class SendDeadline:
 
     uvicorn's send waits while the client's socket buffer is full; a client that stops
     reading would otherwise hold the response, and with it a pool connection, a COPY
-    snapshot or a bulk slot, for as long as it likes. ClientTooSlow ends the request (the
+    snapshot or a bulk slot, for as long as it likes. A response holding a bulk slot (the
+    scope's BULK_KEY) is held to the rate floor as well (RateFloor): a client that takes
+    it, but too slowly, cannot keep the slot either. ClientTooSlow ends the request (the
     streaming code gives its connection back on the way out), and is logged here as one
     line at INFO: any client can cause it at will, so it is no error of the service and
     earns no traceback.
     """
 
-    def __init__(self, app: ASGIApp, *, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, timeout: float, min_rate: int, grace: float) -> None:
         self.app = app
         self.timeout = timeout
+        self.min_rate = min_rate
+        self.grace = grace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         streaming = False
+        floor: RateFloor | None = None
 
         async def send_in_time(message: Message) -> None:
-            nonlocal streaming
+            nonlocal streaming, floor
             # A response sent whole is written to the socket's buffer at once; only a body
             # in pieces can wait on a client, from its first piece to its end. Timing every
             # message instead cost a tenth of a small request's CPU (a cancel scope each).
@@ -397,11 +449,23 @@ class SendDeadline:
             if not streaming:
                 await send(message)
                 return
+            if floor is None and scope.get(BULK_KEY):
+                floor = RateFloor(min_rate=self.min_rate, grace=self.grace)
+            body = message.get("body", b"")
+            # The bytes being sent earn their time once taken: a chunk may take that long
+            # on top of what is left.
+            deadline = self.timeout if floor is None else min(self.timeout, floor.allows(body))
+            started = time.monotonic()
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(deadline):
                     await send(message)
             except TimeoutError:
+                if deadline < self.timeout:
+                    raise self._below_floor() from None
                 raise ClientTooSlow(f"the client took no data for {self.timeout:g} s") from None
+            waited = time.monotonic() - started
+            if floor is not None and not floor.moved(waited, len(body)):
+                raise self._below_floor()
 
         try:
             await self.app(scope, receive, send_in_time)
@@ -418,6 +482,9 @@ class SendDeadline:
                     "request_id": scope.get(REQUEST_ID_KEY),
                 },
             )
+
+    def _below_floor(self) -> ClientTooSlow:
+        return ClientTooSlow(f"the client took data slower than {self.min_rate} bytes/s")
 
 
 def _only(exc: BaseException, kind: type[ClientTooSlow]) -> ClientTooSlow | None:

@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.body_timeout_seconds,
         retry_after=settings.retry_after_seconds,
         unauthenticated_bodies=settings.unauthenticated_bodies,
+        min_rate=settings.bulk_min_bytes_per_second,
+        grace=settings.bulk_grace_seconds,
         routes=app.router.routes,
     )
     if not access.open:
@@ -101,7 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if access.open and not access.allow_open:
         app.add_middleware(LoopbackOnly, retry_after=settings.retry_after_seconds)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(SendDeadline, timeout=settings.send_timeout_seconds)
+    app.add_middleware(
+        SendDeadline,
+        timeout=settings.send_timeout_seconds,
+        min_rate=settings.bulk_min_bytes_per_second,
+        grace=settings.bulk_grace_seconds,
+    )
     app.add_middleware(ObserveRequests, metrics=metrics, routes=app.router.routes)
     return app
 

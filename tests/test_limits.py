@@ -274,6 +274,8 @@ async def test_declared_length_over_the_limit_is_refused_without_reading() -> No
         timeout=5,
         retry_after=1,
         unauthenticated_bodies=4,
+        min_rate=1000,
+        grace=5,
     )
     headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
 
@@ -290,6 +292,8 @@ async def test_import_gets_its_own_limit_counted_as_it_streams() -> None:
         timeout=5,
         retry_after=1,
         unauthenticated_bodies=4,
+        min_rate=1000,
+        grace=5,
     )
     csv = [(b"content-type", b"text/csv")]
 
@@ -402,6 +406,8 @@ async def test_a_body_that_stops_arriving_is_cut_off_with_408(
         timeout=0.2,
         retry_after=1,
         unauthenticated_bodies=4,
+        min_rate=1000,
+        grace=5,
     )
     scope: Scope = {
         "type": "http",
@@ -449,7 +455,7 @@ async def test_a_response_outlasting_the_body_deadline_is_not_cut_off(method: st
 
     guard = BodyGuard(
         streams_while_watching, json_max_bytes=100, import_max_bytes=1000, timeout=0.2,
-        retry_after=1, unauthenticated_bodies=4,
+        retry_after=1, unauthenticated_bodies=4, min_rate=1000, grace=5,
     )  # fmt: skip
     path = "/products/import" if method == "POST" else "/products"
     headers = [(b"content-type", b"text/csv")] if method == "POST" else []
@@ -471,7 +477,7 @@ async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline
         if message["type"] == "http.response.body":
             await asyncio.sleep(3600)  # a client whose socket buffer is full
 
-    guard = SendDeadline(endless, timeout=0.2)
+    guard = SendDeadline(endless, timeout=0.2, min_rate=1000, grace=5)
     started = time.monotonic()
     scope = {"type": "http", "method": "GET", "path": "/products", "headers": []}
     with caplog.at_level(logging.INFO, logger="app.limits"):
@@ -487,7 +493,7 @@ async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline
 async def test_bodies_without_a_checked_token_are_read_a_few_at_a_time() -> None:
     guard = BodyGuard(
         _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=30, retry_after=1,
-        unauthenticated_bodies=1,
+        unauthenticated_bodies=1, min_rate=1000, grace=5,
     )  # fmt: skip
     headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
     trickling = asyncio.Event()
