@@ -14,6 +14,8 @@ from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field
 from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
+from app.queries.reports import StockSummary
+from app.recent import Recent
 from app.replica import Reads
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
 
@@ -37,6 +39,8 @@ MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
 # Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
 ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
+# GET /reports/stock as last computed (app.recent), for at most a second.
+StockReportDep = Annotated[Recent[StockSummary], Depends(_from_state("stock_report"))]
 
 # auto_error=False: a missing or non-Bearer header comes back as None, and the 401 is ours
 # (problem+json, WWW-Authenticate). The scheme also puts `bearerAuth` into the OpenAPI.

@@ -16,6 +16,9 @@ from app.head import HeadAsGet
 from app.idempotency import Idempotency
 from app.limits import BodyGuard, SendDeadline
 from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
+from app.queries.reports import StockSummary
+from app.recent import Recent
+from app.routes.reports import STOCK_REPORT_SECONDS
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.replica.replica = reads.replica
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
+                    # GET /reports/stock scans every product: computed at most once a
+                    # second per process, however many ask.
+                    "stock_report": Recent[StockSummary](STOCK_REPORT_SECONDS),
                     "database": database,
                     "idempotency": idempotency,
                     "settings": settings,

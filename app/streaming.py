@@ -8,6 +8,7 @@ that goes away stops the query (psycopg cancels it; the connection goes back cle
 replaced); one that stops reading is cut off by the send deadline (app.limits).
 """
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -81,7 +82,9 @@ class _Streamed(Response):
             async with db.bulk(credential) as conn:
                 chunks = self.chunks(conn)
                 try:
-                    first = await anext(chunks, None)
+                    first, gone = await _first_chunk(chunks, conn, receive)
+                    if gone:
+                        return  # the client left: nobody to answer
                     started = True
                     self._reads.served(name)
                     await send(
@@ -135,18 +138,21 @@ class CopyStream(_Streamed):
         framing = self._framing
         prefix = framing.first
         async with _exit_shielded(conn.cursor().copy(self._statement, self._params)) as copy:
-            more = True
-            while more:
-                # Shielded: a cancellation landing inside psycopg's wait makes it close the
-                # connection; here it waits for the next yield, and the COPY ends cleanly.
-                with anyio.CancelScope(shield=True):
-                    rows, more = await _read_chunk(copy)
-                if not rows:
-                    return
+            # The first rows are waited for unshielded: a client that leaves meanwhile has the
+            # query cancelled in the server (_first_chunk), and the COPY fails here.
+            rows, more = await _read_chunk(copy)
+            while rows:
                 # No unshielded await in here: a cancellation can only arrive at this yield,
                 # from where the exit is shielded (__call__), never midway.
                 yield prefix + _framed(rows, framing)
                 prefix = framing.between
+                if not more:
+                    return
+                # Shielded: a cancellation landing inside psycopg's wait mid-stream would
+                # close the connection; here it waits for the next yield, and the COPY ends
+                # cleanly.
+                with anyio.CancelScope(shield=True):
+                    rows, more = await _read_chunk(copy)
 
 
 class JsonArrayStream(_Streamed):
@@ -182,6 +188,41 @@ async def _then(
     async for chunk in rest:
         yield chunk
     yield last
+
+
+async def _first_chunk(
+    chunks: AsyncIterator[bytes], conn: Connection, receive: Receive
+) -> tuple[bytes | None, bool]:
+    """The first chunk (None: no rows), and whether the client left before it came.
+
+    The client is watched from the start: one that leaves while the query works towards
+    its first row (a report's aggregate, a selective export, a lock) has the query
+    cancelled in the server, and its connection is kept. (Cancelling this task instead
+    would not do: psycopg's own cancel request would be cancelled with it, and the
+    connection closed with the query still running in the server.)
+    """
+    gone = False
+
+    async def cancel_on_disconnect() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        await conn.cancel_safe()
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
+    try:
+        first = await anext(chunks, None)
+    except psycopg.errors.QueryCanceled:
+        if gone:
+            return None, True
+        raise
+    finally:
+        watcher.cancel()
+        # The connection goes back to the pool only once no cancel request is on its way.
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(watcher, return_exceptions=True)
+    return first, gone
 
 
 async def _send_chunks(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> None:
