@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency.purging(settings.idempotency_purge_interval_seconds),
                 background.running(dsn, settings, metrics) as feed,
                 # Exports, pages, GET /changes and reports: a replica when one is usable.
-                replica.reading(database, settings, metrics.count_read) as reads,
+                replica.reading(database, dsn, settings, metrics.count_read) as reads,
             ):
                 metrics.replica.replica = reads.replica
                 # What app.deps hands to handlers; nothing else reads this state.
