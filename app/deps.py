@@ -18,6 +18,7 @@ from app.queries.reports import StockSummary
 from app.recent import Recent
 from app.replica import Reads
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
+from app.ssrf import Resolver
 
 # async throughout: FastAPI runs a plain `def` dependency in its thread pool, a hop that
 # cost about a fifth of a lookup's time under load (py-spy, bench/).
@@ -39,6 +40,8 @@ MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
 # Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
 ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
+# Host names to addresses for webhook URLs (app.ssrf): bounded in time and in number.
+ResolverDep = Annotated[Resolver, Depends(_from_state("resolver"))]
 # GET /reports/stock as last computed (app.recent), for at most a second.
 StockReportDep = Annotated[Recent[StockSummary], Depends(_from_state("stock_report"))]
 

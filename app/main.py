@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import background, errors, openapi, replica, routes
+from app import background, errors, openapi, replica, routes, ssrf
 from app.access import Access, LoopbackOnly, TokenCheck
 from app.config import Settings
 from app.database import open_database
@@ -50,10 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 background.running(dsn, settings, metrics) as feed,
                 # Exports, pages, GET /changes and reports: a replica when one is usable.
                 replica.reading(database, dsn, settings, metrics.count_read) as reads,
+                ssrf.resolving() as resolver,
             ):
                 metrics.replica.replica = reads.replica
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
+                    # POST /webhooks looks its URL's host up here (app.ssrf).
+                    "resolver": resolver,
                     # GET /reports/stock scans every product: computed at most once a
                     # second per process, however many ask.
                     "stock_report": Recent[StockSummary](STOCK_REPORT_SECONDS),

@@ -7,11 +7,14 @@ address that was checked (the Host header and TLS SNI keep the name), so a DNS a
 changes between the check and the connection (DNS rebinding) cannot reach inside.
 """
 
-import asyncio
 import ipaddress
 import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import aiodns
+import anyio
 import httpx
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -81,29 +84,78 @@ class Target:
     extensions: dict[str, str]
 
 
-async def _addresses(host: str, port: int) -> list[Address]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
-    except (socket.gaierror, UnicodeError):
-        raise AddressRefused("the host does not resolve") from None
-    found: list[Address] = []
-    for info in infos:
-        # A link-local IPv6 answer carries its zone ("fe80::1%eth0").
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if address not in found:
-            found.append(address)
-    if not found:
-        raise AddressRefused("the host does not resolve")
-    return found
+# A lookup's limit, waiting for a slot included; past it the host counts as not resolving.
+LOOKUP_TIMEOUT = 5.0
+# Lookups in flight at once per Resolver; more wait their turn (within the same limit).
+MAX_LOOKUPS = 8
 
 
-async def resolve(url: str, *, allow_private: bool) -> list[Target]:
+class Resolver:
+    """Host names to addresses, in the event loop itself: c-ares, through aiodns.
+
+    Not the loop's getaddrinfo: that runs in the loop's default thread pool (a handful of
+    threads), which psycopg's connection attempts by host name share, and a lookup there
+    cannot be abandoned; four slow ones stalled them all. Here a lookup holds no thread,
+    gives up after `timeout`, and at most `max_lookups` run at once. Names are looked up
+    as the system does (c-ares' getaddrinfo: the hosts file, then DNS).
+    Make one inside the running event loop; close() it when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = LOOKUP_TIMEOUT,
+        max_lookups: int = MAX_LOOKUPS,
+        nameservers: Sequence[str] | None = None,
+    ) -> None:
+        self._timeout = timeout
+        self._slots = anyio.Semaphore(max_lookups)
+        self._dns = aiodns.DNSResolver(nameservers=nameservers, timeout=timeout, tries=1)
+
+    async def addresses(self, host: str, port: int) -> list[Address]:
+        """The host's addresses, without duplicates, in the resolver's order.
+
+        Raises AddressRefused when it does not resolve, or not within the timeout.
+        """
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        with anyio.move_on_after(self._timeout) as waiting:
+            async with self._slots:
+                try:
+                    result = await self._dns.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
+                except (aiodns.error.DNSError, UnicodeError):
+                    raise AddressRefused("the host does not resolve") from None
+        if waiting.cancelled_caught:
+            raise AddressRefused(f"the host did not resolve within {self._timeout:g} s")
+        found: list[Address] = []
+        for node in result.nodes:
+            raw = node.addr[0]
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            # A link-local IPv6 answer may carry its zone ("fe80::1%eth0").
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if address not in found:
+                found.append(address)
+        if not found:
+            raise AddressRefused("the host does not resolve")
+        return found
+
+    async def close(self) -> None:
+        await self._dns.close()
+
+
+@asynccontextmanager
+async def resolving() -> AsyncIterator[Resolver]:
+    """A Resolver for the block, closed after it."""
+    resolver = Resolver()
+    try:
+        yield resolver
+    finally:
+        await resolver.close()
+
+
+async def resolve(url: str, *, allow_private: bool, resolver: Resolver) -> list[Target]:
     """Resolve the URL's host: one pinned target per address, in the resolver's order.
 
     Raises AddressRefused when the host does not resolve or, unless `allow_private`, when
@@ -117,7 +169,7 @@ async def resolve(url: str, *, allow_private: bool) -> list[Target]:
         # A host IDNA cannot encode (httpx raises InvalidURL) names nothing that resolves.
         raise AddressRefused("the host is not a valid name") from None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    addresses = await _addresses(host, port)
+    addresses = await resolver.addresses(host, port)
     if not allow_private:
         refused = [a for a in addresses if not is_public(a)]
         if refused:

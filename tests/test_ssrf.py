@@ -1,6 +1,11 @@
 """Where webhooks may send (app/ssrf.py): addresses, what a refusal tells, how names resolve."""
 
+import asyncio
 import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import pytest
 from httpx import AsyncClient
@@ -78,3 +83,68 @@ async def test_a_refused_url_is_answered_without_the_addresses_it_resolves_to(
     problem = assert_problem(response, 422, "validation_failed")
     assert address not in response.text
     assert "loopback, private, link-local or metadata" in problem["errors"][0]["message"]
+
+
+# --- Looking hosts up (issue 19, finding 5) ---------------------------------------------------
+
+
+@contextmanager
+def _silent_nameserver() -> Iterator[tuple[str, list[bytes]]]:
+    """A DNS server on 127.0.0.1 that takes every query and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    received: list[bytes] = []
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}", received
+    finally:
+        with suppress(BlockingIOError):
+            while True:
+                received.append(sock.recv(512))
+        sock.close()
+
+
+async def test_slow_lookups_end_in_time_a_few_at_a_time_and_hold_no_thread() -> None:
+    # Webhook hosts were looked up with the loop's getaddrinfo: no timeout, and in the loop's
+    # few worker threads, which psycopg's connections by host name need too.
+    loop = asyncio.get_running_loop()
+    with _silent_nameserver() as (nameserver, received):
+        resolver = ssrf.Resolver(timeout=0.5, max_lookups=2, nameservers=[nameserver])
+        try:
+            started = time.monotonic()
+            lookups = [
+                ssrf.resolve(f"http://slow-{i:02}.test/", allow_private=False, resolver=resolver)
+                for i in range(12)
+            ]
+            results = await asyncio.gather(
+                *lookups,
+                # Meanwhile the loop's thread pool is free: a lookup there answers at once.
+                asyncio.wait_for(loop.getaddrinfo("localhost", 80), 0.3),
+                return_exceptions=True,
+            )
+            elapsed = time.monotonic() - started
+        finally:
+            await resolver.close()
+        await asyncio.sleep(0.05)
+
+    *refused, threaded = results
+    assert not isinstance(threaded, BaseException), threaded
+    for error in refused:
+        assert isinstance(error, ssrf.AddressRefused)
+        assert "did not resolve within 0.5 s" in str(error)
+    assert elapsed < 3
+    # At most two lookups at once: the ten others gave up waiting for a slot.
+    asked = {i for i in range(12) if any(f"slow-{i:02}".encode() in q for q in received)}
+    assert 1 <= len(asked) <= 2, asked
+
+
+async def test_hosts_resolve_as_the_system_resolves_them() -> None:
+    resolver = ssrf.Resolver()
+    try:
+        local = await resolver.addresses("localhost", 443)  # the hosts file
+        with pytest.raises(ssrf.AddressRefused, match="does not resolve"):
+            await resolver.addresses("no-such-host.invalid", 443)
+    finally:
+        await resolver.close()
+
+    assert ipaddress.ip_address("127.0.0.1") in local
