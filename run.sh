@@ -126,6 +126,7 @@ cmd_serve() {
   local host=${HOST:-127.0.0.1} port=${PORT:-8000} env_lines
   if use_docker; then
     say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, ./run.sh stop to stop"
+    say "its read-write token (made on the first start): docker compose exec api cat /srv/tokens/api-token"
     exec docker compose up --build
   fi
   claim_serve_lock "$host:$port"

@@ -12,9 +12,11 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -80,6 +82,51 @@ def _digests(name: str, tokens: SecretStr | None) -> tuple[bytes, ...]:
     return usable
 
 
+def token_file(path: Path) -> SecretStr:
+    """The read-write tokens in `path` (comma- or line-separated); a new one when there is
+    no such file yet.
+
+    The new token is written to a file only its owner may read (0600, its directory 0700),
+    atomically: processes starting together (uvicorn's workers, several instances on one
+    volume) end up with the same single token. Where it is gets logged at WARNING, the
+    token never. Raises TokenConfigError for a file others may read or write.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        _create_token_file(path)
+    else:
+        if mode & 0o077:
+            raise TokenConfigError(
+                f"{path} holds API tokens and others may read it (mode {mode & 0o777:o}): "
+                f"chmod 600 {path}"
+            )
+    return SecretStr(path.read_text().replace("\n", ","))
+
+
+def _create_token_file(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # A link fails when the name exists: whoever links first wrote the token all use.
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return
+    finally:
+        draft.unlink(missing_ok=True)
+    logger.warning(
+        "generated a read-write API token into %s (readable by its owner only); send it as "
+        "'Authorization: Bearer <token>'",
+        path,
+    )
+
+
 def _any_match(candidate: bytes, digests: tuple[bytes, ...]) -> bool:
     # Every configured token is compared, with no early exit, and all digests have one length:
     # the time taken tells nothing about which token (if any) matched, or how long it is.
@@ -99,9 +146,16 @@ class Access:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Access":
-        """Raises TokenConfigError for a token variable that is set but empty."""
+        """Raises TokenConfigError for a token variable that is set but empty, or a token
+        file that cannot be used (see token_file)."""
+        writers = _digests("INVENTORY_API_TOKENS", settings.api_tokens)
+        if settings.api_token_file:
+            writers += _digests(
+                f"INVENTORY_API_TOKEN_FILE ({settings.api_token_file})",
+                token_file(Path(settings.api_token_file)),
+            )
         return cls(
-            _digests("INVENTORY_API_TOKENS", settings.api_tokens),
+            writers,
             _digests("INVENTORY_READ_TOKENS", settings.read_tokens),
             settings.allow_open,
         )

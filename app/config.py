@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # error (app/access.py). SecretStr keeps them out of any repr or log line.
     api_tokens: SecretStr | None = None
     read_tokens: SecretStr | None = None
+    # A file of read-write tokens (app/access.py token_file): read at start-up, and made with
+    # a new token, readable by its owner only, when missing. docker-compose.yml sets it.
+    # Unset or empty: no file.
+    api_token_file: str | None = None
     # With no tokens the API answers only on loopback, unless this says an open API is meant.
     allow_open: bool = False
     # Request body limits in bytes: every body but the import's, and the import (streamed).

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,50 @@ def test_clients_without_a_token_posting_big_bodies_do_not_slow_a_worker(
     assert statuses.count("401") > 100, statuses
     assert set(statuses) <= {"401", "0"}
     assert statistics.quantiles(timings, n=10)[8] < 0.25, timings
+
+
+# --- A token file, made on the first start (issue 19, finding 8) ------------------------------
+
+
+async def test_a_first_start_makes_a_token_only_its_owner_may_read_and_says_where(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "secrets" / "api-token"
+    async with make_client(api_token_file=str(path)) as client:
+        token = path.read_text().strip()
+        denied = await client.post("/products", json=product())
+        created = await client.post("/products", json=product(), headers=bearer(token))
+
+    assert_problem(denied, 401, "unauthorized")
+    assert created.status_code == 201
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(token) >= 40
+    [said] = [r.getMessage() for r in caplog.records if "generated a read-write" in r.getMessage()]
+    assert str(path) in said and token not in said
+    # Started again, it reads the same token and makes none.
+    caplog.clear()
+    async with make_client(api_token_file=str(path)) as client:
+        again = await client.get("/products", headers=bearer(token))
+    assert again.status_code == 200
+    assert path.read_text().strip() == token
+    assert not [r for r in caplog.records if "generated a read-write" in r.getMessage()]
+
+
+def test_processes_starting_together_share_one_generated_token(tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda _: access.token_file(path).get_secret_value(), range(16)))
+
+    assert len(set(seen)) == 1
+    assert path.read_text().count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api-token"]  # no drafts left
+
+
+def test_a_token_file_others_may_read_is_refused(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    path.write_text("some-token\n")
+    path.chmod(0o644)
+
+    with pytest.raises(access.TokenConfigError, match="others may read it"):
+        create_app(settings.model_copy(update={"api_token_file": str(path)}))
