@@ -218,8 +218,12 @@ async def _first_chunk(
             return None, True
         raise
     finally:
-        watcher.cancel()
-        # The connection goes back to the pool only once no cancel request is on its way.
+        # A cancel request under way is let finish, never cut: PgBouncer 1.18 (Debian 12)
+        # exits on a cancel client that leaves while its request is pending (pgbouncer
+        # #801, #822). And the connection goes back to the pool only once no cancel
+        # request for it is on its way.
+        if not gone:
+            watcher.cancel()
         with anyio.CancelScope(shield=True):
             await asyncio.gather(watcher, return_exceptions=True)
     return first, gone
