@@ -405,6 +405,13 @@ class JsonRoute(APIRoute):
             parsed = _ParsedJsonRequest(request.scope, request.receive)
             if request.method in _JSON_METHODS and (body := await parsed.body()):
                 parsed._parsed = parse_json(body)
+                # Every body of this API is an object. FastAPI would take any other value
+                # for a model whose fields are all optional as an empty one: a PATCH whose
+                # body was the number 3.5 was a 200 that changed nothing.
+                if not isinstance(parsed._parsed, dict):
+                    raise ValidationFailed.field(
+                        "body", "must be a JSON object", "The request body is invalid."
+                    )
             return await handler(parsed)
 
         return parsed_once
