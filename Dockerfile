@@ -8,6 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv
 RUN useradd --system --uid 10001 --user-group --home-dir /srv --no-create-home inventory
+# Where docker-compose.yml keeps the generated API token (a volume: a new one takes this
+# directory's owner and mode).
+RUN mkdir -m 0700 /srv/tokens && chown inventory:inventory /srv/tokens
 
 # Requirements first: code changes then reuse the installed-packages layer.
 COPY requirements.txt .
@@ -22,8 +25,8 @@ EXPOSE 8000
 ENV PROMETHEUS_MULTIPROC_DIR=/tmp/inventory-metrics
 # Binds 0.0.0.0 and sets no INVENTORY_ALLOW_OPEN: run bare, with no tokens, the service refuses
 # to start rather than serve an open API to whatever network reaches the container. Give it
-# INVENTORY_API_TOKENS, or INVENTORY_ALLOW_OPEN=1 where only trusted clients reach the port
-# (docker-compose.yml does that, publishing on the host's 127.0.0.1 only).
+# INVENTORY_API_TOKENS or INVENTORY_API_TOKEN_FILE (docker-compose.yml does: a token made on
+# the first start), or INVENTORY_ALLOW_OPEN=1 where only trusted clients reach the port.
 # SIGTERM (docker stop) lets requests in flight finish for up to 20 s, then closes the pool;
 # give `docker stop` more than that (compose: stop_grace_period). The app logs each request.
 CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers 2 --timeout-graceful-shutdown 20 --no-access-log"]

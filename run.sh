@@ -157,6 +157,7 @@ cmd_serve() {
   if use_docker; then
     check_port 127.0.0.1 "$port" # compose publishes the API on the host's loopback
     say "docker compose: the API on http://127.0.0.1:$port (docs: /docs); ./run.sh psql for SQL, Ctrl+C or ./run.sh stop to stop"
+    say "its read-write token (made on the first start): docker compose exec api cat /srv/tokens/api-token"
     exec docker compose up --build
   fi
   claim_serve_lock "$host:$port"

@@ -12,15 +12,17 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import Forbidden, Unauthorized
+from app.errors import ApiError, Forbidden, Unauthorized
 
 logger = logging.getLogger("app.auth")
 
@@ -30,6 +32,33 @@ PROTECTED = ("/products", "/changes", "/reports", "/webhooks")
 READ_METHODS = frozenset({"GET", "HEAD"})
 # The credential of requests to an open API: they all share one idempotency namespace.
 ANONYMOUS = ""
+# Where TokenCheck leaves the request's Caller, for BodyGuard and the route dependencies.
+CALLER_KEY = "inventory.caller"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts as: its credential (a digest of its token; ANONYMOUS on an open
+    API), and whether that token may write."""
+
+    credential: str
+    writer: bool
+
+
+def is_protected(path: str) -> bool:
+    """Whether a token guards `path` when tokens are configured (a prefix, segment-wise)."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTECTED)
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of the first Authorization header, read as FastAPI's HTTPBearer reads it:
+    None unless it is `Bearer <token>` (scheme in any case)."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
 
 
 class TokenConfigError(ValueError):
@@ -53,6 +82,51 @@ def _digests(name: str, tokens: SecretStr | None) -> tuple[bytes, ...]:
     return usable
 
 
+def token_file(path: Path) -> SecretStr:
+    """The read-write tokens in `path` (comma- or line-separated); a new one when there is
+    no such file yet.
+
+    The new token is written to a file only its owner may read (0600, its directory 0700),
+    atomically: processes starting together (uvicorn's workers, several instances on one
+    volume) end up with the same single token. Where it is gets logged at WARNING, the
+    token never. Raises TokenConfigError for a file others may read or write.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        _create_token_file(path)
+    else:
+        if mode & 0o077:
+            raise TokenConfigError(
+                f"{path} holds API tokens and others may read it (mode {mode & 0o777:o}): "
+                f"chmod 600 {path}"
+            )
+    return SecretStr(path.read_text().replace("\n", ","))
+
+
+def _create_token_file(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # A link fails when the name exists: whoever links first wrote the token all use.
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return
+    finally:
+        draft.unlink(missing_ok=True)
+    logger.warning(
+        "generated a read-write API token into %s (readable by its owner only); send it as "
+        "'Authorization: Bearer <token>'",
+        path,
+    )
+
+
 def _any_match(candidate: bytes, digests: tuple[bytes, ...]) -> bool:
     # Every configured token is compared, with no early exit, and all digests have one length:
     # the time taken tells nothing about which token (if any) matched, or how long it is.
@@ -72,9 +146,16 @@ class Access:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Access":
-        """Raises TokenConfigError for a token variable that is set but empty."""
+        """Raises TokenConfigError for a token variable that is set but empty, or a token
+        file that cannot be used (see token_file)."""
+        writers = _digests("INVENTORY_API_TOKENS", settings.api_tokens)
+        if settings.api_token_file:
+            writers += _digests(
+                f"INVENTORY_API_TOKEN_FILE ({settings.api_token_file})",
+                token_file(Path(settings.api_token_file)),
+            )
         return cls(
-            _digests("INVENTORY_API_TOKENS", settings.api_tokens),
+            writers,
             _digests("INVENTORY_READ_TOKENS", settings.read_tokens),
             settings.allow_open,
         )
@@ -83,15 +164,14 @@ class Access:
     def open(self) -> bool:
         return not self.writers and not self.readers
 
-    def check(self, method: str, token: str | None, *, writers_only: bool = False) -> str:
-        """The credential a request with this method and bearer token acts as.
+    def authenticate(self, token: str | None) -> Caller:
+        """The Caller a bearer token makes; raises Unauthorized (no or unknown token).
 
-        Raises Unauthorized (no or unknown token) or Forbidden (a read-only token writing,
-        or reading where only read-write tokens may). The credential is a digest of the
-        token: it scopes Idempotency-Keys, and it is not the token.
+        The credential is a digest of the token: it scopes Idempotency-Keys and bulk slots,
+        and it is not the token.
         """
         if self.open:
-            return ANONYMOUS
+            return Caller(ANONYMOUS, writer=True)
         if token is None:
             raise Unauthorized(
                 "This API needs an 'Authorization: Bearer <token>' header.", invalid_token=False
@@ -102,9 +182,22 @@ class Access:
         reader = _any_match(candidate, self.readers)
         if not (writer or reader):
             raise Unauthorized("The bearer token is not valid.", invalid_token=True)
-        if not writer and (writers_only or method not in READ_METHODS):
+        return Caller(candidate.hex(), writer=writer)
+
+    def authorize(self, caller: Caller, method: str, *, writers_only: bool = False) -> str:
+        """The caller's credential; raises Forbidden for a read-only token writing, or
+        reading where only read-write tokens may."""
+        if not caller.writer and (writers_only or method not in READ_METHODS):
             raise Forbidden("This token may only read.")
-        return candidate.hex()
+        return caller.credential
+
+    def check(self, method: str, token: str | None, *, writers_only: bool = False) -> str:
+        """The credential a request with this method and bearer token acts as.
+
+        Raises Unauthorized (no or unknown token) or Forbidden (a read-only token writing,
+        or reading where only read-write tokens may).
+        """
+        return self.authorize(self.authenticate(token), method, writers_only=writers_only)
 
     def refuse_exposed_sockets(self) -> None:
         """At start-up: raise ExposedOpenApi when an open API listens beyond loopback."""
@@ -211,3 +304,43 @@ class LoopbackOnly:
             await refusal.response(retry_after=self.retry_after)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class TokenCheck:
+    """Pure ASGI middleware, with tokens configured: a protected path's token is checked
+    from the headers alone, before any byte of the body is read.
+
+    No token or an unknown one is 401, a read-only token writing 403, and the body is never
+    read, let alone parsed: a client without a valid token costs a header's worth of work.
+    The answer then closes the connection, so the server does not read that body either.
+    The Caller is left in the scope (CALLER_KEY) for BodyGuard and the routes.
+    """
+
+    def __init__(self, app: ASGIApp, *, access: Access, retry_after: int) -> None:
+        self.app = app
+        self.access = access
+        self.retry_after = retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        try:
+            caller = self.access.authenticate(bearer_token(scope["headers"]))
+            self.access.authorize(caller, scope["method"])
+        except ApiError as refusal:
+            if _has_body(scope["headers"]):
+                refusal.headers["Connection"] = "close"
+            await refusal.response(retry_after=self.retry_after)(scope, receive, send)
+            return
+        scope[CALLER_KEY] = caller
+        await self.app(scope, receive, send)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length" and value.strip() not in (b"", b"0"):
+            return True
+        if name == b"transfer-encoding":
+            return True
+    return False

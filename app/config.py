@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # error (app/access.py). SecretStr keeps them out of any repr or log line.
     api_tokens: SecretStr | None = None
     read_tokens: SecretStr | None = None
+    # A file of read-write tokens (app/access.py token_file): read at start-up, and made with
+    # a new token, readable by its owner only, when missing. docker-compose.yml sets it.
+    # Unset or empty: no file.
+    api_token_file: str | None = None
     # With no tokens the API answers only on loopback, unless this says an open API is meant.
     allow_open: bool = False
     # Request body limits in bytes: every body but the import's, and the import (streamed).
@@ -57,6 +61,9 @@ class Settings(BaseSettings):
     # A request body that stalls this long (between two chunks, or a JSON body not complete
     # by then) is cut off with 408: a slow client cannot pin a worker or a pool connection.
     body_timeout_seconds: float = Field(default=10.0, gt=0)
+    # JSON bodies of requests without a checked token (an open API; a path no token guards)
+    # read at once per process; more wait up to a second, then get 503 server_busy.
+    unauthenticated_bodies: int = Field(default=16, ge=1)
     # A response write the client does not take within this long ends the response: a
     # client that stops reading cannot pin a pool connection, a COPY or a bulk slot.
     send_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -65,6 +72,14 @@ class Settings(BaseSettings):
     # Bulk work (exports, imports): at most this many pool connections at once per process,
     # capped below pool_size so lookups and writes always find a connection.
     bulk_connections: int = Field(default=3, ge=1)
+    # Of those, at most this many for one token (an open API's clients are not counted
+    # apart): one credential never holds every slot.
+    bulk_per_credential: int = Field(default=2, ge=1)
+    # A bulk response (an export, the movement list, the movements report) or an import
+    # body whose client moves fewer bytes than this per second spent waiting on it is cut
+    # off; bulk_grace_seconds of waiting are in hand, and fast stretches earn no more.
+    bulk_min_bytes_per_second: int = Field(default=128 * 1024, ge=1)
+    bulk_grace_seconds: float = Field(default=10.0, gt=0)
 
     # --- The change log, its stream and webhooks (API.md "GET /changes", "Webhooks"). ---
     # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None

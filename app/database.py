@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import ClauseElement
 
+from app.access import ANONYMOUS
 from app.config import Settings
-from app.errors import ConflictRetry, DatabaseUnavailable
+from app.errors import ConflictRetry, DatabaseUnavailable, ServerBusy
 
 logger = logging.getLogger("app.database")
 
@@ -111,24 +112,47 @@ class BulkSlots:
     """A share of the pool for exports and imports, so they cannot starve other requests.
 
     Bulk work holds a connection for seconds to minutes; at most `slots` of them run at
-    once per process, the rest wait up to `timeout` and then get 503.
+    once per process, and at most `per_credential` of those for one token, so that one
+    token (however slow its clients) never holds them all. The rest wait up to `timeout`
+    and then get 503. An open API's requests share one credential and are not counted
+    apart.
     """
 
-    def __init__(self, slots: int, *, timeout: float) -> None:
+    def __init__(self, slots: int, *, per_credential: int, timeout: float) -> None:
         self.slots = slots
         self._semaphore = anyio.Semaphore(slots)
+        self._per_credential = min(per_credential, slots)
+        # One per token that ever ran bulk work: tokens are configured, so this is bounded.
+        self._shares: dict[str, anyio.Semaphore] = {}
         self._timeout = timeout
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, credential: str = ANONYMOUS) -> AsyncIterator[None]:
+        share = None
+        if credential != ANONYMOUS:
+            share = self._shares.setdefault(credential, anyio.Semaphore(self._per_credential))
         with anyio.move_on_after(self._timeout) as waiting:
-            await self._semaphore.acquire()
+            if share is not None:
+                await share.acquire()
+            try:
+                await self._semaphore.acquire()
+            except BaseException:
+                if share is not None:
+                    share.release()
+                raise
         if waiting.cancelled_caught:
+            if share is not None and share.value == 0:
+                raise ServerBusy(
+                    f"This token already runs {self._per_credential} exports or imports "
+                    "here. Retry when one has ended."
+                )
             raise DatabaseUnavailable("Too many exports and imports are running. Retry later.")
         try:
             yield
         finally:
             self._semaphore.release()
+            if share is not None:
+                share.release()
 
 
 @asynccontextmanager
@@ -155,6 +179,7 @@ class Database:
         # One connection always stays for everything else (with pool_size 1 there is none).
         self.bulk_slots = BulkSlots(
             max(1, min(settings.bulk_connections, settings.pool_size - 1)),
+            per_credential=settings.bulk_per_credential,
             timeout=settings.pool_timeout,
         )
 
@@ -172,6 +197,7 @@ class Database:
         transaction: bool = True,
         replayable: bool = True,
         bulk: bool = False,
+        credential: str = ANONYMOUS,
     ) -> T:
         """Run `work(conn)` as one unit and return its result.
 
@@ -181,12 +207,12 @@ class Database:
         `conflict_attempts` times, then raises ConflictRetry (503). `work` must therefore
         hold nothing across calls; pass `replayable=False` when it cannot run twice (it
         consumes a request body), and it runs once. `bulk` work (an import) takes a bulk
-        slot and runs without the statement timeout.
+        slot (counted against `credential`'s share) and runs without the statement timeout.
         """
         attempts = self.attempts if replayable else 1
         for n in range(attempts):
             try:
-                async with self._slot(bulk), self.pool.connection() as conn:
+                async with self._slot(bulk, credential), self.pool.connection() as conn:
                     if not transaction:
                         return await work(conn)
                     async with conn.transaction():
@@ -204,17 +230,19 @@ class Database:
             await asyncio.sleep(random.uniform(0, RETRY_BASE_DELAY * 2**n))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _slot(self, bulk: bool) -> AbstractAsyncContextManager[None]:
-        return self.bulk_slots.hold() if bulk else nullcontext()
+    def _slot(self, bulk: bool, credential: str) -> AbstractAsyncContextManager[None]:
+        return self.bulk_slots.hold(credential) if bulk else nullcontext()
 
     @asynccontextmanager
-    async def bulk(self) -> AsyncIterator[Connection]:
+    async def bulk(self, credential: str = ANONYMOUS) -> AsyncIterator[Connection]:
         """A bulk slot and a connection in a transaction without a statement timeout.
 
         For exports, imports and other long streams: at most `bulk_connections` at once
-        per process; more wait up to the pool timeout, then DatabaseUnavailable (503).
+        per process, `bulk_per_credential` of them for one token; more wait up to the pool
+        timeout, then DatabaseUnavailable (503), or ServerBusy (503) past the token's share.
         """
-        async with self.bulk_slots.hold(), self.pool.connection() as conn, conn.transaction():
+        hold = self.bulk_slots.hold(credential)
+        async with hold, self.pool.connection() as conn, conn.transaction():
             await conn.execute(_LIFT_STATEMENT_TIMEOUT)
             yield conn
 

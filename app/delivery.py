@@ -78,6 +78,8 @@ class Deliverer:
         self._wanted = asyncio.Event()
         self._in_flight: Counter[int] = Counter()
         self._attempts: set[asyncio.Task[None]] = set()
+        # Its own: deliveries and registrations never wait on each other's lookups.
+        self._resolver = ssrf.Resolver()
         # No redirects (a 3xx is an answer, not an invitation), no proxy from the environment.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout),
@@ -176,7 +178,9 @@ class Deliverer:
         """One attempt: the answer's status code, or None and what went wrong."""
         try:
             with anyio.fail_after(self._timeout):
-                targets = await ssrf.resolve(claimed.url, allow_private=self._allow_private)
+                targets = await ssrf.resolve(
+                    claimed.url, allow_private=self._allow_private, resolver=self._resolver
+                )
                 headers = {
                     **signed_headers(claimed, datetime.now(UTC)),
                     "content-type": "application/json",
@@ -215,3 +219,4 @@ class Deliverer:
         if self._attempts:
             await asyncio.wait(self._attempts)
         await self._client.aclose()
+        await self._resolver.close()

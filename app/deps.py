@@ -9,15 +9,18 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.access import Access
+from app.access import CALLER_KEY, Access, Caller
 from app.config import Settings
 from app.database import Database
 from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
 from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
+from app.queries.reports import StockSummary
+from app.recent import Recent
 from app.replica import Reads
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
+from app.ssrf import Resolver
 
 # async throughout: FastAPI runs a plain `def` dependency in its thread pool, a hop that
 # cost about a fifth of a lookup's time under load (py-spy, bench/).
@@ -39,6 +42,10 @@ MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
 # Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
 ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
+# Host names to addresses for webhook URLs (app.ssrf): bounded in time and in number.
+ResolverDep = Annotated[Resolver, Depends(_from_state("resolver"))]
+# GET /reports/stock as last computed (app.recent), for at most a second.
+StockReportDep = Annotated[Recent[StockSummary], Depends(_from_state("stock_report"))]
 
 # auto_error=False: a missing or non-Bearer header comes back as None, and the 401 is ours
 # (problem+json, WWW-Authenticate). The scheme also puts `bearerAuth` into the OpenAPI.
@@ -51,17 +58,26 @@ _bearer = HTTPBearer(
 _Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    # TokenCheck has checked the token already (app.access); a route outside its prefixes
+    # would not have been, so it is checked here then, never skipped.
+    caller: Caller | None = request.scope.get(CALLER_KEY)
+    if caller is not None:
+        return caller
+    access: Access = request.state.access
+    return access.authenticate(None if credentials is None else credentials.credentials)
+
+
 async def require_token(request: Request, credentials: _Bearer) -> str:
     """Every protected router's dependency; returns the request's credential (app.access)."""
     access: Access = request.state.access
-    return access.check(request.method, None if credentials is None else credentials.credentials)
+    return access.authorize(_caller(request, credentials), request.method)
 
 
 async def require_writer(request: Request, credentials: _Bearer) -> str:
     """Like require_token, but read-only tokens are refused even for reads."""
     access: Access = request.state.access
-    token = None if credentials is None else credentials.credentials
-    return access.check(request.method, token, writers_only=True)
+    return access.authorize(_caller(request, credentials), request.method, writers_only=True)
 
 
 # The credential a request acts as: its token's digest, "" for an open API. Cached per

@@ -145,10 +145,12 @@ class NotAcceptable(ApiError, status=406, code="not_acceptable"):
 
 
 class RequestTimeout(ApiError, status=408, code="request_timeout"):
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, min_rate: int | None = None) -> None:
         # The rest of the body may still be on its way: the connection cannot be reused.
         super().__init__(
-            f"The request body did not arrive within {seconds:g} s.",
+            f"The request body did not arrive within {seconds:g} s."
+            if min_rate is None
+            else f"The request body arrived slower than {min_rate} bytes/s.",
             headers={"Connection": "close"},
         )
 
@@ -200,6 +202,10 @@ class DatabaseUnavailable(ApiError, status=503, code="database_unavailable", ret
         super().__init__(detail)
 
 
+class ServerBusy(ApiError, status=503, code="server_busy", retryable=True):
+    """A limit of concurrent work that is not the database's was reached."""
+
+
 class ConflictRetry(ApiError, status=503, code="conflict_retry", retryable=True):
     def __init__(self) -> None:
         super().__init__("The request kept conflicting with concurrent changes. Retry it.")
@@ -238,6 +244,8 @@ _BY_SQLSTATE: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
     "23502": _invalid_value,  # not_null_violation
     "40001": lambda exc: ConflictRetry(),  # serialization_failure, after the retries
     "40P01": lambda exc: ConflictRetry(),  # deadlock_detected, after the retries
+    # idle_in_transaction_session_timeout (db/roles.sql): the server ended the session.
+    "25P03": lambda exc: DatabaseUnavailable(),
 }
 _BY_CLASS: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
     "22": _invalid_value,  # data exception: out of range, bad text for a type

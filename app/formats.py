@@ -72,6 +72,21 @@ CSV_FIELDS = tuple(ProductRead.model_fields)
 CSV_HEADER = ",".join(CSV_FIELDS)
 
 
+# What a spreadsheet takes as the start of a formula in a cell (OWASP, "CSV Injection"):
+# = + - @, and tab and carriage return, which some strip before looking.
+FORMULA_STARTS = "=+-@\t\r"
+# The product fields that can begin with one: free text (a SKU begins with a letter or a
+# digit; numbers here are never negative; timestamps begin with the year).
+FREE_TEXT_FIELDS = ("name", "description")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` with a `'` in front when a spreadsheet would run it as a formula: the cell
+    then shows the text as it is. Used only when a client asks (`spreadsheet_safe=true`):
+    CSV cells are otherwise the data exactly as stored."""
+    return "'" + text if text[:1] and text[0] in FORMULA_STARTS else text
+
+
 def csv_field(value: Any) -> str:
     """One CSV field quoted exactly as PostgreSQL's COPY quotes it (NULL empty, "" quoted)."""
     if value is None:
@@ -82,8 +97,9 @@ def csv_field(value: Any) -> str:
     return text
 
 
-def render_page(fmt: Format, rows: Sequence[str]) -> bytes:
-    """A whole page body from product_json texts (at most 1000: paged listings are small)."""
+def render_page(fmt: Format, rows: Sequence[str], *, for_spreadsheet: bool = False) -> bytes:
+    """A whole page body from product_json texts (at most 1000: paged listings are small).
+    `for_spreadsheet`: CSV free text made spreadsheet_safe."""
     if fmt is Format.JSON:
         return ("[" + ",".join(rows) + "]").encode()
     if fmt is Format.NDJSON:
@@ -91,6 +107,10 @@ def render_page(fmt: Format, rows: Sequence[str]) -> bytes:
     lines = [CSV_HEADER]
     for row in rows:
         product = json.loads(row)
+        if for_spreadsheet:
+            for field in FREE_TEXT_FIELDS:
+                if product[field] is not None:
+                    product[field] = spreadsheet_safe(product[field])
         lines.append(",".join(csv_field(product[f]) for f in CSV_FIELDS))
     return ("\r\n".join(lines) + "\r\n").encode()
 

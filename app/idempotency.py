@@ -105,7 +105,9 @@ class Idempotency:
         RequestInProgress.
         """
         if key is None:
-            return await self.db.write(operation, transaction=bulk, bulk=bulk)
+            return await self.db.write(
+                operation, transaction=bulk, bulk=bulk, credential=credential
+            )
         owner = f"{scope} {credential}".rstrip()
         digest = request_hash(*request)
 
@@ -128,7 +130,7 @@ class Idempotency:
             )
             return response
 
-        return await self.db.write(keyed, bulk=bulk)
+        return await self.db.write(keyed, bulk=bulk, credential=credential)
 
     async def _claim(
         self, conn: Connection, scope: str, key: str, digest: bytes

@@ -2,15 +2,20 @@
 
 BodyGuard holds every request body to a limit chosen by method and route: the bulk import
 (`POST /products/import`) streams under its own large limit; every other body, whatever its
-path or method, is held to the JSON limit and, for POST/PUT/PATCH, must be strict JSON. A
-body that stalls is cut off (408). SendDeadline ends a response whose client stops taking
-it. Prices and other decimals are parsed as Decimal, never through a binary float, and the
-parsed body is handed to the route (JsonRoute) so it is parsed once.
+path or method, is held to the JSON limit and, for POST/PUT/PATCH, must be JSON. A body
+that stalls is cut off (408); bodies of requests without a checked token are read a few at
+a time (503 past that). The route that takes a JSON body (JsonRoute) parses it, once, as
+strict JSON with a bounded number of values: a path no route serves never costs a parse.
+Prices and other decimals are parsed as Decimal, never through a binary float.
+SendDeadline ends a response whose client stops taking it.
 """
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine, Sequence
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -20,22 +25,38 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import CALLER_KEY
 from app.errors import (
     ApiError,
     PayloadTooLarge,
     RequestTimeout,
+    ServerBusy,
     UnsupportedMediaType,
     ValidationFailed,
     route_methods,
 )
+from app.observability import REQUEST_ID_KEY
+
+logger = logging.getLogger("app.limits")
+
+# Set in the scope by a response that holds a bulk slot (app.streaming): SendDeadline then
+# holds its client to the rate floor too.
+BULK_KEY = "inventory.bulk"
 
 # Methods whose bodies the API reads as JSON.
 _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # The one route whose body is not JSON: CSV or NDJSON, streamed to PostgreSQL, its media
 # type checked by the route itself.
 IMPORT_ROUTE = ("POST", "/products/import")
-# Where BodyGuard leaves the parsed JSON body for JsonRoute.
-_PARSED_KEY = "inventory.json"
+# The most values, members and separators a JSON body may hold, counted from its bytes
+# before it is parsed ("," "[" "{", inside strings too): a body of this API holds at most a
+# few hundred, and parsing is linear in them. A 1 MiB body of `[{},{},...]` (350,000 empty
+# objects) took half a second of a worker's CPU to parse and check; 10,000 take a few ms.
+JSON_VALUES_MAX = 10_000
+# How long a body of a request without a checked token waits for one of the process's
+# slots for such bodies before it is answered 503 (reading a body that has arrived whole
+# takes microseconds: the slots are only ever full of bodies that trickle).
+UNAUTHENTICATED_WAIT = 1.0
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -108,8 +129,15 @@ def parse_json(body: bytes) -> Any:
     """A body parsed as strict JSON: RFC 8259, UTF-8, unique keys, storable strings, and
     every number with a fraction or exponent as an exact Decimal.
 
-    Raises ValidationFailed naming the field (or `body`) otherwise.
+    Raises ValidationFailed naming the field (or `body`) otherwise, and for a body with
+    more than JSON_VALUES_MAX values, members or separators, before parsing it.
     """
+    if body.count(b",") + body.count(b"[") + body.count(b"{") > JSON_VALUES_MAX:
+        raise ValidationFailed.field(
+            "body",
+            f"holds more than {JSON_VALUES_MAX} values, members or separators",
+            "The request body is invalid.",
+        )
     try:
         value = json.loads(
             body.decode("utf-8"),
@@ -135,8 +163,39 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+class RateFloor:
+    """How slow a bulk transfer's client may be: a bucket of waiting time.
+
+    It starts with `grace` seconds; every second spent waiting on the client (a send it
+    does not take, a body chunk that does not come) takes one out, every byte moved puts
+    1/`min_rate` s back, never above `grace`. Empty, the client is too slow. A client
+    moving `min_rate` bytes/s or more never empties it; one moving r < min_rate is cut off
+    after grace / (1 - r/min_rate) seconds of waiting; one that stops, after what is left.
+    The cap means a fast start (socket buffers filling at once) buys no slow minutes later.
+    """
+
+    def __init__(self, *, min_rate: int, grace: float) -> None:
+        self.min_rate = min_rate
+        self.grace = grace
+        self.left = grace
+
+    def allows(self, chunk: bytes) -> float:
+        """How long sending `chunk` may wait: what is left, and what the chunk earns."""
+        return self.left + len(chunk) / self.min_rate
+
+    def moved(self, waited: float, nbytes: int) -> bool:
+        """Account one transfer; False when the client has now been too slow."""
+        self.left = min(self.grace, self.left - waited + nbytes / self.min_rate)
+        return self.left > 0
+
+
 class BodyGuard:
-    """Pure ASGI middleware: 408, 413, 415 and 422 for hostile bodies, before any parsing."""
+    """Pure ASGI middleware: 408, 413 and 415 for hostile bodies, before the app reads them.
+
+    JSON bodies of requests that carry no checked token (app.access.TokenCheck: an open
+    API, or a path no token guards) are read at most `unauthenticated_bodies` at once per
+    process; one that finds no slot within UNAUTHENTICATED_WAIT is answered 503.
+    """
 
     def __init__(
         self,
@@ -146,14 +205,20 @@ class BodyGuard:
         import_max_bytes: int,
         timeout: float,
         retry_after: int,
+        unauthenticated_bodies: int,
+        min_rate: int,
+        grace: float,
         routes: Sequence[BaseRoute] | None = None,
     ) -> None:
         self.app = app
+        self.min_rate = min_rate
+        self.grace = grace
         self.routes = routes
         self.json_max_bytes = json_max_bytes
         self.import_max_bytes = import_max_bytes
         self.timeout = timeout
         self.retry_after = retry_after
+        self._unauthenticated = anyio.Semaphore(unauthenticated_bodies)
 
     async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
         await error.response(retry_after=self.retry_after)(scope, receive, send)
@@ -178,12 +243,14 @@ class BodyGuard:
             await self._refuse(PayloadTooLarge(limit), scope, receive, send)
             return
         if streamed or scope["method"] not in _JSON_METHODS:
-            # Counted as it streams (a body the app ignores is counted all the same).
-            await self._counted(scope, receive, send, limit)
+            # Counted as it streams (a body the app ignores is counted all the same); the
+            # import holds a bulk slot while it streams: its client is held to the floor.
+            floor = RateFloor(min_rate=self.min_rate, grace=self.grace) if streamed else None
+            await self._counted(scope, receive, send, limit, floor)
             return
         if (length or chunked) and (content_type is None or not _is_json(content_type)):
             if not self._served(scope):
-                await self._counted(scope, receive, send, limit)
+                await self._counted(scope, receive, send, limit, None)
                 return
             detail = (
                 "Send JSON: Content-Type application/json (UTF-8)."
@@ -193,23 +260,28 @@ class BodyGuard:
             await self._refuse(UnsupportedMediaType(detail), scope, receive, send)
             return
         try:
-            body = await self._read(receive, limit)
+            if CALLER_KEY in scope or not (length or chunked):
+                body = await self._read(receive, limit)
+            else:
+                async with self._unauthenticated_slot():
+                    body = await self._read(receive, limit)
         except ApiError as error:
             await self._refuse(error, scope, receive, send)
             return
         except _Disconnected:
             return  # nobody to answer
-        try:
-            parsed = parse_json(body) if body else None
-        except ApiError as error:
-            if self._served(scope):
-                await self._refuse(error, scope, receive, send)
-            else:
-                await self.app(scope, _replay(body, receive), send)
-            return
-        if body:
-            scope[_PARSED_KEY] = parsed
         await self.app(scope, _replay(body, receive), send)
+
+    @asynccontextmanager
+    async def _unauthenticated_slot(self) -> AsyncIterator[None]:
+        with anyio.move_on_after(UNAUTHENTICATED_WAIT) as waiting:
+            await self._unauthenticated.acquire()
+        if waiting.cancelled_caught:
+            raise ServerBusy("Too many request bodies are being received. Retry later.")
+        try:
+            yield
+        finally:
+            self._unauthenticated.release()
 
     def _served(self, scope: Scope) -> bool:
         """Whether a route takes this method on this path: if not, the router's 405 (or
@@ -235,7 +307,9 @@ class BodyGuard:
             raise RequestTimeout(self.timeout)
         return bytes(body)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, limit: int, floor: RateFloor | None
+    ) -> None:
         received = 0
         response_started = False
         body_done = False
@@ -246,15 +320,23 @@ class BodyGuard:
                 # Past the body, receive() only waits for the client to leave (a streamed
                 # export watches it for minutes): no deadline, or long exports were cut off.
                 return await receive()
-            with anyio.move_on_after(self.timeout) as waiting:
+            deadline = self.timeout if floor is None else min(self.timeout, floor.left)
+            started = time.monotonic()
+            with anyio.move_on_after(deadline) as waiting:
                 message = await receive()
             if waiting.cancelled_caught:
+                if deadline < self.timeout:
+                    raise RequestTimeout(self.timeout, min_rate=self.min_rate)
                 raise RequestTimeout(self.timeout)
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
                 if received > limit:
                     raise PayloadTooLarge(limit)
                 body_done = not message.get("more_body", False)
+                waited = time.monotonic() - started
+                if floor is not None and not body_done and not floor.moved(waited, chunk):
+                    raise RequestTimeout(self.timeout, min_rate=self.min_rate)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -303,22 +385,40 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _ParsedJsonRequest(Request):
+    _parsed: Any = None
+
     async def json(self) -> Any:
-        if _PARSED_KEY in self.scope:
-            return self.scope[_PARSED_KEY]
-        return parse_json(await self.body())
+        return self._parsed
 
 
 class JsonRoute(APIRoute):
-    """A route that takes the body BodyGuard already parsed (exact decimals, strict JSON)."""
+    """A route whose JSON body is parsed here, once, as strict JSON (exact decimals).
+
+    Parsed before FastAPI looks at it: FastAPI would answer the ValidationFailed that
+    parse_json raises as a bare 400.
+    """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def parsed_once(request: Request) -> Response:
-            return await handler(_ParsedJsonRequest(request.scope, request.receive))
+            parsed = _ParsedJsonRequest(request.scope, request.receive)
+            if request.method in _JSON_METHODS and (body := await parsed.body()):
+                parsed._parsed = parse_json(body)
+                # Every body of this API is an object. FastAPI would take any other value
+                # for a model whose fields are all optional as an empty one: a PATCH whose
+                # body was the number 3.5 was a 200 that changed nothing.
+                if not isinstance(parsed._parsed, dict):
+                    raise ValidationFailed.field(
+                        "body", "must be a JSON object", "The request body is invalid."
+                    )
+            return await handler(parsed)
 
         return parsed_once
+
+
+class ClientTooSlow(TimeoutError):
+    """The client did not take a response's data in time: the response is ended."""
 
 
 class SendDeadline:
@@ -326,22 +426,29 @@ class SendDeadline:
 
     uvicorn's send waits while the client's socket buffer is full; a client that stops
     reading would otherwise hold the response, and with it a pool connection, a COPY
-    snapshot or a bulk slot, for as long as it likes. TimeoutError ends the request; the
-    streaming code gives its connection back on the way out.
+    snapshot or a bulk slot, for as long as it likes. A response holding a bulk slot (the
+    scope's BULK_KEY) is held to the rate floor as well (RateFloor): a client that takes
+    it, but too slowly, cannot keep the slot either. ClientTooSlow ends the request (the
+    streaming code gives its connection back on the way out), and is logged here as one
+    line at INFO: any client can cause it at will, so it is no error of the service and
+    earns no traceback.
     """
 
-    def __init__(self, app: ASGIApp, *, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, timeout: float, min_rate: int, grace: float) -> None:
         self.app = app
         self.timeout = timeout
+        self.min_rate = min_rate
+        self.grace = grace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         streaming = False
+        floor: RateFloor | None = None
 
         async def send_in_time(message: Message) -> None:
-            nonlocal streaming
+            nonlocal streaming, floor
             # A response sent whole is written to the socket's buffer at once; only a body
             # in pieces can wait on a client, from its first piece to its end. Timing every
             # message instead cost a tenth of a small request's CPU (a cancel scope each).
@@ -349,7 +456,50 @@ class SendDeadline:
             if not streaming:
                 await send(message)
                 return
-            async with asyncio.timeout(self.timeout):
-                await send(message)
+            if floor is None and scope.get(BULK_KEY):
+                floor = RateFloor(min_rate=self.min_rate, grace=self.grace)
+            body = message.get("body", b"")
+            # The bytes being sent earn their time once taken: a chunk may take that long
+            # on top of what is left.
+            deadline = self.timeout if floor is None else min(self.timeout, floor.allows(body))
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(deadline):
+                    await send(message)
+            except TimeoutError:
+                if deadline < self.timeout:
+                    raise self._below_floor() from None
+                raise ClientTooSlow(f"the client took no data for {self.timeout:g} s") from None
+            waited = time.monotonic() - started
+            if floor is not None and not floor.moved(waited, len(body)):
+                raise self._below_floor()
 
-        await self.app(scope, receive, send_in_time)
+        try:
+            await self.app(scope, receive, send_in_time)
+        except BaseException as exc:
+            slow = _only(exc, ClientTooSlow)
+            if slow is None:
+                raise
+            logger.info(
+                "response ended: %s",
+                slow,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "request_id": scope.get(REQUEST_ID_KEY),
+                },
+            )
+
+    def _below_floor(self) -> ClientTooSlow:
+        return ClientTooSlow(f"the client took data slower than {self.min_rate} bytes/s")
+
+
+def _only(exc: BaseException, kind: type[ClientTooSlow]) -> ClientTooSlow | None:
+    """`exc` when it is a `kind`, or the first of a group holding nothing else; else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(kind)
+        if matched is not None and rest is None:
+            return _only(matched.exceptions[0], kind)
+    return None

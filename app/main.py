@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import background, errors, openapi, replica, routes
-from app.access import Access, LoopbackOnly
+from app import background, errors, openapi, replica, routes, ssrf
+from app.access import Access, LoopbackOnly, TokenCheck
 from app.config import Settings
 from app.database import open_database
 from app.deps import refuse_unknown_parameters
@@ -17,6 +17,9 @@ from app.head import HeadAsGet
 from app.idempotency import Idempotency
 from app.limits import BodyGuard, SendDeadline
 from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
+from app.queries.reports import StockSummary
+from app.recent import Recent
+from app.routes.reports import STOCK_REPORT_SECONDS
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,11 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 idempotency.purging(settings.idempotency_purge_interval_seconds),
                 background.running(dsn, settings, metrics) as feed,
                 # Exports, pages, GET /changes and reports: a replica when one is usable.
-                replica.reading(database, settings, metrics.count_read) as reads,
+                replica.reading(database, dsn, settings, metrics.count_read) as reads,
+                ssrf.resolving() as resolver,
             ):
                 metrics.replica.replica = reads.replica
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
+                    # POST /webhooks looks its URL's host up here (app.ssrf).
+                    "resolver": resolver,
+                    # GET /reports/stock scans every product: computed at most once a
+                    # second per process, however many ask.
+                    "stock_report": Recent[StockSummary](STOCK_REPORT_SECONDS),
                     "database": database,
                     "idempotency": idempotency,
                     "settings": settings,
@@ -85,8 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(
         app, secured=not access.open, loopback_only=access.open and not access.allow_open
     )
-    # Added first = innermost. BodyGuard answers 408/413/415/422 before a body is parsed
-    # by anything else; LoopbackOnly refuses an open API's requests from the network;
+    # Added first = innermost. BodyGuard answers 408/413/415 before the app reads a body;
+    # TokenCheck, before it, answers 401/403 before any body byte is read; LoopbackOnly
+    # refuses an open API's requests from the network;
     # HeadAsGet answers HEAD as GET; SendDeadline bounds every response write;
     # ObserveRequests, outermost, ids, counts and logs every answer, those included.
     app.add_middleware(
@@ -95,12 +105,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         import_max_bytes=settings.import_max_bytes,
         timeout=settings.body_timeout_seconds,
         retry_after=settings.retry_after_seconds,
+        unauthenticated_bodies=settings.unauthenticated_bodies,
+        min_rate=settings.bulk_min_bytes_per_second,
+        grace=settings.bulk_grace_seconds,
         routes=app.router.routes,
     )
+    if not access.open:
+        app.add_middleware(TokenCheck, access=access, retry_after=settings.retry_after_seconds)
     if access.open and not access.allow_open:
         app.add_middleware(LoopbackOnly, retry_after=settings.retry_after_seconds)
     app.add_middleware(HeadAsGet)
-    app.add_middleware(SendDeadline, timeout=settings.send_timeout_seconds)
+    app.add_middleware(
+        SendDeadline,
+        timeout=settings.send_timeout_seconds,
+        min_rate=settings.bulk_min_bytes_per_second,
+        grace=settings.bulk_grace_seconds,
+    )
     app.add_middleware(ObserveRequests, metrics=metrics, routes=app.router.routes)
     return app
 

@@ -153,7 +153,7 @@ class ReplicaCollector(Collector):
         if replica.lag is not None:
             yield GaugeMetricFamily(
                 "inventory_db_replica_lag_seconds",
-                "How far behind the primary the read replica is (seen from the replica).",
+                "How far behind the primary the read replica is (an upper bound, within a probe).",
                 value=replica.lag,
             )
 

@@ -8,6 +8,7 @@ that goes away stops the query (psycopg cancels it; the connection goes back cle
 replaced); one that stops reading is cut off by the send deadline (app.limits).
 """
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -20,8 +21,10 @@ from psycopg.waiting import Wait
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app.access import ANONYMOUS, CALLER_KEY, Caller
 from app.database import Connection, Database
 from app.formats import FRAMINGS, Format, Framing
+from app.limits import BULK_KEY
 from app.replica import FALLBACK, Reads
 
 # Bytes per network write: one write per row was 8x slower than batches of ~1000 rows.
@@ -52,27 +55,36 @@ class _Streamed(Response):
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # It holds a bulk slot: its client is held to the rate floor (app.limits), and the
+        # slot counts against the token's share.
+        scope[BULK_KEY] = True
+        caller: Caller | None = scope.get(CALLER_KEY)
+        credential = ANONYMOUS if caller is None else caller.credential
         *first, last = self._reads.targets()
         for target in first:
             try:
-                await self._respond(target, receive, send)
+                await self._respond(target, credential, receive, send)
                 return
             except _NotStarted as failed:
                 self._reads.failed(failed.cause)
         try:
-            await self._respond(last, receive, send)
+            await self._respond(last, credential, receive, send)
         except _NotStarted as failed:
             raise failed.cause from None
 
-    async def _respond(self, target: tuple[str, Database], receive: Receive, send: Send) -> None:
+    async def _respond(
+        self, target: tuple[str, Database], credential: str, receive: Receive, send: Send
+    ) -> None:
         """Stream from `target`; a failure before the first chunk raises _NotStarted."""
         name, db = target
         started = False
         try:
-            async with db.bulk() as conn:
+            async with db.bulk(credential) as conn:
                 chunks = self.chunks(conn)
                 try:
-                    first = await anext(chunks, None)
+                    first, gone = await _first_chunk(chunks, conn, receive)
+                    if gone:
+                        return  # the client left: nobody to answer
                     started = True
                     self._reads.served(name)
                     await send(
@@ -126,18 +138,21 @@ class CopyStream(_Streamed):
         framing = self._framing
         prefix = framing.first
         async with _exit_shielded(conn.cursor().copy(self._statement, self._params)) as copy:
-            more = True
-            while more:
-                # Shielded: a cancellation landing inside psycopg's wait makes it close the
-                # connection; here it waits for the next yield, and the COPY ends cleanly.
-                with anyio.CancelScope(shield=True):
-                    rows, more = await _read_chunk(copy)
-                if not rows:
-                    return
+            # The first rows are waited for unshielded: a client that leaves meanwhile has the
+            # query cancelled in the server (_first_chunk), and the COPY fails here.
+            rows, more = await _read_chunk(copy)
+            while rows:
                 # No unshielded await in here: a cancellation can only arrive at this yield,
                 # from where the exit is shielded (__call__), never midway.
                 yield prefix + _framed(rows, framing)
                 prefix = framing.between
+                if not more:
+                    return
+                # Shielded: a cancellation landing inside psycopg's wait mid-stream would
+                # close the connection; here it waits for the next yield, and the COPY ends
+                # cleanly.
+                with anyio.CancelScope(shield=True):
+                    rows, more = await _read_chunk(copy)
 
 
 class JsonArrayStream(_Streamed):
@@ -173,6 +188,45 @@ async def _then(
     async for chunk in rest:
         yield chunk
     yield last
+
+
+async def _first_chunk(
+    chunks: AsyncIterator[bytes], conn: Connection, receive: Receive
+) -> tuple[bytes | None, bool]:
+    """The first chunk (None: no rows), and whether the client left before it came.
+
+    The client is watched from the start: one that leaves while the query works towards
+    its first row (a report's aggregate, a selective export, a lock) has the query
+    cancelled in the server, and its connection is kept. (Cancelling this task instead
+    would not do: psycopg's own cancel request would be cancelled with it, and the
+    connection closed with the query still running in the server.)
+    """
+    gone = False
+
+    async def cancel_on_disconnect() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        await conn.cancel_safe()
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
+    try:
+        first = await anext(chunks, None)
+    except psycopg.errors.QueryCanceled:
+        if gone:
+            return None, True
+        raise
+    finally:
+        # A cancel request under way is let finish, never cut: PgBouncer 1.18 (Debian 12)
+        # exits on a cancel client that leaves while its request is pending (pgbouncer
+        # #801, #822). And the connection goes back to the pool only once no cancel
+        # request for it is on its way.
+        if not gone:
+            watcher.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(watcher, return_exceptions=True)
+    return first, gone
 
 
 async def _send_chunks(receive: Receive, send: Send, chunks: AsyncIterator[bytes]) -> None:

@@ -34,3 +34,11 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 -- (which forbids the `options` startup parameter and leaks session SETs). A longer operation
 -- (the bulk import's COPY) raises it for its own transaction with SET LOCAL.
 ALTER ROLE inventory_app SET statement_timeout = '15s';
+
+-- Nor does a transaction of the service stay open while nothing runs in it: the service
+-- waits on its clients only inside a transaction it holds for them (an import's body
+-- arriving between two statements), and a client can stall. Past a minute idle the
+-- session ends (SQLSTATE 25P03, answered 503) and its locks and snapshot go with it. The
+-- service itself never idles that long inside one: a body that stops for
+-- INVENTORY_BODY_TIMEOUT_SECONDS (10) is cut off first.
+ALTER ROLE inventory_app SET idle_in_transaction_session_timeout = '1min';

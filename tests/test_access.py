@@ -6,8 +6,11 @@ import logging
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ from app.config import Settings
 from app.main import create_app
 from app.observability import JsonFormatter
 from tests.cluster import REPO, Cluster, free_port
-from tests.conftest import READ, WRITE_1, WRITE_2, AppFactory
+from tests.conftest import LOCKED, READ, WRITE_1, WRITE_2, AppFactory
+from tests.helpers import JSON as JSON_HEADERS
 from tests.helpers import assert_problem, bearer, product
 from tests.live import live_server
 
@@ -286,3 +290,200 @@ def test_an_open_api_answers_the_network_only_when_allowed(
     else:
         assert_problem(remote, 403, "forbidden")
         assert "INVENTORY_ALLOW_OPEN" in remote.json()["detail"]
+
+
+# --- The token is checked before any body byte is read (issue 19, finding 1) ---------------
+
+# A body that took half a second of a worker's CPU to parse: 350,000 empty objects.
+HEAVY_BODY = b"[" + b",".join([b"{}"] * 349_525) + b"]"
+
+
+async def _raw_post(
+    app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, int]:
+    """POST `body` to the ASGI app; (status, headers, body, how many times it read)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
+    }
+    reads = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    payload = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], sent[0]["headers"], payload, reads
+
+
+@pytest.mark.parametrize(
+    ("path", "auth"),
+    [
+        ("/products", []),
+        ("/products", [(b"authorization", b"Bearer wrong-token")]),
+        ("/products/import", [(b"authorization", b"Basic " + WRITE_1.encode())]),
+        ("/webhooks", []),
+        ("/products/ABC-1/adjustments", [(b"authorization", b"Bearer " + READ.encode())]),
+    ],
+)
+async def test_a_body_without_a_valid_token_is_refused_unread(
+    make_app: AppFactory, db: Connection[Any], path: str, auth: list[tuple[bytes, bytes]]
+) -> None:
+    async with make_app(**LOCKED) as app:
+        status, headers, body, reads = await _raw_post(app, path, HEAVY_BODY, auth)
+
+    assert status in (401, 403)
+    assert reads == 0  # not a byte of the body was asked for
+    assert (b"connection", b"close") in headers
+    assert json.loads(body)["code"] in ("unauthorized", "forbidden")
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (0,)
+
+
+async def test_a_valid_token_still_gets_its_body_read(make_app: AppFactory) -> None:
+    body = json.dumps(product()).encode()
+    auth = [(b"authorization", f"Bearer {WRITE_1}".encode())]
+    async with make_app(**LOCKED) as app:
+        status, _, _, reads = await _raw_post(app, "/products", body, auth)
+
+    assert (status, reads) == (201, 1)
+
+
+async def test_a_json_body_with_too_many_values_is_422_before_it_is_parsed(
+    locked: AsyncClient,
+) -> None:
+    started = time.monotonic()
+    response = await locked.post(
+        "/products", content=HEAVY_BODY, headers={**bearer(WRITE_1), **JSON_HEADERS}
+    )
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert problem["errors"][0]["field"] == "body"
+    assert "more than 10000" in problem["errors"][0]["message"]
+    assert time.monotonic() - started < 0.3  # parsing it took 0.45 s of CPU
+
+
+# One client posting HEAVY_BODY with no token in a loop for `seconds`; prints its statuses.
+_HAMMER = """
+import sys, time, httpx
+body = b"[" + b",".join([b"{}"] * 349_525) + b"]"
+statuses = []
+end = time.monotonic() + float(sys.argv[2])
+with httpx.Client(timeout=10) as http:
+    while time.monotonic() < end:
+        try:
+            statuses.append(http.post(sys.argv[1], content=body, headers={
+                "content-type": "application/json"}).status_code)
+        except httpx.TransportError:
+            statuses.append(0)
+print(" ".join(map(str, statuses)))
+"""
+
+
+@pytest.mark.slow
+def test_clients_without_a_token_posting_big_bodies_do_not_slow_a_worker(
+    postgresql: Connection[Any], pg_server: Cluster
+) -> None:
+    # The finding as it was seen: two clients with no token post a 1 MiB JSON body in a
+    # loop to one worker. Each body was parsed (~0.45 s of CPU) before its 401: a couple of
+    # refusals a second, and /healthz on that worker stalled behind them (p50 968 ms then;
+    # here, before the fix: 13 refusals in 8 s, /healthz up to 1.4 s).
+    env = {
+        "DATABASE_URL": pg_server.app_dsn(postgresql.info.dbname),
+        "INVENTORY_API_TOKENS": WRITE_1,
+        "INVENTORY_LOG_LEVEL": "WARNING",
+    }
+    with live_server(env) as server:
+        hammers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _HAMMER, f"{server.url}/products", "6"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            time.sleep(1)
+            timings = []
+            with httpx.Client(timeout=10) as http:
+                for _ in range(60):
+                    started = time.perf_counter()
+                    assert http.get(f"{server.url}/healthz").status_code == 200
+                    timings.append(time.perf_counter() - started)
+                    time.sleep(0.02)
+            statuses = [s for h in hammers for s in h.communicate(timeout=60)[0].split()]
+        finally:
+            for hammer in hammers:
+                hammer.kill()
+            server.terminate_and_wait(timeout=20)
+
+    # Refused from the headers alone: hundreds a second (loose: a shared machine's load).
+    assert statuses.count("401") > 100, statuses
+    assert set(statuses) <= {"401", "0"}
+    assert statistics.quantiles(timings, n=10)[8] < 0.25, timings
+
+
+# --- A token file, made on the first start (issue 19, finding 8) ------------------------------
+
+
+async def test_a_first_start_makes_a_token_only_its_owner_may_read_and_says_where(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "secrets" / "api-token"
+    async with make_client(api_token_file=str(path)) as client:
+        token = path.read_text().strip()
+        denied = await client.post("/products", json=product())
+        created = await client.post("/products", json=product(), headers=bearer(token))
+
+    assert_problem(denied, 401, "unauthorized")
+    assert created.status_code == 201
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(token) >= 40
+    [said] = [r.getMessage() for r in caplog.records if "generated a read-write" in r.getMessage()]
+    assert str(path) in said and token not in said
+    # Started again, it reads the same token and makes none.
+    caplog.clear()
+    async with make_client(api_token_file=str(path)) as client:
+        again = await client.get("/products", headers=bearer(token))
+    assert again.status_code == 200
+    assert path.read_text().strip() == token
+    assert not [r for r in caplog.records if "generated a read-write" in r.getMessage()]
+
+
+def test_processes_starting_together_share_one_generated_token(tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda _: access.token_file(path).get_secret_value(), range(16)))
+
+    assert len(set(seen)) == 1
+    assert path.read_text().count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api-token"]  # no drafts left
+
+
+def test_a_token_file_others_may_read_is_refused(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "api-token"
+    path.write_text("some-token\n")
+    path.chmod(0o644)
+
+    with pytest.raises(access.TokenConfigError, match="others may read it"):
+        create_app(settings.model_copy(update={"api_token_file": str(path)}))

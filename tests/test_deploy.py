@@ -678,12 +678,21 @@ def test_compose_migrate_runs_the_applier_with_no_password_on_a_command_line() -
 
 
 @pytest.mark.parametrize("service", ["api", "api-1", "api-2"])
-def test_compose_serves_open_only_on_loopback_and_passes_every_setting_through(
+def test_compose_serves_with_a_token_on_loopback_and_passes_every_setting_through(
     service: str,
 ) -> None:
     api = compose()["services"][service]
     environment: dict[str, str | None] = api["environment"]
-    assert environment["INVENTORY_ALLOW_OPEN"] == "${INVENTORY_ALLOW_OPEN:-1}"
+    # Tokens by default (issue 19, finding 8): a token file made on the first start, in a
+    # volume every api service shares; no open API unless asked for.
+    assert environment["INVENTORY_ALLOW_OPEN"] is None
+    assert environment["INVENTORY_API_TOKEN_FILE"] == (
+        "${INVENTORY_API_TOKEN_FILE-/srv/tokens/api-token}"
+    )
+    assert "tokens:/srv/tokens" in api["volumes"]
+    assert "tokens" in compose()["volumes"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "mkdir -m 0700 /srv/tokens && chown inventory:inventory /srv/tokens" in dockerfile
     assert all(str(p).startswith("127.0.0.1:") for p in api.get("ports", []))
     # Settings the container gets another way (DATABASE_URL) or has no use for.
     elsewhere = {"database_url", "data_dir", "bench_ceiling"}

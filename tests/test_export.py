@@ -314,3 +314,55 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_deadline(
     assert freed_after < 10, freed_after  # the deadline (1 s) plus the COPY's wind-down
     assert again.status_code == 200
     assert export.status_code == 200 and export.text.count("\n") == 200_000
+
+
+# --- Spreadsheet-safe CSV (issue 19, finding 6) ----------------------------------------------
+
+# Cells a spreadsheet runs as formulas; the README's old sed recipe missed the first two
+# (a quoted cell, a tab in front).
+FORMULAS = [
+    '=HYPERLINK("http://x.example/?a","click")',
+    "\t=1+1",
+    "\r=1+1",
+    "=1+1",
+    "+1+1",
+    "-1+1",
+    "@SUM(A1)",
+]
+
+
+async def test_a_spreadsheet_safe_csv_prefixes_every_cell_a_spreadsheet_would_run(
+    client: AsyncClient,
+) -> None:
+    for i, text in enumerate(FORMULAS):
+        created = await client.post(
+            "/products", json=product(f"F-{i}", name=text, description=text)
+        )
+        assert created.status_code == 201, created.text
+    plain = await client.post("/products", json=product("F-P", name="Mug = cup", description=None))
+    assert plain.status_code == 201
+    csv_accept = {"accept": "text/csv"}
+    expected = {f"F-{i}": "'" + text for i, text in enumerate(FORMULAS)} | {"F-P": "Mug = cup"}
+
+    for params in ({"spreadsheet_safe": "true"}, {"spreadsheet_safe": "true", "limit": "100"}):
+        response = await client.get("/products", params=params, headers=csv_accept)
+        assert response.status_code == 200
+        rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+        assert {r["sku"]: r["name"] for r in rows} == expected, params
+        descriptions = {r["sku"]: r["description"] for r in rows}
+        assert descriptions == {**expected, "F-P": ""}, params
+
+    # Without it, and in the other formats, the data exactly as stored.
+    for params in ({}, {"limit": "100"}):
+        raw = await client.get("/products", params=params, headers=csv_accept)
+        rows = list(csv.DictReader(io.StringIO(raw.text, newline="")))
+        assert {r["name"] for r in rows} == {*FORMULAS, "Mug = cup"}
+    as_json = await client.get("/products", params={"spreadsheet_safe": "true"})
+    assert {p["name"] for p in as_json.json()} == {*FORMULAS, "Mug = cup"}
+
+
+async def test_spreadsheet_safe_takes_only_true(client: AsyncClient) -> None:
+    response = await client.get("/products", params={"spreadsheet_safe": "false"})
+
+    problem = assert_problem(response, 422, "validation_failed")
+    assert [e["field"] for e in problem["errors"]] == ["spreadsheet_safe"]

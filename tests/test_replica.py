@@ -15,7 +15,7 @@ from httpx import ASGITransport, AsyncClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.cluster import Cluster, new_cluster, psql, remove_cluster
+from tests.cluster import Cluster, free_port, new_cluster, psql, remove_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -235,3 +235,34 @@ async def test_a_stopped_replica_costs_clients_nothing(
         await asyncio.to_thread(replica.start_replica_of, primary)
         await _until(lambda: _in_use(client), 15, "replica in use again after its restart")
         await _until(lambda: _matches(client, direct), 10, "restarted replica caught up")
+
+
+async def test_a_replica_cut_off_from_its_primary_is_not_read(
+    pair: tuple[Cluster, Cluster], make_client: Client
+) -> None:
+    # Its primary_conninfo points at a port nobody listens on: the replica has replayed
+    # everything it received and receives nothing. It was read as fresh (lag 0) and
+    # answered [] for rows the primary had.
+    _, replica = pair
+    replica_admin = replica.admin_dsn("inventory")
+    async with make_client() as client:
+        await _until(lambda: _in_use(client), 10, "replica in use")
+        dead = f"host=127.0.0.1 port={free_port()} user=postgres connect_timeout=1"
+        psql(replica_admin, "-c", f"ALTER SYSTEM SET primary_conninfo = '{dead}'")
+        psql(replica_admin, "-c", "SELECT pg_reload_conf()")
+        await _until(lambda: _state_is(client, "not streaming"), 15, "the probe saw it cut off")
+
+        rows = "sku,name,price\n" + "".join(f"CUT-{i},Cut off {i},1.00\n" for i in range(100))
+        imported = await client.post(
+            "/products/import", content=rows, headers={"content-type": "text/csv"}
+        )
+        assert imported.status_code == 201
+        await asyncio.sleep(2.5)  # probes see the primary move on, the replica not
+
+        page = (await client.get("/products", params={"sku_prefix": "cut", "limit": 1000})).json()
+        assert len(page) == 100
+        state = await _state(client)
+        assert state["state"] == "not streaming"
+        assert state["lag_seconds"] is not None and state["lag_seconds"] > 1  # not 0
+        metrics = (await client.get("/metrics")).text
+        assert _metric(metrics, "inventory_db_replica_in_use") == 0

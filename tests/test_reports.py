@@ -1,6 +1,7 @@
 """GET /reports/stock and /reports/movements over HTTP: numbers against sums computed here and
 against the views read with psql by an analyst."""
 
+import asyncio
 import csv
 import io
 import random
@@ -9,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from httpx import AsyncClient
 from psycopg import Connection
@@ -379,3 +381,85 @@ async def test_reports_answer_head_like_get(client: AsyncClient) -> None:
         assert response.status_code == 200
         assert response.content == b""
         assert response.headers["content-type"] == "application/json"
+
+
+# --- What a report costs (issue 19, finding 9) ---------------------------------------------
+
+
+async def test_the_stock_report_is_computed_once_a_second_for_everyone(
+    client: AsyncClient,
+) -> None:
+    assert (await client.post("/products", json=product("C-1", quantity=4))).status_code == 201
+    # A burst: one scan of the table serves them all (one snapshot, so one as_of).
+    burst = await asyncio.gather(*(client.get("/reports/stock") for _ in range(20)))
+    assert {r.status_code for r in burst} == {200}
+    assert len({r.json()["as_of"] for r in burst}) == 1
+    assert burst[0].json()["units"] == 4
+
+    # Within the second a change is not in it yet; after it, it is.
+    assert (await adjust(client, "C-1", 3)).status_code == 200
+    assert (await client.get("/reports/stock")).json()["units"] == 4
+    await asyncio.sleep(1.1)
+    fresh = (await client.get("/reports/stock")).json()
+    assert fresh["units"] == 7 and fresh["as_of"] != burst[0].json()["as_of"]
+
+
+async def test_a_client_that_leaves_before_the_first_row_cancels_the_report_query(
+    make_app: Any, db: Connection[Any], pg_server: Any
+) -> None:
+    # The report's query waits on a lock a psql session holds, as it would work through a
+    # large ledger: no row comes. A client that leaves meanwhile must stop it.
+    holder = psycopg.connect(pg_server.admin_dsn(db.info.dbname))
+    holder.execute("LOCK TABLE stock_movements IN ACCESS EXCLUSIVE MODE")
+    try:
+        async with make_app() as app:
+            messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await _until_waiting_on_the_lock(db)
+                return {"type": "http.disconnect"}
+
+            sent: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/reports/movements",
+                "raw_path": b"/reports/movements",
+                "query_string": b"",
+                "root_path": "",
+                "server": ("127.0.0.1", 8000),
+                "client": ("127.0.0.1", 50000),
+                "headers": [],
+            }
+            # Returns once the client is gone, not when the lock is released.
+            await asyncio.wait_for(app(scope, receive, send), 10)
+            assert sent == []
+            assert _waiting_on_the_lock(db) == 0
+    finally:
+        holder.close()
+
+
+def _waiting_on_the_lock(db: Connection[Any]) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query LIKE 'COPY%%'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _until_waiting_on_the_lock(db: Connection[Any]) -> None:
+    for _ in range(100):
+        if _waiting_on_the_lock(db):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the report's query never waited on the lock")

@@ -1,7 +1,11 @@
 """Readiness: does the database answer, is the schema in place, how far behind is a replica?"""
 
-from sqlalchemy import Text, bindparam, case, func, select
+from typing import Any, NamedTuple
+
+from psycopg import AsyncConnection
+from sqlalchemy import Text, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.database import Database, compile_once
 from app.models import Base
@@ -21,26 +25,39 @@ async def schema_ready(db: Database) -> bool:
     return bool(row and row[0])
 
 
-# How far behind a streaming replica is, in seconds, seen from the replica. All it received
-# is replayed: 0, however long the primary has been idle. Otherwise the time since the last
-# replayed commit was made on the primary (an upper bound: after an idle spell it overstates
-# the lag until replay catches up, which only sends reads to the primary a little longer).
-# NULL (not known) before the first replayed commit.
-_caught_up = func.pg_last_wal_receive_lsn() == func.pg_last_wal_replay_lsn()
-_REPLICA_LAG = compile_once(
+# WAL positions as numbers (bytes from 0/0): comparable in Python, no pg_lsn adapter needed.
+_ORIGIN: ColumnElement[Any] = literal_column("'0/0'::pg_lsn")
+# Where the primary's WAL ends now: a replica that has replayed this far has everything
+# the primary had when it was read.
+_PRIMARY_POSITION = compile_once(select(func.pg_wal_lsn_diff(func.pg_current_wal_lsn(), _ORIGIN)))
+# A replica's state: in recovery at all, how far it has replayed, and whether a WAL
+# receiver is connected to a primary. The service role sees only that a receiver runs
+# (pg_stat_wal_receiver's pid); a replica with none receives nothing, whatever it replayed.
+_REPLICA_STATE = compile_once(
     select(
         func.pg_is_in_recovery(),
-        case(
-            (_caught_up, 0),
-            else_=func.extract("epoch", func.now() - func.pg_last_xact_replay_timestamp()),
-        ),
+        func.pg_wal_lsn_diff(func.pg_last_wal_replay_lsn(), _ORIGIN),
+        literal_column("EXISTS (SELECT FROM pg_stat_wal_receiver)"),
     )
 )
 
 
-async def replica_lag(db: Database) -> tuple[bool, float | None]:
-    """(in recovery, seconds behind or None) of the database `db` is connected to."""
-    async with db.connection() as conn:
-        row = await (await conn.execute(_REPLICA_LAG.sql, _REPLICA_LAG.params())).fetchone()
+class ReplicaState(NamedTuple):
+    in_recovery: bool
+    replayed: int | None  # WAL position replayed; None when not in recovery
+    receiving: bool  # a WAL receiver runs
+
+
+async def primary_position(conn: AsyncConnection[Any]) -> int:
+    """The primary's current WAL position, read on `conn` (a connection to the primary)."""
+    row = await (await conn.execute(_PRIMARY_POSITION.sql, _PRIMARY_POSITION.params())).fetchone()
     assert row is not None
-    return bool(row[0]), None if row[1] is None else float(row[1])
+    return int(row[0])
+
+
+async def replica_state(db: Database) -> ReplicaState:
+    """What the database `db` is connected to says of its replication."""
+    async with db.connection() as conn:
+        row = await (await conn.execute(_REPLICA_STATE.sql, _REPLICA_STATE.params())).fetchone()
+    assert row is not None
+    return ReplicaState(bool(row[0]), None if row[1] is None else int(row[1]), bool(row[2]))

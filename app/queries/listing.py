@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.database import Database, Statement, compile_once
+from app.formats import CSV_FIELDS, FORMULA_STARTS, FREE_TEXT_FIELDS
 from app.models import Product
 from app.queries.common import COPY_CSV, COPY_JSON_ROWS, PRODUCT_JSON
 
@@ -40,6 +41,21 @@ _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 _ORDER = (Product.created_at, Product.id)
 # The CSV columns are product_fields()'s (schema.sql): the API's field order and formatting.
 _CSV_FIELDS: ColumnElement[Any] = literal_column("(product_fields(products)).*")
+# The same, with the free text spreadsheet-safe (app.formats.spreadsheet_safe, in SQL): a
+# cell beginning with one of FORMULA_STARTS gets a ' in front. Literals inline: a COPY
+# takes no parameters but the listing's own.
+_STARTS_SQL = ", ".join(f"'{c}'" for c in FORMULA_STARTS)
+
+
+def _spreadsheet_field(name: str) -> ColumnElement[Any]:
+    field = f"(product_fields(products)).{name}"
+    if name not in FREE_TEXT_FIELDS:
+        return literal_column(field)
+    safe = f"CASE WHEN left({field}, 1) IN ({_STARTS_SQL}) THEN '''' || {field} ELSE {field} END"
+    return literal_column(safe).label(name)
+
+
+_SPREADSHEET_FIELDS = tuple(_spreadsheet_field(name) for name in CSV_FIELDS)
 
 # GET /products?q=: a search term's length in characters (API.md: 1-100).
 SEARCH_MAX = 100
@@ -150,12 +166,13 @@ class Listing:
         shape = self._shape()
         return _scan_page(shape) if self.scans else _page(shape)
 
-    def export(self, csv: bool) -> sql.Composed:
-        """A COPY ... TO STDOUT of every matching product: CSV with a header, or JSON rows.
+    def export(self, csv: bool, *, for_spreadsheet: bool = False) -> sql.Composed:
+        """A COPY ... TO STDOUT of every matching product: CSV with a header (its free text
+        spreadsheet-safe `for_spreadsheet`), or JSON rows.
 
         Run with `params()`: the statement holds no other parameter.
         """
-        return _export(self._shape(), csv)
+        return _export(self._shape(), csv, csv and for_spreadsheet)
 
 
 class _Shape(NamedTuple):
@@ -241,9 +258,9 @@ def _scan_page(shape: _Shape) -> Statement:
 
 
 @cache
-def _export(shape: _Shape, csv: bool) -> sql.Composed:
-    columns = _CSV_FIELDS if csv else PRODUCT_JSON
-    inner = compile_once(_filtered(select(columns).select_from(Product), shape))
+def _export(shape: _Shape, csv: bool, for_spreadsheet: bool) -> sql.Composed:
+    columns = _SPREADSHEET_FIELDS if for_spreadsheet else (_CSV_FIELDS,) if csv else (PRODUCT_JSON,)
+    inner = compile_once(_filtered(select(*columns).select_from(Product), shape))
     return sql.SQL(COPY_CSV if csv else COPY_JSON_ROWS).format(sql.SQL(inner.sql))
 
 

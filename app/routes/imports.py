@@ -75,7 +75,10 @@ async def import_products(
     if idempotency_key is None:
         # Nothing to replay: the body goes from the socket straight into COPY, once.
         return await db.write(
-            lambda conn: into(conn, request.stream()), bulk=True, replayable=False
+            lambda conn: into(conn, request.stream()),
+            bulk=True,
+            replayable=False,
+            credential=credential,
         )
     # Under a key the body's hash must be known before the work starts, and the work may
     # be retried (serialization failures): the body is spooled first, never held whole.

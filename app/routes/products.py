@@ -111,6 +111,14 @@ LowStock = Annotated[
     Literal["true"] | None,
     Query(description="`true`: only products at or below their reorder point"),
 ]
+SpreadsheetSafe = Annotated[
+    Literal["true"] | None,
+    Query(
+        description="`true`: a CSV cell of free text (name, description) that a spreadsheet "
+        "would run as a formula (it begins with = + - @, tab or CR) gets a ' in front. "
+        "Other formats ignore it."
+    ),
+]
 
 
 def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
@@ -147,9 +155,11 @@ async def list_products(
     q: Search = None,
     quantity_max: QuantityMax = None,
     low_stock: LowStock = None,
+    spreadsheet_safe: SpreadsheetSafe = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     fmt = negotiate(accept)
+    for_spreadsheet = spreadsheet_safe is not None
     query = listing.Listing(
         prefix=listing.prefix_range(sku_prefix) if sku_prefix else None,
         q=q,
@@ -163,7 +173,7 @@ async def list_products(
     if limit is None:
         return CopyStream(
             reads,
-            query.export(csv=fmt is Format.CSV),
+            query.export(csv=fmt is Format.CSV, for_spreadsheet=for_spreadsheet),
             query.params(),
             framing=FRAMINGS[fmt],
             media_type=fmt.content_type,
@@ -174,7 +184,7 @@ async def list_products(
         created_at, id_ = page.next_after
         cursor = encode_cursor(created_at.isoformat(), id_, query.filters_key())
         headers["Link"] = next_link(request, cursor)
-    body = render_page(fmt, [row.json for row in page.rows])
+    body = render_page(fmt, [row.json for row in page.rows], for_spreadsheet=for_spreadsheet)
     return Response(body, headers=headers, media_type=fmt.content_type)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.deps import ReadsDep
+from app.deps import ReadsDep, StockReportDep
 from app.formats import FRAMINGS, Format, csv_field, negotiate
 from app.openapi import problems
 from app.queries import reports
@@ -18,6 +18,8 @@ router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
 # Reports come as JSON or CSV.
 _OFFERED = (Format.JSON, Format.CSV)
 _CSV_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {Format.CSV.value: {}}}}
+# How long one computation of the stock report serves every request (per process).
+STOCK_REPORT_SECONDS = 1.0
 # The movements report's window when the client names no `from`.
 DEFAULT_WINDOW = timedelta(days=30)
 
@@ -36,9 +38,9 @@ def _rfc3339(at: datetime) -> str:
     responses={**problems(406, 422), **_CSV_RESPONSE},
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
 )
-async def stock_report(reads: ReadsDep, accept: Accept = None) -> Response:
+async def stock_report(reads: ReadsDep, recent: StockReportDep, accept: Accept = None) -> Response:
     fmt = negotiate(accept, _OFFERED)
-    summary = await reads.run(reports.stock_summary_now)
+    summary = await recent.get(lambda: reads.run(reports.stock_summary_now))
     values = {
         "products": summary.products,
         "units": int(summary.units),

@@ -16,6 +16,7 @@ from app.deps import (
     DatabaseDep,
     IdempotencyDep,
     IdempotencyKey,
+    ResolverDep,
     SettingsDep,
     WebhookId,
     require_writer,
@@ -58,10 +59,13 @@ async def create_webhook(
     settings: SettingsDep,
     idempotency: IdempotencyDep,
     credential: Credential,
+    resolver: ResolverDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     try:
-        await ssrf.resolve(body.url, allow_private=settings.webhook_allow_private)
+        await ssrf.resolve(
+            body.url, allow_private=settings.webhook_allow_private, resolver=resolver
+        )
     except ssrf.AddressRefused as exc:
         raise ValidationFailed.field("url", str(exc), "Webhooks cannot be sent there.") from None
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
