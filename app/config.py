@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # by then) is cut off with 408: a slow client cannot pin a worker or a pool connection.
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     # JSON bodies of requests without a checked token (an open API; a path no token guards)
-    # read at once per process; more wait up to a second, then get 503 server_busy.
+    # read at once per process; more wait up to the body timeout, then get 503 server_busy.
     unauthenticated_bodies: int = Field(default=16, ge=1)
     # A response write the client does not take within this long ends the response: a
     # client that stops reading cannot pin a pool connection, a COPY or a bulk slot.

@@ -53,10 +53,6 @@ IMPORT_ROUTE = ("POST", "/products/import")
 # few hundred, and parsing is linear in them. A 1 MiB body of `[{},{},...]` (350,000 empty
 # objects) took half a second of a worker's CPU to parse and check; 10,000 take a few ms.
 JSON_VALUES_MAX = 10_000
-# How long a body of a request without a checked token waits for one of the process's
-# slots for such bodies before it is answered 503 (reading a body that has arrived whole
-# takes microseconds: the slots are only ever full of bodies that trickle).
-UNAUTHENTICATED_WAIT = 1.0
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -194,7 +190,12 @@ class BodyGuard:
 
     JSON bodies of requests that carry no checked token (app.access.TokenCheck: an open
     API, or a path no token guards) are read at most `unauthenticated_bodies` at once per
-    process; one that finds no slot within UNAUTHENTICATED_WAIT is answered 503.
+    process; one that finds no slot within the body deadline (`timeout`, unless
+    `unauthenticated_wait`) is answered 503. Not a shorter wait: reading a body that has
+    arrived takes microseconds, but on a busy event loop a burst of 60 small writes to an
+    open API waited over a second for their turn and a fixed one-second wait refused them.
+    A slot is held at most the body deadline, so a queue only ever waits on bodies that
+    trickle.
     """
 
     def __init__(
@@ -209,8 +210,12 @@ class BodyGuard:
         min_rate: int,
         grace: float,
         routes: Sequence[BaseRoute] | None = None,
+        unauthenticated_wait: float | None = None,
     ) -> None:
         self.app = app
+        self.unauthenticated_wait = (
+            timeout if unauthenticated_wait is None else unauthenticated_wait
+        )
         self.min_rate = min_rate
         self.grace = grace
         self.routes = routes
@@ -274,7 +279,7 @@ class BodyGuard:
 
     @asynccontextmanager
     async def _unauthenticated_slot(self) -> AsyncIterator[None]:
-        with anyio.move_on_after(UNAUTHENTICATED_WAIT) as waiting:
+        with anyio.move_on_after(self.unauthenticated_wait) as waiting:
             await self._unauthenticated.acquire()
         if waiting.cancelled_caught:
             raise ServerBusy("Too many request bodies are being received. Retry later.")

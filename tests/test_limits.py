@@ -493,7 +493,7 @@ async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline
 async def test_bodies_without_a_checked_token_are_read_a_few_at_a_time() -> None:
     guard = BodyGuard(
         _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=30, retry_after=1,
-        unauthenticated_bodies=1, min_rate=1000, grace=5,
+        unauthenticated_bodies=1, min_rate=1000, grace=5, unauthenticated_wait=1,
     )  # fmt: skip
     headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
     trickling = asyncio.Event()
@@ -547,3 +547,31 @@ async def test_a_body_that_is_not_an_object_is_422_even_for_an_all_optional_patc
     for answer in (response, conditional):
         problem = assert_problem(answer, 422, "validation_failed")
         assert problem["errors"] == [{"field": "body", "message": "must be a JSON object"}]
+
+
+async def test_a_body_waiting_for_a_slot_waits_as_long_as_the_body_deadline() -> None:
+    # CI: 60 concurrent adjustments to an open API on a busy event loop waited over a
+    # second for one of the 16 slots, and a fixed one-second wait answered them 503.
+    guard = BodyGuard(
+        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=5, retry_after=1,
+        unauthenticated_bodies=1, min_rate=1000, grace=5,
+    )  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
+    scope = {"type": "http", "method": "POST", "path": "/products", "headers": headers}
+    statuses: list[int] = []
+
+    async def one(receive: Receive) -> None:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await guard(dict(scope), receive, send)
+        statuses.append(int(sent[0]["status"]))
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(one(_stalling([b"{"], stall=1.5)))  # holds the slot for 1.5 s
+        await asyncio.sleep(0.05)
+        tasks.create_task(one(_stalling([b"{"], stall=0)))
+
+    assert statuses == [201, 201]
