@@ -8,10 +8,10 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access import Access
+from app.changes.feed import Feed
 from app.config import Settings
 from app.database import Database
 from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
-from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
 from app.replica import Reads

@@ -140,7 +140,8 @@ class Reads:
 async def reading(
     primary: Database, settings: Settings, count: Callable[[str], None]
 ) -> AsyncIterator[Reads]:
-    """The process's Reads; with a replica configured, its pool and probe run meanwhile."""
+    """The process's Reads; with a replica configured, its pool is open meanwhile (run its
+    probe, `Reads.replica.run`, for as long)."""
     if settings.read_database_url is None:
         yield Reads(primary, None, count)
         return
@@ -152,10 +153,4 @@ async def reading(
             max_lag=settings.read_max_lag_seconds,
             probe_seconds=settings.read_probe_seconds,
         )
-        probing = asyncio.create_task(replica.run())
-        try:
-            yield Reads(primary, replica, count)
-        finally:
-            probing.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(probing, return_exceptions=True)
+        yield Reads(primary, replica, count)

@@ -28,3 +28,16 @@ def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for a bearer token."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def age_changes(db: Any, days: int, *, through_seq: int | None = None) -> None:
+    """Make the change log's events up to `through_seq` (all: None) `days` days old, as
+    retention sees them (schema.sql: product_change_batches.at, the events' own at)."""
+    through = "" if through_seq is None else "WHERE b.last_seq <= %(through)s"
+    db.execute(
+        "WITH aged AS (UPDATE product_change_batches b "
+        "SET at = now() - make_interval(days => %(days)s) " + through + " RETURNING b.stmt) "
+        "UPDATE product_change_events e SET at = now() - make_interval(days => %(days)s) "
+        "FROM aged WHERE e.stmt = aged.stmt",
+        {"days": days, "through": through_seq},
+    )

@@ -14,7 +14,7 @@ from psycopg import Connection
 
 from app.config import Settings
 from tests.cluster import Cluster
-from tests.helpers import assert_problem, product
+from tests.helpers import age_changes, assert_problem, product
 from tests.live_inprocess import live_server
 from tests.sse import Message, messages
 
@@ -174,8 +174,8 @@ async def test_an_expired_cursor_is_410_before_the_stream_starts(
         "INSERT INTO products (sku, name, price) SELECT 'A-' || g, 'n', 1 "
         "FROM generate_series(1, 3) g"
     )
-    db.execute("SELECT product_changes_sequence()")
-    db.execute("UPDATE product_changes SET sequenced_at = now() - interval '31 days'")
+    db.execute("SELECT product_changes_sequence(10000, true)")
+    age_changes(db, 31)
     db.execute("SELECT product_changes_purge(30)")
 
     expired = await client.get("/changes/stream", headers={"Last-Event-ID": "1"})

@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.schema import CreateTable
 
+from app.changes import queries as changes
 from app.database import Connection, compile_literal, compile_once, savepoint
 from app.errors import DuplicateSku, ValidationFailed, field_error
 from app.models import Product, StockMovement
@@ -404,6 +405,8 @@ async def import_products(
     unknown or missing columns, a SKU twice in the file), listing at most MAX_LISTED
     records by line.
     """
+    # Its statements may write millions of rows: their events are logged set-wise.
+    await changes.log_in_bulk(conn)
     if media_type != CSV:
         await _copy_ndjson(conn, body, given=on_conflict == "update")
         return await _staged_write(conn, on_conflict, [], _ndjson_lines)

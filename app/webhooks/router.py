@@ -25,8 +25,8 @@ from app.errors import ValidationFailed, WebhookNotFound
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
-from app.queries import webhooks
-from app.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
+from app.webhooks import queries as webhooks
+from app.webhooks.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
 
 router = APIRouter(
     prefix="/webhooks",

@@ -1,19 +1,15 @@
-"""The change log: pages of events after a cursor, numbering new events, removing old ones.
+"""The change log in SQL: pages of events after a cursor, numbering them, removing old ones.
 
-Events leave PostgreSQL as API JSON (schema.sql: product_change_json). Only numbered events
-(seq not NULL) are ever read: schema.sql explains why that makes a cursor exactly-once.
+Events leave PostgreSQL as API JSON (schema.sql: product_changes_page). Only numbered
+events are ever read: schema.sql explains why that makes a cursor exactly-once.
 """
 
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, func, select, true
+from sqlalchemy import BigInteger, Boolean, Integer, Text, bindparam, cast, func, select, true
 
-from app.database import Database, compile_once
-from app.models import ProductChange, ProductChangesPurged
-
-CHANGE_ROW = ProductChange.__table__.table_valued()  # type: ignore[attr-defined]
-# Text, not json: the API sends the text PostgreSQL built as it is.
-CHANGE_JSON = cast(func.product_change_json(CHANGE_ROW), Text).label("json")
+from app.database import Connection, Database, compile_once
+from app.models import ProductChangesPurged
 
 # The page and the retention mark come from one statement, so from one snapshot: a purge
 # committing between two reads cannot make a page look complete while it is not. Without
@@ -22,29 +18,30 @@ CHANGE_JSON = cast(func.product_change_json(CHANGE_ROW), Text).label("json")
 _mark = select(func.coalesce(func.max(ProductChangesPurged.through), 0).label("through")).subquery(
     "mark"
 )
-_events = (
-    select(ProductChange.seq, ProductChange.type, CHANGE_JSON)
-    .where(ProductChange.seq > func.coalesce(bindparam("after", type_=BigInteger), _mark.c.through))
-    .order_by(ProductChange.seq)
-    .limit(bindparam("limit", type_=Integer))
+_page = (
+    func.product_changes_page(
+        func.coalesce(bindparam("after", type_=BigInteger), _mark.c.through),
+        bindparam("limit", type_=Integer),
+    )
+    .table_valued("seq", "type", "at", "event")
     .lateral("e")
 )
 _PAGE = compile_once(
-    select(_mark.c.through, _events.c.seq, _events.c.type, _events.c.json)
-    .select_from(_mark.outerjoin(_events, true()))
-    .order_by(_events.c.seq)
+    # Text, not json: the API sends the text PostgreSQL built as it is.
+    select(_mark.c.through, _page.c.seq, _page.c.type, cast(_page.c.event, Text))
+    .select_from(_mark.outerjoin(_page, true()))
+    .order_by(_page.c.seq)
 )
-# The newest seq given, also when retention has removed every event.
-_LAST = compile_once(
+_LAST = compile_once(select(func.product_changes_last_seq()))
+# schema.sql's triggers write this transaction's events set-wise, one INSERT per statement,
+# instead of row by row: for statements of many rows.
+_IN_BULK = "SET LOCAL inventory.change_log = bulk"
+_NUMBER = compile_once(
     select(
-        func.coalesce(
-            select(func.max(ProductChange.seq)).scalar_subquery(),
-            select(ProductChangesPurged.through).scalar_subquery(),
+        func.product_changes_sequence(
+            bindparam("max_rows", type_=Integer), bindparam("wait", type_=Boolean)
         )
     )
-)
-_NUMBER = compile_once(
-    select(func.product_changes_sequence(bindparam("max_rows", type_=Integer), False))
 )
 _PURGE = compile_once(
     select(
@@ -76,6 +73,12 @@ class Page:
         return after is not None and after < self.purged
 
 
+async def log_in_bulk(conn: Connection) -> None:
+    """Have the rest of the current transaction's statements logged set-wise (schema.sql:
+    the change log's triggers): for big statements, such as an import's."""
+    await conn.execute(_IN_BULK)
+
+
 async def page(db: Database, *, after: int | None, limit: int) -> Page:
     """Up to `limit` events with seq > `after` (None: from the oldest retained)."""
     async with db.connection() as conn:
@@ -94,19 +97,20 @@ async def last_seq(db: Database) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-async def number(db: Database, *, max_rows: int) -> int | None:
-    """Number up to `max_rows` committed events (schema.sql: product_changes_sequence).
+async def number(conn: Connection, *, max_rows: int) -> int | None:
+    """Number up to `max_rows` committed statements (schema.sql: product_changes_sequence),
+    on an autocommit connection.
 
-    Returns how many; None when another process's sequencer held the lock.
+    Returns how many events; None when another sequencer held the lock.
     """
-    async with db.connection() as conn:
-        cur = await conn.execute(_NUMBER.sql, _NUMBER.params(max_rows=max_rows))
-        row = await cur.fetchone()
+    cur = await conn.execute(_NUMBER.sql, _NUMBER.params(max_rows=max_rows, wait=False))
+    row = await cur.fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
 async def purge(db: Database, *, days: int, max_rows: int) -> int | None:
-    """Remove one batch of events numbered more than `days` ago (product_changes_purge).
+    """Remove one batch of events older than `days`, or than the database's own floor if
+    that is longer (product_changes_purge).
 
     Returns how many; None when another process was purging.
     """
