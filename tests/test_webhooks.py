@@ -152,6 +152,25 @@ async def test_the_same_idempotency_key_returns_the_same_subscription(
     assert again.json() == first.json() and len(listed.json()) == 1
 
 
+async def test_a_101st_subscription_is_409_until_one_is_deleted(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    db.execute(
+        "INSERT INTO webhooks (url, events, secret) "
+        "SELECT 'https://example.com/' || g, '{*}', 'whsec_MDEyMzQ1Njc4OWFiY2RlZg==' "
+        "FROM generate_series(1, 100) g"
+    )
+    body = {"url": "http://localhost:9/x", "events": ["*"]}
+
+    async with make_client(**LOCAL) as client:
+        refused = await client.post("/webhooks", json=body)
+        await client.delete(f"/webhooks/{(await client.get('/webhooks')).json()[0]['id']}")
+        accepted = await client.post("/webhooks", json=body)
+
+    assert_problem(refused, 409, "too_many_webhooks")
+    assert accepted.status_code == 201
+
+
 async def test_delete_unsubscribes_and_unknown_ids_are_404(make_client: ClientFactory) -> None:
     async with make_client(**LOCAL) as client:
         webhook = await subscribe(client, "http://localhost:9/x")

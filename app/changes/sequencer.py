@@ -27,8 +27,11 @@ logger = logging.getLogger("app.changes")
 # events is followed by another at once: a backlog (a restart, a big import) drains fast.
 NUMBER_BATCH = 10_000
 PURGE_BATCH = 10_000
-# The sequencer role's session lock (schema.sql: product_changes_sequencer_role).
-TAKE_ROLE = "SELECT product_changes_sequencer_role()"
+# The sequencer role's session lock (schema.sql: product_changes_sequencer_role), waited for
+# as long as another process holds it: past the service role's statement_timeout.
+WAIT_FOR_ROLE = (
+    "SET statement_timeout = 0; SELECT product_changes_sequencer_role(); RESET statement_timeout"
+)
 
 
 class Sequencer:
@@ -62,7 +65,7 @@ class Sequencer:
                 await anyio.sleep(self._poll)
         async with session(self._direct) as conn:
             # Waits here while another process holds the role.
-            await conn.execute(TAKE_ROLE)
+            await conn.execute(WAIT_FOR_ROLE)
             self.holding = True
             logger.info("this process numbers the change log")
             try:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from psycopg import errors
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -30,7 +31,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.database import Connection, Database, compile_once
+from app.errors import TooManyWebhooks
 from app.models import Webhook, WebhookAttempt
+
+# The trigger refusing a 101st subscription names this (schema.sql: webhooks_limit).
+WEBHOOKS_LIMIT = "webhooks_limit"
 
 WEBHOOK_ROW = Webhook.__table__.table_valued()  # type: ignore[attr-defined]
 ATTEMPT_ROW = WebhookAttempt.__table__.table_valued()  # type: ignore[attr-defined]
@@ -118,9 +123,18 @@ _ANY = compile_once(select(select(Webhook.id).exists()))
 async def create_webhook(
     conn: Connection, *, url: str, events: Sequence[str], description: str | None, secret: str
 ) -> tuple[int, str]:
-    """Insert a subscription; its id and its JSON (without the secret)."""
+    """Insert a subscription; its id and its JSON (without the secret).
+
+    Raises TooManyWebhooks when there are 100 already (schema.sql: webhooks_limit).
+    """
     params = _INSERT.params(url=url, events=events, description=description, secret=secret)
-    row = await (await conn.execute(_INSERT.sql, params)).fetchone()
+    try:
+        cur = await conn.execute(_INSERT.sql, params)
+    except errors.CheckViolation as exc:
+        if exc.diag.constraint_name != WEBHOOKS_LIMIT:
+            raise
+        raise TooManyWebhooks() from None
+    row = await cur.fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
 

@@ -50,7 +50,7 @@ def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = No
     operation_id="createWebhook",
     status_code=201,
     response_model=WebhookCreated,
-    responses=problems(422),
+    responses=problems(409, 422),
     summary="Subscribe a URL to change events; the answer shows the signing secret, once",
     dependencies=[Depends(known_parameters())],
 )
