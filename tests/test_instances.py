@@ -36,6 +36,7 @@ def instances(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[tuple
             "INVENTORY_POOL_TIMEOUT": "10",
             "INVENTORY_WEBHOOK_ALLOW_PRIVATE": "1",
             "INVENTORY_WEBHOOK_RETRY_SECONDS": "0.1",
+            "INVENTORY_WEBHOOK_CONCURRENCY": "1",
             "INVENTORY_LOG_LEVEL": "WARNING",
         }
         a = stack.enter_context(live_server(env))
@@ -115,35 +116,40 @@ async def test_a_stream_on_one_sees_a_change_made_through_the_other_within_a_sec
 async def test_each_webhook_event_is_delivered_once_by_one_of_them(
     instances: tuple[str, str], db: Connection[Any]
 ) -> None:
+    """Two subscriptions; each instance serves one subscription at a time
+    (INVENTORY_WEBHOOK_CONCURRENCY=1), so both take part."""
     a, b = instances
-    receiver = start_receiver()
+    receivers = [start_receiver(), start_receiver()]
     try:
-        receiver.delay = 0.01
         async with httpx.AsyncClient(base_url=a) as ca, httpx.AsyncClient(base_url=b) as cb:
-            hook = {"url": receiver.url(), "events": ["*"]}
-            assert (await ca.post("/webhooks", json=hook)).status_code == 201
+            for receiver in receivers:
+                receiver.delay = 0.01
+                hook = {"url": receiver.url(), "events": ["*"]}
+                assert (await ca.post("/webhooks", json=hook)).status_code == 201
             db.autocommit = True
             db.execute(
                 "INSERT INTO products (sku, name, price) "
                 "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 100) g"
             )
             deadline = time.monotonic() + 30
-            while len(receiver.received) < 100:
-                assert time.monotonic() < deadline, len(receiver.received)
+            while any(len(r.received) < 100 for r in receivers):
+                assert time.monotonic() < deadline, [len(r.received) for r in receivers]
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             counts = [delivered((await c.get("/metrics")).text) for c in (ca, cb)]
-        seqs = Counter(e["seq"] for e in receiver.events())
-        assert len(seqs) == 100 and set(seqs.values()) == {1}
+        for receiver in receivers:
+            seqs = Counter(e["seq"] for e in receiver.events())
+            assert len(seqs) == 100 and set(seqs.values()) == {1}
         attempts = db.execute(
-            "SELECT count(*), count(DISTINCT seq) FROM webhook_attempts"
+            "SELECT count(*), count(DISTINCT (webhook_id, seq)) FROM webhook_attempts"
         ).fetchone()
-        assert attempts == (100, 100)
+        assert attempts == (200, 200)
         # Both processes took part.
-        assert all(n > 0 for n in counts) and sum(counts) == 100, counts
+        assert all(n > 0 for n in counts) and sum(counts) == 200, counts
     finally:
-        receiver.server.clear()
-        receiver.server.stop()
+        for receiver in receivers:
+            receiver.server.clear()
+            receiver.server.stop()
 
 
 def delivered(metrics: str) -> int:
