@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -45,9 +46,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from app.queries import stock
+# The repository, for app; bench/ is on the path already (run as a script): its bench.py
+# brings the cluster, the service and wrk.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# Run as a script, bench/ is on the path: its bench.py brings the cluster, service and wrk.
+from app.queries import stock
 from bench import BENCH, REPO, WRK_SCRIPTS, cluster, psql, say, service, wrk
 
 SIDES = ("off", "on")
@@ -120,16 +123,14 @@ def numbered(url: str) -> None:
 
 def pgbench_adjust(url: str, clients: int, duration: int, rows: int, tmp: Path) -> float:
     """tps of the API's adjustment statement."""
-    sql = re.sub(
-        r"%\((\w+)\)s",
-        lambda m: {
-            "sku": "'bench-' || :i",
-            "delta": "1",
-            "reason": "'received'",
-            "note": "NULL",
-        }[m.group(1)],
-        " ".join(stock._ADJUST.sql.split()),
-    )
+    values = {
+        **{name: repr(value) for name, value in stock._ADJUST.defaults.items()},
+        "sku": "'bench-' || :i",
+        "delta": "1",
+        "reason": "'received'",
+        "note": "NULL",
+    }
+    sql = re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], " ".join(stock._ADJUST.sql.split()))
     script = tmp / "pgbench-adjust.sql"
     script.write_text(f"\\set i random(1, {rows})\n{sql};\n")
     out = subprocess.run(
@@ -261,10 +262,18 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             say(f"database {name}: schema.sql, log {side}, {args.products} products")
             make_database(admin, name, log=side == "on")
             load(database_url(admin, name), args.products)
-            url, proc = stack.enter_context(
+            # Each service in a stack of its own: the "off" one is stopped before the idle
+            # measurement.
+            own = stack.enter_context(ExitStack())
+            url, proc = own.enter_context(
                 service(database_url(app_url, name), args.workers, tmp, name=name)
             )
-            sides[side] = {"admin": database_url(admin, name), "url": url, "proc": proc}
+            sides[side] = {
+                "admin": database_url(admin, name),
+                "url": url,
+                "proc": proc,
+                "stack": own,
+            }
         numbered(sides["on"]["admin"])
 
         def rounds(label: str, work: Any) -> dict[str, list[Any]]:
@@ -316,8 +325,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             numbered(sides["on"]["admin"])
         if "idle" in args.only:
             # The "off" service stopped: only the cluster and the "on" service are counted.
-            os.killpg(sides["off"]["proc"].pid, signal.SIGTERM)
-            sides["off"]["proc"].wait(30)
+            sides["off"]["stack"].close()
             say(f"idle for {args.idle_seconds} s, {args.streams} streams open")
             results["idle"] = idle(sides["on"]["url"], admin, sides["on"]["proc"].pid, args)
     return results
@@ -400,6 +408,8 @@ def main() -> None:
     args.only = set(args.only.split(","))
     if not args.only <= set(PARTS):
         parser.error(f"--only takes {', '.join(PARTS)}")
+    if "http" in args.only and shutil.which("wrk") is None:
+        parser.error("wrk is needed (bench/run.sh changelog installs it; or apt-get install wrk)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     with tempfile.TemporaryDirectory(prefix="inventory-bench-") as tmp_name:
         tmp = Path(tmp_name)
