@@ -1130,6 +1130,9 @@ BEGIN
     END IF;
     seen := ARRAY(SELECT e.stmt FROM product_change_events e
                   WHERE e.k = 1 AND e.stmt > state.high ORDER BY e.stmt LIMIT max_rows);
+    IF cardinality(seen) = 0 AND cardinality(state.holes) = 0 THEN
+        RETURN 0;  -- the common look at an idle log: as cheap as it can be
+    END IF;
     IF seen[cardinality(seen)] - state.high > cardinality(seen) THEN
         -- There are holes: whoever took one had its xid before this one is taken (xids are
         -- handed out in order, and a statement takes its number after its first write). Not
@@ -1176,6 +1179,33 @@ BEGIN
         PERFORM pg_notify('product_changes', last::text);
     END IF;
     RETURN how_many;
+END
+$$;
+
+-- The sequencer role's holder waits here for something to number: it numbers what is
+-- committed, and while there is nothing, looks again every poll_seconds from inside the
+-- server, for up to wait_seconds; returns (numbered) how many events it numbered (0: none
+-- came, NULL: another sequencer held the lock). A look at an idle log is an index probe in
+-- the server, not a round trip that wakes the service (each such wake-up costs the process
+-- far more). A procedure, each look its own transaction (COMMIT): nothing is held between
+-- looks, no snapshot holds back vacuum. Not SECURITY DEFINER and no SET clause (either
+-- forbids COMMIT), so only qualified names; call it in autocommit, past statement_timeout.
+CREATE OR REPLACE PROCEDURE product_changes_await(
+    poll_seconds double precision, wait_seconds double precision, max_rows integer,
+    INOUT numbered bigint DEFAULT NULL
+)
+    LANGUAGE plpgsql AS
+$$
+DECLARE
+    deadline timestamptz :=
+        pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_seconds);
+BEGIN
+    LOOP
+        numbered := public.product_changes_sequence(max_rows);
+        COMMIT;
+        EXIT WHEN numbered IS DISTINCT FROM 0 OR pg_catalog.clock_timestamp() >= deadline;
+        PERFORM pg_catalog.pg_sleep(poll_seconds);
+    END LOOP;
 END
 $$;
 
@@ -1566,6 +1596,8 @@ COMMENT ON FUNCTION product_changes_sequence(integer, boolean) IS
 COMMENT ON FUNCTION product_changes_purge(integer, integer) IS
     'Removes one batch of events older than the retention (never less than the owner''s floor); '
     'returns how many, NULL if another runs.';
+COMMENT ON PROCEDURE product_changes_await(double precision, double precision, integer, bigint) IS
+    'Numbers committed statements, or waits up to wait_seconds for some, looking every poll_seconds.';
 COMMENT ON FUNCTION product_changes_sequencer_role() IS
     'Waits for, then holds for the session, the role of the process that runs the sequencer.';
 COMMENT ON FUNCTION product_changes_movements_begin() IS
@@ -1657,6 +1689,10 @@ GRANT EXECUTE ON FUNCTION
     product_changes_purge(integer, integer),
     product_changes_sequencer_role()
     TO inventory_rw;
+REVOKE EXECUTE ON PROCEDURE
+    product_changes_await(double precision, double precision, integer, bigint) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE
+    product_changes_await(double precision, double precision, integer, bigint) TO inventory_rw;
 -- Whoever inserts movements runs product_changes_movements_begin, which reads where the
 -- movement ids stand (not a secret: it is how many movements were ever made).
 GRANT SELECT ON SEQUENCE stock_movements_id_seq TO PUBLIC;

@@ -577,11 +577,12 @@ def test_only_the_service_role_may_run_the_sequencer_and_the_purge(db: Connectio
         "FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a "
         "LEFT JOIN pg_roles r ON r.oid = a.grantee "
         "WHERE p.proname IN ('product_changes_sequence', 'product_changes_purge', "
-        "'product_changes_sequencer_role') "
+        "'product_changes_sequencer_role', 'product_changes_await') "
         "AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner"
     ).fetchall()
 
     assert sorted(rows) == [
+        ("product_changes_await", "inventory_rw"),
         ("product_changes_purge", "inventory_rw"),
         ("product_changes_sequence", "inventory_rw"),
         ("product_changes_sequencer_role", "inventory_rw"),
@@ -710,6 +711,61 @@ def test_a_number_taken_by_a_rolled_back_statement_is_dropped_once_no_one_can_co
 
     assert db.execute("SELECT holes FROM product_changes_sequencer").fetchone() == ([],)
     assert types_and_skus(db) == [("product.created", "A-1")]
+
+
+AWAIT = "CALL product_changes_await(%s, %s, 100)"
+
+
+def test_await_numbers_what_commits_while_it_waits_and_returns_then(
+    db: Connection[Any], connect: Any, app_db: Connection[Any]
+) -> None:
+    answer: dict[str, Any] = {}
+
+    def wait() -> None:
+        started = time.monotonic()
+        answer["row"] = app_db.execute(AWAIT, (0.05, 10)).fetchone()
+        answer["seconds"] = time.monotonic() - started
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    connect(autocommit=True).execute(
+        "INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)"
+    )
+    waiter.join(5)
+
+    assert answer["row"] == (1,)
+    assert answer["seconds"] < 2
+    assert types_and_skus(db) == [("product.created", "A-1")]
+
+
+def test_await_with_nothing_to_number_returns_0_when_its_time_is_up(
+    app_db: Connection[Any],
+) -> None:
+    started = time.monotonic()
+    assert app_db.execute(AWAIT, (0.05, 0.3)).fetchone() == (0,)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_await_looks_in_a_transaction_of_its_own_each_time(
+    connect: Any, app_db: Connection[Any]
+) -> None:
+    # Nothing held between looks: no snapshot as old as the wait holds back vacuum.
+    waiter = threading.Thread(target=lambda: app_db.execute(AWAIT, (0.05, 2)))
+    waiter.start()
+    time.sleep(1.5)
+    ages = (
+        connect(autocommit=True)
+        .execute(
+            "SELECT extract(epoch FROM clock_timestamp() - xact_start) FROM pg_stat_activity "
+            "WHERE query LIKE 'CALL product_changes_await%%' AND state = 'active'"
+        )
+        .fetchall()
+    )
+    waiter.join(5)
+
+    assert len(ages) == 1
+    assert ages[0][0] < 0.5
 
 
 # --- Retention -----------------------------------------------------------------------------

@@ -157,3 +157,43 @@ def delivered(metrics: str) -> int:
         if line.startswith('inventory_webhook_deliveries_total{outcome="delivered"}'):
             return int(float(line.split()[-1]))
     return 0
+
+
+def _holding_the_role(db: Connection[Any]) -> list[tuple[int]]:
+    """The sessions holding the sequencer role (schema.sql: product_changes_sequencer_role)."""
+    return db.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = 'product_change_batches'::regclass::oid AND objid = 3"
+    ).fetchall()
+
+
+async def test_when_the_process_numbering_the_log_is_killed_the_other_takes_over(
+    postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
+) -> None:
+    # The holder waits inside the server (a CALL): the server must notice the socket gone
+    # while that runs, or the role stays held until the wait ends.
+    db.autocommit = True
+    direct = pg_server.app_dsn(postgresql.info.dbname)
+    env = {"DATABASE_URL": direct, "INVENTORY_LOG_LEVEL": "WARNING"}
+    with live_server(env) as first:
+        for _ in range(100):  # bounded: 5 s
+            if holder := _holding_the_role(db):
+                break
+            await asyncio.sleep(0.05)
+        with live_server(env) as second:
+            first.process.kill()
+            first.process.communicate()  # its output pipe closed too
+            killed = time.monotonic()
+            while _holding_the_role(db) in ([], holder):
+                assert time.monotonic() - killed < 5, "nobody took over"
+                await asyncio.sleep(0.05)
+            async with (
+                httpx.AsyncClient(base_url=second.url, timeout=10) as client,
+                client.stream("GET", "/changes/stream") as stream,
+            ):
+                incoming = events(stream)
+                sent = time.monotonic()
+                assert (await client.post("/products", json=product("AFTER-1"))).status_code == 201
+                message = await asyncio.wait_for(anext(incoming), 5)
+                assert message.json["sku"] == "AFTER-1"
+                assert message.at - sent < 1.0

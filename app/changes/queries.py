@@ -43,6 +43,8 @@ _NUMBER = compile_once(
         )
     )
 )
+# A procedure: SQLAlchemy compiles no CALL. Returns its INOUT parameter, one row.
+_AWAIT = "CALL product_changes_await(%(poll)s, %(wait)s, %(max_rows)s)"
 _PURGE = compile_once(
     select(
         func.product_changes_purge(
@@ -104,6 +106,22 @@ async def number(conn: Connection, *, max_rows: int) -> int | None:
     Returns how many events; None when another sequencer held the lock.
     """
     cur = await conn.execute(_NUMBER.sql, _NUMBER.params(max_rows=max_rows, wait=False))
+    row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def await_numbered(
+    conn: Connection, *, poll_seconds: float, wait_seconds: float, max_rows: int
+) -> int | None:
+    """Number up to `max_rows` committed statements, or wait up to `wait_seconds` for some,
+    looking every `poll_seconds` inside the server (schema.sql: product_changes_await), on an
+    autocommit connection without a statement_timeout shorter than the wait.
+
+    Returns how many events (0: none came); None when another sequencer held the lock.
+    """
+    cur = await conn.execute(
+        _AWAIT, {"poll": poll_seconds, "wait": wait_seconds, "max_rows": max_rows}
+    )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else int(row[0])
 

@@ -3,10 +3,12 @@
 Numbering (schema.sql: product_changes_sequence) needs one caller at a time, and any will
 do. One service process holds the sequencer role (a session lock, taken on a connection of
 its own; the others wait for it there, at no cost, and one takes over the moment the
-holder's session ends) and numbers every `poll_seconds`: writers do not notify (a NOTIFY
-serialises commits), so somebody has to look, and only the holder does. A look that finds
-nothing costs one small query. Behind PgBouncer with no direct connection there is no
-session: then every process looks, and the function's own lock lets one number at a time.
+holder's session ends) and looks for committed events every `poll_seconds`: writers do not
+notify (a NOTIFY serialises commits), so somebody has to look, and only the holder does. It
+looks from inside the server (product_changes_await), so an idle log costs an index probe
+there and never wakes the process. Behind PgBouncer with no direct connection there is no
+session: then every process looks, a query each time, and the function's own lock lets
+one number at a time.
 
 Retention removes events older than INVENTORY_CHANGES_RETENTION_DAYS (never fewer than the
 database's own floor) in batches, every purge interval, in every process (one at a time).
@@ -27,10 +29,15 @@ logger = logging.getLogger("app.changes")
 # events is followed by another at once: a backlog (a restart, a big import) drains fast.
 NUMBER_BATCH = 10_000
 PURGE_BATCH = 10_000
+# How long one wait in the server lasts at most (the process wakes that often when idle).
+AWAIT_SECONDS = 30.0
 # The sequencer role's session lock (schema.sql: product_changes_sequencer_role), waited for
-# as long as another process holds it: past the service role's statement_timeout.
+# as long as another process holds it, and then the waits in the server: past the service
+# role's statement_timeout. If this process dies in such a wait, the server notices its
+# socket gone within a second and ends the session, releasing the role for the next one.
 WAIT_FOR_ROLE = (
-    "SET statement_timeout = 0; SELECT product_changes_sequencer_role(); RESET statement_timeout"
+    "SET statement_timeout = 0; SET client_connection_check_interval = 1000;"
+    " SELECT product_changes_sequencer_role()"
 )
 
 
@@ -70,8 +77,16 @@ class Sequencer:
             logger.info("this process numbers the change log")
             try:
                 while True:
-                    await self._number(conn)
-                    await anyio.sleep(self._poll)
+                    numbered = await queries.await_numbered(
+                        conn,
+                        poll_seconds=self._poll,
+                        wait_seconds=AWAIT_SECONDS,
+                        max_rows=NUMBER_BATCH,
+                    )
+                    if numbered:
+                        self._on_numbered()
+                    elif numbered is None:  # someone else is numbering (psql)
+                        await anyio.sleep(self._poll)
             finally:
                 self.holding = False
 
