@@ -9,7 +9,8 @@ schema.sql, and the service on each as a user runs it (uvicorn, 2 workers, the d
        nothing is numbered, and everything else (tables, indexes, the other triggers, the
        service's own background work) is the same. That is the baseline.
 
-Measures, alternating on and off where a measurement repeats (this machine's load drifts):
+Measures, alternating on and off where a measurement repeats (this machine's load drifts),
+each run from the same state (both databases vacuumed and analyzed, then a checkpoint):
 - pgbench: the API's adjustment statement, 16 clients;
 - HTTP (wrk): POST /products and POST /products/{sku}/adjustments;
 - stock counts (POST /products/import?on_conflict=update, sku,quantity files) changing
@@ -18,7 +19,9 @@ Measures, alternating on and off where a measurement repeats (this machine's loa
   quantity changed;
 - CPU at idle: every process of the cluster and of the "on" service (the "off" one is
   stopped) over --idle-seconds, nothing written, with --streams change streams open; then how
-  long one change takes to reach them.
+  long one change takes to reach them. For comparison, the same with no service at all and a
+  bare FastAPI app (bench/ceiling.py) on the same server: what PostgreSQL and uvicorn cost
+  idle by themselves.
 Prints the targets of issue 18, each with its number and whether it is met, and writes JSON
 to bench/results/.
 
@@ -99,6 +102,14 @@ def load(url: str, rows: int) -> None:
         "-c",
         "VACUUM ANALYZE",
     )
+
+
+def settle(admin_urls: list[str]) -> None:
+    """Start each measurement from the same state on both sides: nothing left for
+    autovacuum, dirty pages written (a checkpoint), so neither pays for the other's past."""
+    for url in admin_urls:
+        psql(url, "-q", "-c", "VACUUM ANALYZE")
+    psql(admin_urls[0], "-q", "-c", "CHECKPOINT")
 
 
 def numbered(url: str) -> None:
@@ -194,13 +205,14 @@ def postmaster_pid(admin_url: str) -> int:
 
 
 @contextmanager
-def streams(url: str, count: int) -> Iterator[list[tuple[float, str]]]:
-    """count open GET /changes/stream; yields (arrival time, line) of every event line."""
+def streams(url: str, after: int, count: int) -> Iterator[list[tuple[float, str]]]:
+    """count open GET /changes/stream after `after`; yields (arrival time, line) of every
+    event line."""
     seen: list[tuple[float, str]] = []
     procs = []
     for _ in range(count):
         proc = subprocess.Popen(
-            ["curl", "-sN", f"{url}/changes/stream?after=999999999999"],
+            ["curl", "-sN", f"{url}/changes/stream?after={after}"],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(proc)
@@ -221,17 +233,25 @@ def streams(url: str, count: int) -> Iterator[list[tuple[float, str]]]:
             proc.wait()
 
 
-def idle(url: str, admin_url: str, service_pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    pids = [postmaster_pid(admin_url), service_pid]
-    with streams(url, args.streams) as seen:
-        time.sleep(2)  # settled
-        before = sum(cpu_seconds(p) for p in pids)
-        time.sleep(args.idle_seconds)
-        used = sum(cpu_seconds(p) for p in pids) - before
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU seconds of each process tree over `seconds`, after settling."""
+    time.sleep(5)  # settled: streams connected, the checkpoint's aftermath over
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+
+def idle(on: dict[str, Any], admin_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """CPU of the cluster and of the "on" service over idle_seconds with streams open and
+    nothing written; then how long one change takes to reach every stream."""
+    pids = {"postgres": postmaster_pid(admin_url), "service": on["proc"].pid}
+    last = psql(on["admin"], "-At", "-c", "SELECT product_changes_last_seq()", capture_output=True)
+    with streams(on["url"], int(last.stdout.strip()), args.streams) as seen:
+        used = idle_cpu(pids, args.idle_seconds)
         # Then one change: how long until every open stream has it.
         sent = time.monotonic()
         request = urllib.request.Request(
-            f"{url}/products",
+            f"{on['url']}/products",
             data=json.dumps({"sku": f"IDLE-{int(sent)}", "name": "n", "price": "1"}).encode(),
             headers={"Content-Type": "application/json"},
         )
@@ -239,10 +259,11 @@ def idle(url: str, admin_url: str, service_pid: int, args: argparse.Namespace) -
         while len(seen) < args.streams and time.monotonic() - sent < 10:
             time.sleep(0.01)
         latency = max(at for at, _ in seen) - sent if len(seen) == args.streams else None
+    total = sum(used.values())
     return {
         "seconds": args.idle_seconds,
         "cpu_seconds": used,
-        "percent_of_a_core": 100 * used / args.idle_seconds,
+        "percent_of_a_core": 100 * total / args.idle_seconds,
         "streams": args.streams,
         "stream_latency_seconds": latency,
     }
@@ -275,11 +296,13 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "stack": own,
             }
         numbered(sides["on"]["admin"])
+        admins = [sides[side]["admin"] for side in SIDES]
 
         def rounds(label: str, work: Any) -> dict[str, list[Any]]:
             out: dict[str, list[Any]] = {side: [] for side in SIDES}
             for n in range(args.rounds):
                 for side in SIDES if n % 2 == 0 else reversed(SIDES):
+                    settle(admins)
                     say(f"{label}, log {side} (round {n + 1})")
                     out[side].append(work(side))
             return out
@@ -303,6 +326,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 path = tmp / f"count-{size}.csv"
                 count_file(path, "BENCH-", size, offset=n)
                 for side in SIDES:
+                    settle(admins)
                     say(f"stock count changing {size} quantities, log {side}")
                     seconds, answer = post_file(sides[side]["url"], path, "?on_conflict=update")
                     assert answer["updated"] == size, answer
@@ -312,12 +336,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             new_file(path, args.million)
             results["million_new_seconds"], results["million_count_seconds"] = {}, {}
             for side in ("off", "on"):
+                settle(admins)
                 say(f"importing {args.million} new products, log {side}")
                 seconds, answer = post_file(sides[side]["url"], path)
                 assert answer["created"] == args.million, answer
                 results["million_new_seconds"][side] = seconds
             count_file(path, "IMP-", args.million, offset=7)
             for side in ("on", "off"):
+                settle(admins)
                 say(f"stock count of the {args.million} with every quantity changed, log {side}")
                 seconds, answer = post_file(sides[side]["url"], path, "?on_conflict=update")
                 assert answer["updated"] == args.million, answer
@@ -326,8 +352,21 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if "idle" in args.only:
             # The "off" service stopped: only the cluster and the "on" service are counted.
             sides["off"]["stack"].close()
+            numbered(sides["on"]["admin"])
+            settle(admins)
             say(f"idle for {args.idle_seconds} s, {args.streams} streams open")
-            results["idle"] = idle(sides["on"]["url"], admin, sides["on"]["proc"].pid, args)
+            results["idle"] = idle(sides["on"], admin, args)
+            # What is not the service's own: the cluster with no service connected, and the
+            # same server (uvicorn, same workers) running a bare FastAPI app.
+            sides["on"]["stack"].close()
+            say(f"idle for {args.idle_seconds} s: the cluster alone, a bare app on the server")
+            with service(app_url, args.workers, tmp, app="bench.ceiling:app", name="bare") as (
+                _,
+                bare,
+            ):
+                results["idle"]["baseline_cpu_seconds"] = idle_cpu(
+                    {"postgres": postmaster_pid(admin), "service": bare.pid}, args.idle_seconds
+                )
     return results
 
 
@@ -381,6 +420,12 @@ def table(results: dict[str, Any]) -> str:
         percent = idle["percent_of_a_core"]
         add(f"idle CPU over {idle['seconds']} s, % of a core", on=f"{percent:.2f}", goal="<= 0.5",
             met=percent <= 0.5)  # fmt: skip
+        # In the "off" column here: PostgreSQL with no service, uvicorn serving a bare app.
+        baseline = idle.get("baseline_cpu_seconds", {})
+        for name, label in (("postgres", "PostgreSQL (alone)"), ("service", "uvicorn (bare app)")):
+            alone = baseline.get(name)
+            add(f"  {label}", off="" if alone is None else f"{100 * alone / idle['seconds']:.2f}",
+                on=f"{100 * idle['cpu_seconds'][name] / idle['seconds']:.2f}")  # fmt: skip
         latency = idle["stream_latency_seconds"]
         add(f"  then a change on {idle['streams']} streams, s",
             on="-" if latency is None else f"{latency:.2f}", goal="<= 1",
