@@ -1182,14 +1182,17 @@ BEGIN
 END
 $$;
 
--- The sequencer role's holder waits here for something to number: it numbers what is
--- committed, and while there is nothing, looks again every poll_seconds from inside the
--- server, for up to wait_seconds; returns (numbered) how many events it numbered (0: none
--- came, NULL: another sequencer held the lock). A look at an idle log is an index probe in
+-- The sequencer role's holder calls this and stays in it: it numbers what is committed,
+-- looking every poll_seconds from inside the server (at once again while a look finds a full
+-- batch), for wait_seconds; returns (numbered) how many events it numbered meanwhile, or
+-- NULL as soon as another sequencer holds the lock. Each look NOTIFYs what it numbered as it
+-- commits, so nobody waits for the call to end. A look at an idle log is an index probe in
 -- the server, not a round trip that wakes the service (each such wake-up costs the process
--- far more). A procedure, each look its own transaction (COMMIT): nothing is held between
--- looks, no snapshot holds back vacuum. Not SECURITY DEFINER and no SET clause (either
--- forbids COMMIT), so only qualified names; call it in autocommit, past statement_timeout.
+-- far more); under load, numbering waits a poll between looks, so it comes in batches, not
+-- a transaction (and a NOTIFY) per commit of the writers. A procedure, each look its own
+-- transaction (COMMIT): nothing is held between looks, no snapshot holds back vacuum. Not
+-- SECURITY DEFINER and no SET clause (either forbids COMMIT), so only qualified names; call
+-- it in autocommit, past statement_timeout.
 CREATE OR REPLACE PROCEDURE product_changes_await(
     poll_seconds double precision, wait_seconds double precision, max_rows integer,
     INOUT numbered bigint DEFAULT NULL
@@ -1199,12 +1202,21 @@ $$
 DECLARE
     deadline timestamptz :=
         pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_seconds);
+    got bigint;
 BEGIN
+    numbered := 0;
     LOOP
-        numbered := public.product_changes_sequence(max_rows);
+        got := public.product_changes_sequence(max_rows);
         COMMIT;
-        EXIT WHEN numbered IS DISTINCT FROM 0 OR pg_catalog.clock_timestamp() >= deadline;
-        PERFORM pg_catalog.pg_sleep(poll_seconds);
+        IF got IS NULL THEN
+            numbered := NULL;
+            RETURN;
+        END IF;
+        numbered := numbered + got;
+        EXIT WHEN pg_catalog.clock_timestamp() >= deadline;
+        IF got < max_rows THEN
+            PERFORM pg_catalog.pg_sleep(poll_seconds);
+        END IF;
     END LOOP;
 END
 $$;
@@ -1597,7 +1609,7 @@ COMMENT ON FUNCTION product_changes_purge(integer, integer) IS
     'Removes one batch of events older than the retention (never less than the owner''s floor); '
     'returns how many, NULL if another runs.';
 COMMENT ON PROCEDURE product_changes_await(double precision, double precision, integer, bigint) IS
-    'Numbers committed statements, or waits up to wait_seconds for some, looking every poll_seconds.';
+    'Numbers committed statements as they come for wait_seconds, looking every poll_seconds.';
 COMMENT ON FUNCTION product_changes_sequencer_role() IS
     'Waits for, then holds for the session, the role of the process that runs the sequencer.';
 COMMENT ON FUNCTION product_changes_movements_begin() IS

@@ -287,3 +287,33 @@ async def test_an_idle_log_costs_the_service_no_round_trips(
 
     assert len(first) == 1
     assert then == first
+
+
+async def test_under_load_the_log_is_numbered_in_batches_not_per_commit(
+    settings: Settings, postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
+) -> None:
+    # Each numbering is a transaction (and a NOTIFY) of its own: one per writer's commit
+    # would cost the writers more than the log itself. A look that numbered something is
+    # followed by the next a poll (0.2 s) later, however fast the commits come.
+    def write(name: str, until: float) -> int:
+        with psycopg.connect(pg_server.admin_dsn(postgresql.info.dbname), autocommit=True) as c:
+            for i in itertools.count():
+                if time.monotonic() > until:
+                    return i
+                c.execute(
+                    "INSERT INTO products (sku, name, price) VALUES (%s, 'n', 1)", (f"{name}-{i}",)
+                )
+
+    db.autocommit = True
+    async with live_server(settings):
+        until = time.monotonic() + 1.0
+        written = await asyncio.gather(
+            asyncio.to_thread(write, "A", until), asyncio.to_thread(write, "B", until)
+        )
+        await asyncio.sleep(1)
+        runs = db.execute("SELECT count(DISTINCT xmin::text) FROM product_change_batches")
+        numbered = db.execute("SELECT count(*) FROM product_changes").fetchone()
+
+    assert numbered == (sum(written),)
+    assert sum(written) > 100
+    assert runs.fetchone()[0] <= 15  # type: ignore[index]

@@ -716,27 +716,50 @@ def test_a_number_taken_by_a_rolled_back_statement_is_dropped_once_no_one_can_co
 AWAIT = "CALL product_changes_await(%s, %s, 100)"
 
 
-def test_await_numbers_what_commits_while_it_waits_and_returns_then(
+def test_await_numbers_and_announces_what_commits_while_it_waits(
     db: Connection[Any], connect: Any, app_db: Connection[Any]
 ) -> None:
+    listener = connect(autocommit=True)
+    listener.execute("LISTEN product_changes")
     answer: dict[str, Any] = {}
-
-    def wait() -> None:
-        started = time.monotonic()
-        answer["row"] = app_db.execute(AWAIT, (0.05, 10)).fetchone()
-        answer["seconds"] = time.monotonic() - started
-
-    waiter = threading.Thread(target=wait)
+    waiter = threading.Thread(
+        target=lambda: answer.update(row=app_db.execute(AWAIT, (0.05, 2)).fetchone())
+    )
     waiter.start()
     time.sleep(0.3)
     connect(autocommit=True).execute(
         "INSERT INTO products (sku, name, price) VALUES ('A-1', 'n', 1)"
     )
+    committed = time.monotonic()
+
+    announced = [n.payload for n in listener.notifies(timeout=1, stop_after=1)]
+    heard = time.monotonic() - committed
+    still_waiting = waiter.is_alive()
     waiter.join(5)
 
+    assert announced == ["1"]
+    assert heard < 0.5 and still_waiting  # numbered as it came, not when the call ended
     assert answer["row"] == (1,)
-    assert answer["seconds"] < 2
     assert types_and_skus(db) == [("product.created", "A-1")]
+
+
+def test_await_numbers_a_burst_of_commits_in_batches_not_one_by_one(
+    db: Connection[Any], connect: Any, app_db: Connection[Any]
+) -> None:
+    # Under load a look that numbers something is followed by the next only a poll later:
+    # numbering in batches, not a sequencer transaction (and a NOTIFY) per writer's commit.
+    waiter = threading.Thread(target=lambda: app_db.execute(AWAIT, (0.5, 1.8)))
+    waiter.start()
+    writer = connect(autocommit=True)
+    for i in range(40):
+        writer.execute("INSERT INTO products (sku, name, price) VALUES (%s, 'n', 1)", (f"B-{i}",))
+        time.sleep(0.03)
+    waiter.join(5)
+    sequence(db)
+
+    runs = db.execute("SELECT count(DISTINCT xmin::text) FROM product_change_batches").fetchone()
+    assert runs is not None and runs[0] <= 5, runs  # 3 or 4 looks, and the last sequence()
+    assert len(events(db)) == 40
 
 
 def test_await_with_nothing_to_number_returns_0_when_its_time_is_up(

@@ -113,11 +113,11 @@ async def number(conn: Connection, *, max_rows: int) -> int | None:
 async def await_numbered(
     conn: Connection, *, poll_seconds: float, wait_seconds: float, max_rows: int
 ) -> int | None:
-    """Number up to `max_rows` committed statements, or wait up to `wait_seconds` for some,
-    looking every `poll_seconds` inside the server (schema.sql: product_changes_await), on an
-    autocommit connection without a statement_timeout shorter than the wait.
+    """Number committed statements as they come for `wait_seconds`, looking every
+    `poll_seconds` inside the server (schema.sql: product_changes_await; it NOTIFYs each
+    batch), on an autocommit connection without a statement_timeout shorter than the wait.
 
-    Returns how many events (0: none came); None when another sequencer held the lock.
+    Returns how many events it numbered; None as soon as another sequencer held the lock.
     """
     cur = await conn.execute(
         _AWAIT, {"poll": poll_seconds, "wait": wait_seconds, "max_rows": max_rows}

@@ -5,10 +5,10 @@ do. One service process holds the sequencer role (a session lock, taken on a con
 its own; the others wait for it there, at no cost, and one takes over the moment the
 holder's session ends) and looks for committed events every `poll_seconds`: writers do not
 notify (a NOTIFY serialises commits), so somebody has to look, and only the holder does. It
-looks from inside the server (product_changes_await), so an idle log costs an index probe
-there and never wakes the process. Behind PgBouncer with no direct connection there is no
-session: then every process looks, a query each time, and the function's own lock lets
-one number at a time.
+looks from inside the server (product_changes_await, which NOTIFYs what it numbers), so an
+idle log costs an index probe there and never wakes the process. Behind PgBouncer with no
+direct connection there is no session: then every process looks, a query each time, and
+the function's own lock lets one number at a time.
 
 Retention removes events older than INVENTORY_CHANGES_RETENTION_DAYS (never fewer than the
 database's own floor) in batches, every purge interval, in every process (one at a time).
@@ -42,11 +42,11 @@ WAIT_FOR_ROLE = (
 
 
 class Sequencer:
-    """Numbers committed events while this process holds the role; `on_numbered` runs
-    after it numbered some.
+    """Numbers committed events while this process holds the role.
 
-    `direct` is a connection string for the role's session (None: every process looks, on
-    `db`).
+    `direct` is a connection string for the role's session; the process's LISTEN, on the
+    same, hears the numbering. None: every process looks, on `db`, and `on_numbered` runs
+    after it numbered some (no LISTEN then).
     """
 
     def __init__(
@@ -77,15 +77,14 @@ class Sequencer:
             logger.info("this process numbers the change log")
             try:
                 while True:
+                    # Every process, this one too, hears what it numbers from its NOTIFYs.
                     numbered = await queries.await_numbered(
                         conn,
                         poll_seconds=self._poll,
                         wait_seconds=AWAIT_SECONDS,
                         max_rows=NUMBER_BATCH,
                     )
-                    if numbered:
-                        self._on_numbered()
-                    elif numbered is None:  # someone else is numbering (psql)
+                    if numbered is None:  # someone else is numbering (psql)
                         await anyio.sleep(self._poll)
             finally:
                 self.holding = False
