@@ -70,13 +70,15 @@ class Settings(BaseSettings):
     # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None
     # means the database URL. One such connection per process, whatever the number of streams.
     listen_database_url: str | None = None
-    # Events are kept at least this long after they were numbered (then purged in batches).
+    # Events are kept at least this long after their change (then purged in batches); the
+    # database's own floor (product_changes_purged.retention_days) wins when longer.
     changes_retention_days: int = Field(default=30, ge=1)
     changes_purge_interval_seconds: float = Field(default=600.0, gt=0)
-    # How often the process holding the sequencer role (one at a time) numbers what was
-    # committed since; writers do not notify. A committed change reaches the open streams
-    # about this long after its commit at most, well under the 1 s promised. Behind PgBouncer
-    # without a direct URL for LISTEN, every process looks this often.
+    # How often the process holding the sequencer role (one at a time) looks, from inside
+    # the server, for what was committed since; writers do not notify. A committed change
+    # reaches the open streams about this long after its commit at most, well under the 1 s
+    # promised. Behind PgBouncer without a direct URL for LISTEN, every process looks this
+    # often, with a query.
     changes_poll_seconds: float = Field(default=0.2, gt=0, le=0.5)
     # A comment line on every open stream at least this often (API.md: at least every 15 s).
     stream_heartbeat_seconds: float = Field(default=10.0, gt=0, le=15)

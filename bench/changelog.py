@@ -359,6 +359,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             # What is not the service's own: the cluster with no service connected, and the
             # same server (uvicorn, same workers) running a bare FastAPI app.
             sides["on"]["stack"].close()
+            settle(admins)
             say(f"idle for {args.idle_seconds} s: the cluster alone, a bare app on the server")
             with service(app_url, args.workers, tmp, app="bench.ceiling:app", name="bare") as (
                 _,
