@@ -6,6 +6,13 @@ from typing import Any
 from httpx import Response
 
 JSON = {"content-type": "application/json"}
+# Sessions inside pg_sleep() but the sequencer's own, which waits in one between its looks
+# (schema.sql: product_changes_await): a test's slow statement has reached its sleep when
+# this counts 1.
+SLEEPING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+    "AND query NOT LIKE 'CALL product_changes_await%'"
+)
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 

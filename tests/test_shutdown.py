@@ -10,7 +10,7 @@ import pytest
 from psycopg import Connection
 
 from tests.cluster import Cluster
-from tests.helpers import product
+from tests.helpers import SLEEPING, product
 from tests.live import live_server
 
 pytestmark = pytest.mark.slow
@@ -46,12 +46,8 @@ def test_sigterm_finishes_the_request_in_flight_and_closes_the_pool(
             )
         )
         slow.start()
-        sleeping = (
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event = 'PgSleep' AND query LIKE 'INSERT INTO products%'"
-        )
         for _ in range(500):  # until the insert is inside pg_sleep (bounded: 5 s)
-            if db.execute(sleeping).fetchone() == (1,):
+            if db.execute(SLEEPING).fetchone() == (1,):
                 break
             time.sleep(0.01)
         else:
