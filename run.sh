@@ -8,7 +8,8 @@
 #   ./run.sh lint            ruff format --check, ruff check, mypy
 #   ./run.sh psql [args]     psql as the superuser on the database
 #   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk);
-#                            ./run.sh bench scale [args]: bench/scale.py
+#                            ./run.sh bench scale [args]: bench/scale.py;
+#                            ./run.sh bench changelog [args]: bench/changelog.py
 #   ./run.sh scale [stop|status]  the scale topology on this machine (db/scale.sh): primary and
 #                            replica clusters, PgBouncer, two API instances, HAProxy on :8080
 #   ./run.sh status          what runs: the API (pid, URL), the database, the data dir
@@ -52,6 +53,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh psql [args]    psql on the database, as superuser
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
        ./run.sh bench scale    two instances behind HAProxy and PgBouncer vs one direct
+       ./run.sh bench changelog  the change log's cost: log on vs off (bench/changelog.py -h)
        ./run.sh scale [stop|status]  primary + replica, PgBouncer, two APIs, HAProxy (:8080)
        ./run.sh status         what runs: the API (pid, URL), the database, the data dir
        ./run.sh stop           stop the API and the database (and the scale topology)
@@ -366,6 +368,11 @@ cmd_bench() {
     # Two instances behind HAProxy and PgBouncer next to one direct (docs/scaling.md).
     shift
     exec "$VENV/bin/python" bench/scale.py "$@"
+  fi
+  if [[ ${1:-} == changelog ]]; then
+    # The change log's cost: log on against log off, side by side (docs/changelog.md).
+    shift
+    exec "$VENV/bin/python" bench/changelog.py "$@"
   fi
   exec "$VENV/bin/python" bench/bench.py "$@"
 }

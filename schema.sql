@@ -521,316 +521,108 @@ GRANT EXECUTE ON FUNCTION product_json(products), product_etag(products),
 -- ---------------------------------------------------------------------------------------
 -- The change log (GET /changes, GET /changes/stream) and webhooks.
 -- ---------------------------------------------------------------------------------------
+--
+-- How it is kept (docs/changelog.md has the measurements behind each choice):
+--   write   Statement-level triggers insert one event per changed product, or per stock
+--           movement, in the transaction that made the change: insert-only rows keyed
+--           (stmt, k), the writing statement's number and the event's place in it. Nothing
+--           is updated later and nothing is notified (a NOTIFY serialises commits).
+--   number  product_changes_sequence() (one caller at a time, any process or psql) gives the
+--           events of each committed statement the next seq numbers, in statement order: one
+--           row in product_change_batches per statement, however many events it wrote.
+--   read    product_changes_page(after, n): seq = the batch's first seq + k - 1.
+--
+-- Why a reader following `seq > after` sees every committed change exactly once: a statement
+-- is numbered only once its transaction has committed, numbers only grow, and each run of
+-- the sequencer commits as a whole. A statement that commits late is numbered after what was
+-- served before it, never skipped. Per product, the order of the changes: a statement takes
+-- its number while it holds the product's row lock, so a later change of that product (which
+-- had to wait for the earlier transaction to commit) has a larger number, and is visible to
+-- the sequencer only when the earlier one is too.
 
--- One event per change of a product, written by triggers in the transaction that made the
--- change, whoever made it (the API, an import, psql). Events are inserted with seq NULL;
--- product_changes_sequence() numbers them once their transaction has committed, so a reader
--- following `seq > :after` can never pass an event that commits later (an id from a sequence
--- is taken at insert time, and a transaction that took id 10 may commit after one that took
--- id 11 was served). Per product, events are inserted under the product's row lock, so id
--- order is the order the changes were made, and the sequencer keeps it.
-CREATE TABLE IF NOT EXISTS product_changes (
-    id           bigint      GENERATED ALWAYS AS IDENTITY
-                             CONSTRAINT product_changes_pkey PRIMARY KEY,
-    seq          bigint,
-    -- The writing transaction (pg_current_xact_id): a stock movement joins the event of its
-    -- own transaction's product update.
-    xact         bigint      NOT NULL,
-    type         text        NOT NULL
-                             CONSTRAINT product_changes_type_check
-                             CHECK (type IN ('product.created', 'product.updated',
-                                             'product.deleted')),
-    product_id   bigint      NOT NULL,
-    sku          text        NOT NULL,
-    product      json        NOT NULL,
-    -- NULL only while a movement waits for its product's update in the same transaction.
-    changed      text[],
-    movement     json,
-    at           timestamptz NOT NULL DEFAULT now(),
-    sequenced_at timestamptz,
-    CONSTRAINT product_changes_sequenced_check CHECK ((seq IS NULL) = (sequenced_at IS NULL))
+-- The statement numbers: taken when a statement's first event is written (its rows locked).
+-- No cache: numbers are handed out in the order they are asked for, across sessions.
+CREATE SEQUENCE IF NOT EXISTS product_change_statements AS bigint CACHE 1;
+
+CREATE TABLE IF NOT EXISTS product_change_events (
+    stmt        bigint      NOT NULL,
+    k           integer     NOT NULL,
+    type        text        NOT NULL
+                            CONSTRAINT product_change_events_type_check
+                            CHECK (type IN ('product.created', 'product.updated',
+                                            'product.deleted')),
+    product_id  bigint      NOT NULL,
+    product     json        NOT NULL,
+    changed     text[]      NOT NULL,
+    -- The ledger row this change is (GET /products/{sku}/movements shows it the same way).
+    movement_id bigint,
+    at          timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT product_change_events_pkey PRIMARY KEY (stmt, k)
 );
 
--- Readers: `WHERE seq > :after ORDER BY seq`. Partial, so unsequenced events cost no entry.
-CREATE UNIQUE INDEX IF NOT EXISTS product_changes_seq_key
-    ON product_changes (seq) WHERE seq IS NOT NULL;
--- The sequencer's work list, and the triggers' look-up of their own transaction's events.
--- Both stay small: an event leaves them when it is sequenced, a moment after its commit.
-CREATE INDEX IF NOT EXISTS product_changes_unsequenced_idx
-    ON product_changes (id) WHERE seq IS NULL;
-CREATE INDEX IF NOT EXISTS product_changes_unsequenced_product_idx
-    ON product_changes (product_id, id) WHERE seq IS NULL;
+-- The sequencer's look for new statements: one entry per statement, however many events it
+-- wrote, so a statement still in flight costs one invisible entry, not one per row.
+CREATE INDEX IF NOT EXISTS product_change_events_statement_idx
+    ON product_change_events (stmt) WHERE k = 1;
+
+-- One row per numbered statement: its events are seq last_seq - events + 1 .. last_seq.
+CREATE TABLE IF NOT EXISTS product_change_batches (
+    last_seq bigint      NOT NULL CONSTRAINT product_change_batches_pkey PRIMARY KEY,
+    stmt     bigint      NOT NULL CONSTRAINT product_change_batches_stmt_key UNIQUE,
+    events   integer     NOT NULL CONSTRAINT product_change_batches_events_check CHECK (events >= 1),
+    -- When the statement's transaction made the change (its events' `at`).
+    at       timestamptz NOT NULL
+);
+
+-- Where the sequencer stands: every statement number up to `high` has been looked at; the
+-- `holes` below it were not visible then (in flight, or rolled back). Once every transaction
+-- older than a hole's `holes_until` has ended, a hole still not visible never will be.
+CREATE TABLE IF NOT EXISTS product_changes_sequencer (
+    one         boolean  NOT NULL DEFAULT true
+                         CONSTRAINT product_changes_sequencer_pkey PRIMARY KEY
+                         CONSTRAINT product_changes_sequencer_one_check CHECK (one),
+    high        bigint   NOT NULL DEFAULT 0,
+    holes       bigint[] NOT NULL DEFAULT '{}',
+    holes_until bigint[] NOT NULL DEFAULT '{}',
+    CONSTRAINT product_changes_sequencer_holes_check
+        CHECK (cardinality(holes) = cardinality(holes_until))
+);
 
 -- Retention removes the oldest events in seq order; every seq <= through is gone, every
--- seq > through is kept. One row.
+-- seq > through is kept. One row. retention_days is the owner's floor: no caller of
+-- product_changes_purge() may keep less (the API promises a trail no client can erase).
 CREATE TABLE IF NOT EXISTS product_changes_purged (
     one     boolean NOT NULL DEFAULT true
                     CONSTRAINT product_changes_purged_pkey PRIMARY KEY
                     CONSTRAINT product_changes_purged_one_check CHECK (one),
     through bigint  NOT NULL DEFAULT 0
 );
+ALTER TABLE product_changes_purged ADD COLUMN IF NOT EXISTS retention_days integer NOT NULL
+    DEFAULT 30;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint
+                   WHERE conrelid = 'product_changes_purged'::regclass
+                     AND conname = 'product_changes_purged_retention_days_check') THEN
+        ALTER TABLE product_changes_purged ADD CONSTRAINT product_changes_purged_retention_days_check
+            CHECK (retention_days >= 1);
+    END IF;
+END
+$$;
 INSERT INTO product_changes_purged DEFAULT VALUES ON CONFLICT DO NOTHING;
 
-DO $$
-BEGIN
-    IF to_regtype('product_change_api') IS NULL THEN
-        CREATE TYPE product_change_api AS (
-            seq      text,
-            type     text,
-            sku      text,
-            product  json,
-            changed  text[],
-            movement json,
-            at       text
-        );
-    END IF;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION product_change_json(c product_changes) RETURNS json
+-- The newest seq given (0 before the first): a subscription starts after it.
+CREATE OR REPLACE FUNCTION product_changes_last_seq() RETURNS bigint
     LANGUAGE sql STABLE PARALLEL SAFE AS
 $$
-    SELECT row_to_json(ROW(
-        c.seq::text,
-        c.type,
-        c.sku,
-        c.product,
-        coalesce(c.changed, '{}'),
-        c.movement,
-        to_char(c.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )::product_change_api)
+    SELECT coalesce((SELECT last_seq FROM product_change_batches ORDER BY last_seq DESC LIMIT 1),
+                    (SELECT through FROM product_changes_purged), 0)
 $$;
 
--- The triggers. Statement-level with transition tables: one INSERT ... SELECT per statement,
--- so a million-row import writes its events set-wise, not a million function calls.
--- SECURITY DEFINER: they write the log the service may only read; the fixed search_path
--- keeps a caller's own objects out of them. They do not NOTIFY: a committing transaction
--- with a notification takes a database-wide lock until its commit is done, which halved
--- write throughput here; the sequencers poll instead (a cheap call when nothing is new).
-CREATE OR REPLACE FUNCTION product_changes_log_insert() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-BEGIN
-    INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
-    SELECT pg_current_xact_id()::text::bigint, 'product.created', n.id, n.sku,
-           product_json(n), '{}'
-    FROM new_rows n;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION product_changes_log_delete() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-BEGIN
-    INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
-    SELECT pg_current_xact_id()::text::bigint, 'product.deleted', o.id, o.sku,
-           product_json(o), '{}'
-    FROM old_rows o;
-    RETURN NULL;
-END
-$$;
-
--- The fields of the API representation (product_json) whose value differs between two
--- states of a product, in the representation's order. Generated from product_json's own keys
--- (each is a column of products), so a field added to the representation is compared here
--- without a second list to keep in step; compared column by column rather than as JSON,
--- because a bulk update pays for it on every row.
-DO $$
-BEGIN
-    EXECUTE format(
-        'CREATE OR REPLACE FUNCTION product_changed_fields(o products, n products) '
-        'RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
-        (SELECT 'SELECT array_remove(ARRAY['
-                || string_agg(format('CASE WHEN n.%1$I IS DISTINCT FROM o.%1$I THEN %1$L END',
-                                     key), ', ' ORDER BY i)
-                || '], NULL)'
-         FROM json_object_keys(product_json(NULL::products)) WITH ORDINALITY k(key, i)));
-END
-$$;
-
--- An update that changes no field (possible within one transaction, where updated_at stays)
--- logs nothing.
-CREATE OR REPLACE FUNCTION product_changes_log_update() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-DECLARE
-    this_xact bigint := pg_current_xact_id()::text::bigint;
-BEGIN
-    IF current_setting('inventory.pending_movements', true) IS DISTINCT FROM this_xact::text THEN
-        INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
-        SELECT this_xact, 'product.updated', n.id, n.sku, product_json(n),
-               product_changed_fields(o, n)
-        FROM new_rows n JOIN old_rows o ON o.id = n.id
-        WHERE cardinality(product_changed_fields(o, n)) > 0;
-    ELSE
-        -- This transaction wrote movements before their product's update (psql can, the API
-        -- does not): such a movement waits in an event with changed NULL, the latest of its
-        -- product, which this update completes when it sets the movement's quantity_after.
-        WITH diff AS MATERIALIZED (
-            SELECT n.id, n.sku, n.quantity, product_json(n) AS product,
-                   product_changed_fields(o, n) AS changed
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE cardinality(product_changed_fields(o, n)) > 0
-        ), completed AS (
-            UPDATE product_changes c
-            SET sku = d.sku, product = d.product, changed = d.changed
-            FROM diff d
-            CROSS JOIN LATERAL (SELECT max(w.id) AS id FROM product_changes w
-                                WHERE w.seq IS NULL AND w.product_id = d.id) latest
-            WHERE c.id = latest.id
-              AND c.xact = this_xact AND c.changed IS NULL
-              AND (c.movement ->> 'quantity_after')::integer = d.quantity
-            RETURNING c.product_id
-        )
-        INSERT INTO product_changes (xact, type, product_id, sku, product, changed)
-        SELECT this_xact, 'product.updated', d.id, d.sku, d.product, d.changed
-        FROM diff d
-        -- NOT EXISTS, not NOT IN: an anti-join at any size (NOT IN over a set larger than
-        -- work_mem is a scan of that set per row).
-        WHERE NOT EXISTS (SELECT FROM completed x WHERE x.product_id = d.id);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
--- A stock movement belongs to its product's latest event in the same transaction (the API
--- writes the update and the movement in one statement; an import's stock count likewise)
--- when that event is an update that set the quantity to the movement's quantity_after.
--- While a transaction holds a product's row lock, no other can add an event of that product,
--- so the product's latest unsequenced event is this transaction's if it has one. A movement
--- with no such event (written before the update, or alone) gets an event of its own, taken
--- under the product's row lock like any change, which a later update in this transaction
--- completes (product_changes_log_update, told by the setting inventory.pending_movements).
-CREATE OR REPLACE FUNCTION product_changes_log_movement() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-DECLARE
-    this_xact bigint := pg_current_xact_id()::text::bigint;
-    attached bigint;
-BEGIN
-    UPDATE product_changes c
-    SET movement = movement_json(m)
-    FROM new_rows m
-    -- LATERAL, not `c.id = (subquery)`: an equality the planner can join on. The scalar
-    -- subquery was a filter over every (event, row) pair: quadratic, 20+ minutes for a
-    -- stock count of 1M products.
-    CROSS JOIN LATERAL (SELECT max(w.id) AS id FROM product_changes w
-                        WHERE w.seq IS NULL AND w.product_id = m.product_id) latest
-    WHERE c.id = latest.id
-      AND c.xact = this_xact AND c.type = 'product.updated' AND c.movement IS NULL
-      AND 'quantity' = ANY (c.changed)
-      AND (c.product ->> 'quantity')::integer = m.quantity_after;
-    GET DIAGNOSTICS attached = ROW_COUNT;
-    IF attached < (SELECT count(*) FROM new_rows) THEN
-        INSERT INTO product_changes (xact, type, product_id, sku, product, changed, movement)
-        SELECT this_xact, 'product.updated', p.id, p.sku, product_json(p), NULL,
-               movement_json(m)
-        FROM new_rows m JOIN products p ON p.id = m.product_id
-        WHERE NOT EXISTS (SELECT FROM product_changes c
-                          WHERE c.seq IS NULL AND c.product_id = m.product_id
-                            AND c.xact = this_xact AND (c.movement ->> 'id')::bigint = m.id)
-        ORDER BY m.id
-        FOR NO KEY UPDATE OF p;
-        -- Session-wide but naming this transaction: it cannot match any other.
-        PERFORM set_config('inventory.pending_movements', this_xact::text, false);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER product_changes_log_insert
-    AFTER INSERT ON products REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_insert();
-CREATE OR REPLACE TRIGGER product_changes_log_update
-    AFTER UPDATE ON products REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_update();
-CREATE OR REPLACE TRIGGER product_changes_log_delete
-    AFTER DELETE ON products REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_delete();
-CREATE OR REPLACE TRIGGER product_changes_log_movement
-    AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_movement();
-
--- TRUNCATE fires no DELETE trigger: it would take products out of the log's sight.
-CREATE OR REPLACE FUNCTION products_refuse_truncate() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    RAISE EXCEPTION 'TRUNCATE products would bypass the change log; use DELETE'
-        USING ERRCODE = 'feature_not_supported';
-END
-$$;
-
-CREATE OR REPLACE TRIGGER products_refuse_truncate
-    BEFORE TRUNCATE ON products
-    FOR EACH STATEMENT EXECUTE FUNCTION products_refuse_truncate();
-
--- The sequencer: gives the committed, unsequenced events (oldest id first, at most max_rows)
--- the next seq numbers, queues their webhook deliveries, and NOTIFYs product_changes with
--- the last seq given. One runs at a time (a transaction-scoped advisory lock on (the log's
--- oid, 1)); returns how many events it numbered, or NULL when another sequencer held the
--- lock (with wait, it queues for the lock instead). Each call is its own transaction: call
--- it in autocommit, again while it returns max_rows.
---
--- Why this is exactly once: the lock is taken before the statement's snapshot, so everything
--- the previous sequencer committed is visible; an event is only numbered once its transaction
--- committed; numbers continue from the highest given (dense, and monotonic because
--- sequencers are serialised); every run commits as a whole, so a reader sees a prefix of
--- seq. Per product, a later change's transaction committed after the earlier one's (row
--- lock), so it is never visible without it and comes later in id order.
-CREATE OR REPLACE FUNCTION product_changes_sequence(
-    max_rows integer DEFAULT 10000, wait boolean DEFAULT false
-) RETURNS bigint
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-DECLARE
-    lock_key integer := 'product_changes'::regclass::oid::integer;
-    last_seq bigint;
-    stamp timestamptz;
-    how_many bigint;
-    top bigint;
-BEGIN
-    IF wait THEN
-        PERFORM pg_advisory_xact_lock(lock_key, 1);
-    ELSIF NOT pg_try_advisory_xact_lock(lock_key, 1) THEN
-        RETURN NULL;
-    END IF;
-    stamp := clock_timestamp();
-    SELECT coalesce(
-        (SELECT max(seq) FROM product_changes WHERE seq IS NOT NULL),
-        (SELECT through FROM product_changes_purged),
-        0
-    ) INTO last_seq;
-    WITH batch AS (
-        SELECT id, row_number() OVER (ORDER BY id) AS n
-        FROM (SELECT id FROM product_changes WHERE seq IS NULL ORDER BY id LIMIT max_rows) b
-    ), numbered AS (
-        UPDATE product_changes c
-        SET seq = last_seq + b.n, sequenced_at = stamp
-        FROM batch b
-        WHERE c.id = b.id
-        RETURNING c.seq, c.type
-    ), queued AS (
-        INSERT INTO webhook_deliveries (webhook_id, seq)
-        SELECT w.id, n.seq
-        FROM numbered n JOIN webhooks w ON w.events && ARRAY[n.type, '*']
-    )
-    SELECT count(*), max(seq) INTO how_many, top FROM numbered;
-    IF how_many > 0 THEN
-        PERFORM pg_notify('product_changes', top::text);
-    END IF;
-    RETURN how_many;
-END
-$$;
-
--- Webhooks: the subscriptions; the queue of deliveries still to make, one row per
--- (subscription, event); the log of attempts. The sequencer queues deliveries in the
--- transaction that numbers the events, so no event is numbered without them. Any number of
--- processes deliver: each claims due rows with FOR UPDATE SKIP LOCKED, moving next_attempt_at
--- past its own timeout (a lease: a process that dies mid-attempt leaves the row due again),
--- makes the attempt, then in one transaction logs it and deletes the row (delivered, or
--- given up) or schedules the next attempt. At least once; each attempt by one process.
+-- Webhooks: the subscriptions, each with its cursor into the log; the deliveries to retry;
+-- the log of attempts. Nothing is queued per event: each subscription is served on its own
+-- (a lease, see webhook_lease) from its cursor, so events cost webhooks nothing until they
+-- are delivered, and a receiver that hangs holds up its own subscription only.
 CREATE TABLE IF NOT EXISTS webhooks (
     id          bigint      GENERATED ALWAYS AS IDENTITY CONSTRAINT webhooks_pkey PRIMARY KEY,
     url         text        NOT NULL
@@ -851,32 +643,38 @@ CREATE TABLE IF NOT EXISTS webhooks (
                             CHECK (secret ~ '^whsec_[A-Za-z0-9+/]{16,}={0,2}$'),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+-- The cursor: every event with seq <= after has had its first attempt (or been given up). A
+-- new subscription starts at the newest event: it gets what is numbered after it was made.
+ALTER TABLE webhooks ADD COLUMN IF NOT EXISTS after bigint NOT NULL
+    DEFAULT product_changes_last_seq();
+-- The lease: the process serving the subscription now holds token until lease_until.
+ALTER TABLE webhooks ADD COLUMN IF NOT EXISTS lease_token uuid;
+ALTER TABLE webhooks ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+-- When a process last took it up: the least recently served goes first.
+ALTER TABLE webhooks ADD COLUMN IF NOT EXISTS served_at timestamptz;
 
-CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    id               bigint      GENERATED ALWAYS AS IDENTITY
-                                 CONSTRAINT webhook_deliveries_pkey PRIMARY KEY,
-    webhook_id       bigint      NOT NULL
-                                 CONSTRAINT webhook_deliveries_webhook_id_fkey
-                                 REFERENCES webhooks (id) ON DELETE CASCADE,
-    seq              bigint      NOT NULL,
-    -- Attempts claimed so far; the next claim makes attempt attempts + 1.
-    attempts         integer     NOT NULL DEFAULT 0
-                                 CONSTRAINT webhook_deliveries_attempts_check
-                                 CHECK (attempts >= 0),
-    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
-    first_attempt_at timestamptz,
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT webhook_deliveries_webhook_id_seq_key UNIQUE (webhook_id, seq)
+-- Deliveries that failed and will be tried again, until give_up_at (the event's time + 24 h).
+CREATE TABLE IF NOT EXISTS webhook_retries (
+    webhook_id      bigint      NOT NULL
+                                CONSTRAINT webhook_retries_webhook_id_fkey
+                                REFERENCES webhooks (id) ON DELETE CASCADE,
+    seq             bigint      NOT NULL,
+    -- Attempts made so far; the next one is attempt attempts + 1.
+    attempts        integer     NOT NULL
+                                CONSTRAINT webhook_retries_attempts_check CHECK (attempts >= 0),
+    next_attempt_at timestamptz NOT NULL,
+    give_up_at      timestamptz NOT NULL,
+    CONSTRAINT webhook_retries_pkey PRIMARY KEY (webhook_id, seq)
 );
 
--- The workers' queue, per subscription (webhook_deliveries_claim) and overall (when the next
--- one falls due); the oldest undelivered event (metrics, and where retention stops).
-CREATE INDEX IF NOT EXISTS webhook_deliveries_webhook_id_next_attempt_at_idx
-    ON webhook_deliveries (webhook_id, next_attempt_at);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_next_attempt_at_idx
-    ON webhook_deliveries (next_attempt_at);
-CREATE INDEX IF NOT EXISTS webhook_deliveries_seq_idx
-    ON webhook_deliveries (seq);
+-- A subscription's due retries, oldest due first.
+CREATE INDEX IF NOT EXISTS webhook_retries_webhook_id_next_attempt_at_idx
+    ON webhook_retries (webhook_id, next_attempt_at);
+-- When the next retry of any subscription falls due; and where retention must stop.
+CREATE INDEX IF NOT EXISTS webhook_retries_next_attempt_at_idx
+    ON webhook_retries (next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_retries_seq_idx
+    ON webhook_retries (seq);
 
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     id          bigint      GENERATED ALWAYS AS IDENTITY
@@ -902,13 +700,677 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
                             CONSTRAINT webhook_attempts_duration_ms_check
                             CHECK (duration_ms >= 0),
     at          timestamptz NOT NULL DEFAULT now(),
-    -- An attempt is logged once, by the process that claimed it; seq first for retention.
+    -- An attempt is logged once, by the process that made it; seq first for retention.
     CONSTRAINT webhook_attempts_seq_webhook_id_attempt_key UNIQUE (seq, webhook_id, attempt)
 );
 
 -- GET /webhooks/{id}/deliveries, newest first; also serves the cascade from webhooks.
 CREATE INDEX IF NOT EXISTS webhook_attempts_webhook_id_id_idx
     ON webhook_attempts (webhook_id, id);
+
+-- Upgrade from the release whose log was one table (product_changes) written by triggers and
+-- numbered by UPDATEs, with a delivery queued per (subscription, event): the events keep
+-- their seq (what the sequencer had not numbered yet is numbered here first, as it would
+-- have been), each becoming a one-event statement; queued deliveries become retries, due
+-- when they were; subscriptions continue after the newest event. Writers wait meanwhile.
+DO $$
+DECLARE
+    top bigint;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('product_changes')) IS DISTINCT
+       FROM 'r' THEN
+        RETURN;
+    END IF;
+    LOCK TABLE products, stock_movements IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pg_advisory_xact_lock('product_changes'::regclass::oid::integer, 1);
+    EXECUTE $migrate$
+        WITH unnumbered AS (
+            SELECT id, row_number() OVER (ORDER BY id) AS n FROM product_changes WHERE seq IS NULL
+        ), mark AS (
+            SELECT coalesce((SELECT max(seq) FROM product_changes),
+                            (SELECT max(through) FROM product_changes_purged), 0) AS top
+        )
+        UPDATE product_changes c SET seq = mark.top + u.n, sequenced_at = clock_timestamp()
+        FROM unnumbered u, mark
+        WHERE c.id = u.id
+    $migrate$;
+    EXECUTE $migrate$
+        WITH old AS MATERIALIZED (
+            SELECT c.*, nextval('product_change_statements') AS stmt
+            FROM (SELECT * FROM product_changes ORDER BY seq) c
+        ), events AS (
+            INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
+                                               movement_id, at)
+            SELECT stmt, 1, type, product_id, product, coalesce(changed, '{}'),
+                   (movement ->> 'id')::bigint, at
+            FROM old
+        )
+        INSERT INTO product_change_batches (last_seq, stmt, events, at)
+        SELECT seq, stmt, 1, at FROM old
+    $migrate$;
+    INSERT INTO product_changes_sequencer (high)
+    VALUES ((SELECT coalesce(max(stmt), 0) FROM product_change_batches))
+    ON CONFLICT (one) DO UPDATE SET high = excluded.high;
+    top := product_changes_last_seq();
+    EXECUTE $migrate$
+        INSERT INTO webhook_retries (webhook_id, seq, attempts, next_attempt_at, give_up_at)
+        SELECT d.webhook_id, d.seq, d.attempts, d.next_attempt_at, b.at + interval '24 hours'
+        FROM webhook_deliveries d JOIN product_change_batches b ON b.last_seq = d.seq
+        ON CONFLICT DO NOTHING
+    $migrate$;
+    UPDATE webhooks SET after = top;
+    DROP TRIGGER IF EXISTS product_changes_log_insert ON products;
+    DROP TRIGGER IF EXISTS product_changes_log_update ON products;
+    DROP TRIGGER IF EXISTS product_changes_log_delete ON products;
+    DROP TRIGGER IF EXISTS product_changes_log_movement ON stock_movements;
+    DROP FUNCTION IF EXISTS product_changes_log_insert(), product_changes_log_update(),
+        product_changes_log_delete(), product_changes_log_movement(),
+        product_changes_sequence(integer, boolean), product_changes_purge(integer, integer),
+        product_change_json(product_changes),
+        webhook_deliveries_claim(integer, integer, bigint[], double precision),
+        webhook_delivery_finish(bigint, integer, boolean, integer, text, integer,
+                                double precision, interval),
+        webhook_delivery_release(bigint, integer);
+    DROP TABLE webhook_deliveries;
+    DROP TABLE product_changes;
+END
+$$;
+
+-- The API representation of an event (GET /changes, the stream, webhooks), and the view
+-- psql users read the log through.
+DO $$
+BEGIN
+    IF to_regtype('product_change_api') IS NULL THEN
+        CREATE TYPE product_change_api AS (
+            seq      text,
+            type     text,
+            sku      text,
+            product  json,
+            changed  text[],
+            movement json,
+            at       text
+        );
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_change_json(seq bigint, e product_change_events) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        seq::text,
+        e.type,
+        e.product ->> 'sku',
+        e.product,
+        e.changed,
+        (SELECT movement_json(m) FROM stock_movements m WHERE m.id = e.movement_id),
+        to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::product_change_api)
+$$;
+
+-- Up to max_rows events with seq > after, in seq order: GET /changes, the streams and the
+-- webhooks read this, psql users too (SELECT event FROM product_changes_page(42, 100)). A
+-- page costs its own rows, wherever it starts: the batches are found by last_seq, the events
+-- of each by (stmt, k).
+CREATE OR REPLACE FUNCTION product_changes_page(after bigint, max_rows integer)
+    RETURNS TABLE (seq bigint, type text, at timestamptz, event json)
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT b.last_seq - b.events + e.k, e.type, e.at,
+           product_change_json(b.last_seq - b.events + e.k, e)
+    FROM (SELECT x.last_seq, x.stmt, x.events FROM product_change_batches x
+          WHERE x.last_seq > after ORDER BY x.last_seq LIMIT max_rows) b
+    CROSS JOIN LATERAL (SELECT x.* FROM product_change_events x
+                        WHERE x.stmt = b.stmt AND x.k > after - (b.last_seq - b.events)
+                        ORDER BY x.k LIMIT max_rows) e
+    ORDER BY b.last_seq, e.k
+    LIMIT max_rows
+$$;
+
+CREATE OR REPLACE VIEW product_changes AS
+SELECT b.last_seq - b.events + e.k AS seq, e.type, e.product ->> 'sku' AS sku, e.product,
+       e.changed,
+       (SELECT movement_json(m) FROM stock_movements m WHERE m.id = e.movement_id) AS movement,
+       e.at, e.product_id, e.movement_id
+FROM product_change_batches b JOIN product_change_events e ON e.stmt = b.stmt;
+
+-- The fields of the API representation (product_json) whose value differs between two
+-- states of a product, in the representation's order. Generated from product_json's own keys
+-- (each is a column of products), so a field added to the representation is compared here
+-- without a second list to keep in step; compared column by column rather than as JSON,
+-- because a bulk update pays for it on every row.
+DO $$
+BEGIN
+    EXECUTE format(
+        'CREATE OR REPLACE FUNCTION product_changed_fields(o products, n products) '
+        'RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
+        (SELECT 'SELECT array_remove(ARRAY['
+                || string_agg(format('CASE WHEN n.%1$I IS DISTINCT FROM o.%1$I THEN %1$L END',
+                                     key), ', ' ORDER BY i)
+                || '], NULL)'
+         FROM json_object_keys(product_json(NULL::products)) WITH ORDINALITY k(key, i)));
+END
+$$;
+
+-- The triggers: SECURITY DEFINER, as they write the log the service may only read (the fixed
+-- search_path keeps a caller's own objects out of them). Two ways, by the transaction's
+-- setting inventory.change_log:
+--   unset (the default), row by row: an AFTER ... FOR EACH ROW trigger inserts each row's
+--     event, each its own statement number. The cheapest for the one-row statements of the
+--     API: no transition table is read, no join planned.
+--   'bulk' (SET LOCAL inventory.change_log = bulk; the import sets it), set-wise: the row
+--     triggers stay quiet and statement-level triggers write all of a statement's events in
+--     one INSERT ... SELECT from its transition tables: a million-row import is one
+--     statement, not a million calls.
+--
+-- plan_cache_mode = force_generic_plan: PL/pgSQL plans a query with parameters anew on every
+-- call for as long as the planner thinks the generic plan the costlier, which it did for the
+-- movement probe below (a plan per adjustment: most of the trigger's time); the generic
+-- plans here are as good. The set-wise SQL is written so that every plan PL/pgSQL may keep
+-- is linear whatever the number of rows (the plan made for a session's first, one-row
+-- statement also runs its million-row one): old and new rows meet in a FULL JOIN (hash or
+-- merge, never a nested loop over two tuplestores), tables are read through scalar
+-- subqueries (an index probe per row, never a scan).
+--
+-- A stock movement and the product row change of the same statement (the API writes both in
+-- one) are one event: the product's event carries the movement. They are matched by
+-- identity, not by value: the same statement of the same (sub)transaction wrote both row
+-- versions (equal xmin and cmin); a statement writing several movements of one product has
+-- the last carried. A movement written by a statement of its own (psql) is an event of its
+-- own, with the product as it is then; so will be a transfer's.
+--
+-- inventory.movements (set by the BEFORE trigger of every INSERT into stock_movements): the
+-- movement ids handed out before that statement, and the transaction's count of inserted
+-- movements then; the product triggers look only at movements after it.
+-- inventory.movements_attached: how many movements of that statement product events carry;
+-- when it is all of them, the movement trigger has nothing to write.
+CREATE OR REPLACE FUNCTION product_changes_movements_begin() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+DECLARE
+    ignored text;
+BEGIN
+    -- Not SECURITY DEFINER (it writes no table), so only qualified names.
+    ignored := pg_catalog.set_config('inventory.movements',
+        coalesce(pg_catalog.pg_sequence_last_value(
+                     'public.stock_movements_id_seq'::pg_catalog.regclass), 0)::text
+        || ',' || pg_catalog.pg_stat_get_xact_tuples_inserted(
+                      'public.stock_movements'::pg_catalog.regclass)::text,
+        true);
+    ignored := pg_catalog.set_config('inventory.movements_attached', '0', true);
+    RETURN NULL;
+END
+$$;
+
+-- Row by row. The movement a row's event carries: the last one the row's own statement
+-- wrote for the product (after_id: none before that statement).
+CREATE OR REPLACE FUNCTION product_changes_log_created() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    after_id bigint :=
+        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
+    movement bigint;
+    ignored text;
+BEGIN
+    IF after_id IS NOT NULL THEN
+        SELECT m.id INTO movement FROM products p, stock_movements m
+        WHERE p.id = NEW.id AND m.product_id = NEW.id AND m.id > after_id
+          AND m.xmin = p.xmin AND m.cmin = p.cmin
+        ORDER BY m.product_id DESC, m.id DESC LIMIT 1;
+    END IF;
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
+    VALUES (nextval('product_change_statements'), 1, 'product.created', NEW.id,
+            product_json(NEW), '{}', movement);
+    IF movement IS NOT NULL THEN
+        ignored := set_config('inventory.movements_attached',
+            (current_setting('inventory.movements_attached')::bigint + 1)::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- An update that changes no field (possible within one transaction, where updated_at stays)
+-- and carries no movement logs nothing.
+CREATE OR REPLACE FUNCTION product_changes_log_updated() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    after_id bigint :=
+        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
+    changed text[] := product_changed_fields(OLD, NEW);
+    movement bigint;
+    ignored text;
+BEGIN
+    IF after_id IS NOT NULL THEN
+        SELECT m.id INTO movement FROM products p, stock_movements m
+        WHERE p.id = NEW.id AND m.product_id = NEW.id AND m.id > after_id
+          AND m.xmin = p.xmin AND m.cmin = p.cmin
+        ORDER BY m.product_id DESC, m.id DESC LIMIT 1;
+    END IF;
+    IF cardinality(changed) = 0 AND movement IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
+    VALUES (nextval('product_change_statements'), 1, 'product.updated', NEW.id,
+            product_json(NEW), changed, movement);
+    IF movement IS NOT NULL THEN
+        ignored := set_config('inventory.movements_attached',
+            (current_setting('inventory.movements_attached')::bigint + 1)::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_changes_log_deleted() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    VALUES (nextval('product_change_statements'), 1, 'product.deleted', OLD.id,
+            product_json(OLD), '{}');
+    RETURN NULL;
+END
+$$;
+
+-- Set-wise (inventory.change_log = 'bulk'): one statement number for the statement's events.
+CREATE OR REPLACE FUNCTION product_changes_log_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    after_id bigint :=
+        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
+    attached bigint;
+    ignored text;
+BEGIN
+    WITH logged AS (
+        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
+                                           movement_id)
+        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
+               'product.created', n.id, product_json(n), '{}',
+               CASE WHEN after_id IS NOT NULL THEN
+                   (SELECT m.id FROM products p, stock_movements m
+                    WHERE p.id = n.id AND m.product_id = n.id AND m.id > after_id
+                      AND m.xmin = p.xmin AND m.cmin = p.cmin
+                    ORDER BY m.product_id DESC, m.id DESC LIMIT 1)
+               END
+        FROM new_rows n
+        RETURNING movement_id
+    )
+    SELECT count(movement_id) INTO attached FROM logged;
+    IF attached > 0 THEN
+        ignored := set_config('inventory.movements_attached',
+            (current_setting('inventory.movements_attached')::bigint + attached)::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_changes_log_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    after_id bigint :=
+        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
+    attached bigint;
+    ignored text;
+BEGIN
+    WITH logged AS (
+        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
+                                           movement_id)
+        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
+               'product.updated', d.id, d.product, d.changed, d.movement_id
+        -- OFFSET 0: each expression once per row, not once more in the WHERE.
+        FROM (SELECT n.id, product_json(n) AS product, product_changed_fields(o, n) AS changed,
+                     CASE WHEN after_id IS NOT NULL THEN
+                         (SELECT m.id FROM products p, stock_movements m
+                          WHERE p.id = n.id AND m.product_id = n.id AND m.id > after_id
+                            AND m.xmin = p.xmin AND m.cmin = p.cmin
+                          ORDER BY m.product_id DESC, m.id DESC LIMIT 1)
+                     END AS movement_id
+              FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+              OFFSET 0) d
+        WHERE cardinality(d.changed) > 0 OR d.movement_id IS NOT NULL
+        RETURNING movement_id
+    )
+    SELECT count(movement_id) INTO attached FROM logged;
+    IF attached > 0 THEN
+        ignored := set_config('inventory.movements_attached',
+            (current_setting('inventory.movements_attached')::bigint + attached)::text, true);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION product_changes_log_delete() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
+           'product.deleted', o.id, product_json(o), '{}'
+    FROM old_rows o;
+    RETURN NULL;
+END
+$$;
+
+-- The movements of a statement that no product event carries: each an event of its own,
+-- with the product as it is. The same rule as the product triggers', from the other side: a
+-- movement is carried when its product's row was written by the same statement and it is
+-- the last movement of that product the statement wrote.
+CREATE OR REPLACE FUNCTION product_changes_log_movement() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    moving text[] := string_to_array(current_setting('inventory.movements', true), ',');
+    after_id bigint := moving[1]::bigint;
+    attached bigint := current_setting('inventory.movements_attached', true)::bigint;
+BEGIN
+    -- Every movement this statement inserted is carried. (Never taken when the statistics
+    -- counter does not count: it would say 0.)
+    IF attached > 0 AND pg_stat_get_xact_tuples_inserted('stock_movements'::regclass)
+                        - moving[2]::bigint = attached THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY d.id),
+           'product.updated', d.product_id, d.product, '{}', d.id
+    FROM (SELECT m.id, m.product_id,
+                 (SELECT CASE WHEN m.id > after_id AND p.xmin = w.xmin AND p.cmin = w.cmin
+                                   AND m.id = (SELECT x.id FROM stock_movements x
+                                               WHERE x.product_id = m.product_id
+                                                 AND x.id > after_id
+                                                 AND x.xmin = w.xmin AND x.cmin = w.cmin
+                                               ORDER BY x.product_id DESC, x.id DESC LIMIT 1)
+                              THEN NULL
+                              ELSE product_json(p) END
+                  FROM products p, stock_movements w
+                  WHERE p.id = m.product_id AND w.id = m.id) AS product
+          FROM new_rows m
+          OFFSET 0) d
+    WHERE d.product IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER product_changes_log_created
+    AFTER INSERT ON products FOR EACH ROW
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    EXECUTE FUNCTION product_changes_log_created();
+CREATE OR REPLACE TRIGGER product_changes_log_updated
+    AFTER UPDATE ON products FOR EACH ROW
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    EXECUTE FUNCTION product_changes_log_updated();
+CREATE OR REPLACE TRIGGER product_changes_log_deleted
+    AFTER DELETE ON products FOR EACH ROW
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    EXECUTE FUNCTION product_changes_log_deleted();
+CREATE OR REPLACE TRIGGER product_changes_log_insert
+    AFTER INSERT ON products REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    EXECUTE FUNCTION product_changes_log_insert();
+CREATE OR REPLACE TRIGGER product_changes_log_update
+    AFTER UPDATE ON products REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT
+    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    EXECUTE FUNCTION product_changes_log_update();
+CREATE OR REPLACE TRIGGER product_changes_log_delete
+    AFTER DELETE ON products REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    EXECUTE FUNCTION product_changes_log_delete();
+CREATE OR REPLACE TRIGGER product_changes_movements_begin
+    BEFORE INSERT ON stock_movements
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_movements_begin();
+CREATE OR REPLACE TRIGGER product_changes_log_movement
+    AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_movement();
+
+-- TRUNCATE fires no DELETE trigger: it would take products out of the log's sight.
+CREATE OR REPLACE FUNCTION products_refuse_truncate() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE products would bypass the change log; use DELETE'
+        USING ERRCODE = 'feature_not_supported';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER products_refuse_truncate
+    BEFORE TRUNCATE ON products
+    FOR EACH STATEMENT EXECUTE FUNCTION products_refuse_truncate();
+
+-- The sequencer: numbers the committed statements it has not numbered yet (at most max_rows
+-- of them, and every hole that has since committed), in statement order, and NOTIFYs
+-- product_changes with the last seq given. One runs at a time (a transaction-scoped advisory
+-- lock); returns how many events it numbered, or NULL when another sequencer held the lock
+-- (with wait, it queues for the lock instead). Each call is its own transaction: call it in
+-- autocommit, again while it numbers something.
+--
+-- Committed statements are found above `high` through product_change_events_statement_idx,
+-- one entry per statement; numbers below `high` that were not visible then (holes: a
+-- transaction still in flight) are looked up one by one. So a run costs what is new plus a
+-- probe per transaction in flight, however many rows an open transaction has written and
+-- however long it stays open. A hole is dropped once it cannot commit any more: every
+-- transaction that could have taken its number (xid below holes_until) has ended.
+CREATE OR REPLACE FUNCTION product_changes_sequence(
+    max_rows integer DEFAULT 10000, wait boolean DEFAULT false
+) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    lock_key CONSTANT integer := 'product_change_batches'::regclass::oid::integer;
+    state product_changes_sequencer;
+    seen bigint[];
+    until bigint;
+    horizon bigint;
+    reappeared bigint[];
+    top bigint;
+    last bigint;
+    how_many bigint;
+    holes bigint[];
+    holes_until bigint[];
+BEGIN
+    IF wait THEN
+        PERFORM pg_advisory_xact_lock(lock_key, 1);
+    ELSIF NOT pg_try_advisory_xact_lock(lock_key, 1) THEN
+        RETURN NULL;
+    END IF;
+    -- Each statement below sees everything committed before it began (the lock came first).
+    SELECT * INTO state FROM product_changes_sequencer;
+    IF NOT FOUND THEN
+        state := ROW(true, 0, '{}', '{}')::product_changes_sequencer;
+    END IF;
+    seen := ARRAY(SELECT e.stmt FROM product_change_events e
+                  WHERE e.k = 1 AND e.stmt > state.high ORDER BY e.stmt LIMIT max_rows);
+    IF cardinality(seen) = 0 AND cardinality(state.holes) = 0 THEN
+        RETURN 0;  -- the common look at an idle log: as cheap as it can be
+    END IF;
+    IF seen[cardinality(seen)] - state.high > cardinality(seen) THEN
+        -- There are holes: whoever took one had its xid before this one is taken (xids are
+        -- handed out in order, and a statement takes its number after its first write). Not
+        -- a snapshot's xmax: that follows the last xid to complete, not the last handed out.
+        until := pg_current_xact_id()::text::bigint;
+    END IF;
+    -- Taken before the holes are looked at: a hole whose transactions had all ended by now
+    -- and that the look below does not find never will be there.
+    horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+    reappeared := ARRAY(SELECT h FROM unnest(state.holes) h
+                   WHERE EXISTS (SELECT FROM product_change_events e WHERE e.stmt = h AND e.k = 1)
+                   ORDER BY h);
+    top := product_changes_last_seq();
+    -- Holes first: they are all below high, and seen is all above it.
+    WITH added AS (
+        INSERT INTO product_change_batches (last_seq, stmt, events, at)
+        SELECT top + sum(s.events) OVER (ORDER BY s.ord), s.stmt, s.events, s.at
+        FROM (SELECT u.stmt, u.ord,
+                     (SELECT e.k FROM product_change_events e WHERE e.stmt = u.stmt
+                      ORDER BY e.k DESC LIMIT 1) AS events,
+                     (SELECT e.at FROM product_change_events e WHERE e.stmt = u.stmt AND e.k = 1)
+                         AS at
+              FROM unnest(reappeared || seen) WITH ORDINALITY u(stmt, ord)) s
+        RETURNING last_seq, events
+    )
+    SELECT max(a.last_seq), coalesce(sum(a.events), 0) INTO last, how_many FROM added a;
+    -- The holes still to look at: the old ones not found and not known dead, and the numbers
+    -- between those seen now.
+    SELECT coalesce(array_agg(h ORDER BY h), '{}'), coalesce(array_agg(u ORDER BY h), '{}')
+    INTO holes, holes_until
+    FROM (SELECT t.h, t.u FROM unnest(state.holes, state.holes_until) t(h, u)
+          WHERE t.h <> ALL (reappeared) AND t.u > horizon
+          UNION ALL
+          SELECT g, until
+          FROM (SELECT s, lag(s, 1, state.high) OVER (ORDER BY s) AS prev FROM unnest(seen) s) x
+          CROSS JOIN LATERAL generate_series(x.prev + 1, x.s - 1) g) kept;
+    IF how_many > 0 OR holes IS DISTINCT FROM state.holes THEN
+        INSERT INTO product_changes_sequencer AS q (high, holes, holes_until)
+        VALUES (coalesce(seen[cardinality(seen)], state.high), holes, holes_until)
+        ON CONFLICT (one) DO UPDATE
+        SET high = excluded.high, holes = excluded.holes, holes_until = excluded.holes_until;
+    END IF;
+    IF how_many > 0 THEN
+        PERFORM pg_notify('product_changes', last::text);
+    END IF;
+    RETURN how_many;
+END
+$$;
+
+-- The sequencer role's holder calls this and stays in it: it numbers what is committed,
+-- looking every poll_seconds from inside the server (at once again while a look finds a full
+-- batch), for wait_seconds; returns (numbered) how many events it numbered meanwhile, or
+-- NULL as soon as another sequencer holds the lock. Each look NOTIFYs what it numbered as it
+-- commits, so nobody waits for the call to end. A look at an idle log is an index probe in
+-- the server, not a round trip that wakes the service (each such wake-up costs the process
+-- far more); under load, numbering waits a poll between looks, so it comes in batches, not
+-- a transaction (and a NOTIFY) per commit of the writers. A procedure, each look its own
+-- transaction (COMMIT): nothing is held between looks, no snapshot holds back vacuum. Not
+-- SECURITY DEFINER and no SET clause (either forbids COMMIT), so only qualified names; call
+-- it in autocommit, past statement_timeout.
+CREATE OR REPLACE PROCEDURE product_changes_await(
+    poll_seconds double precision, wait_seconds double precision, max_rows integer,
+    INOUT numbered bigint DEFAULT NULL
+)
+    LANGUAGE plpgsql AS
+$$
+DECLARE
+    deadline timestamptz :=
+        pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_seconds);
+    got bigint;
+BEGIN
+    numbered := 0;
+    LOOP
+        got := public.product_changes_sequence(max_rows);
+        COMMIT;
+        IF got IS NULL THEN
+            numbered := NULL;
+            RETURN;
+        END IF;
+        numbered := numbered + got;
+        EXIT WHEN pg_catalog.clock_timestamp() >= deadline;
+        IF got < max_rows THEN
+            PERFORM pg_catalog.pg_sleep(poll_seconds);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The service's sequencer role: one process at a time calls product_changes_sequence() on a
+-- schedule; the others wait in here (a session lock, each on a connection of its own) and
+-- the first in line takes over the moment the holder's session ends.
+CREATE OR REPLACE FUNCTION product_changes_sequencer_role() RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    SELECT pg_advisory_lock('product_change_batches'::regclass::oid::integer, 3)
+$$;
+
+-- Retention: removes the oldest events, in seq order and at most max_rows of them, while
+-- they are older than retention_days (counted from the change) and no webhook still has to
+-- retry them (a retry is given up within 24 h of its event), with the logged delivery
+-- attempts of the removed events. The owner's floor (product_changes_purged.retention_days)
+-- wins over a smaller retention_days: no caller can shorten the trail. Records the last
+-- removed seq in product_changes_purged (GET /changes answers 410 for a cursor before it).
+-- One runs at a time (advisory lock); returns the number of events removed, NULL when
+-- another purge held the lock.
+CREATE OR REPLACE FUNCTION product_changes_purge(
+    retention_days integer, max_rows integer DEFAULT 10000
+) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    mark product_changes_purged;
+    cutoff timestamptz;
+    kept_for_retry bigint;
+    b product_change_batches;
+    first bigint;
+    upto bigint;
+    done bigint;
+    n bigint;
+    removed bigint := 0;
+BEGIN
+    IF retention_days IS NULL OR retention_days < 1 THEN
+        RAISE EXCEPTION 'retention_days must be at least 1, not %', retention_days
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock('product_change_batches'::regclass::oid::integer, 2) THEN
+        RETURN NULL;
+    END IF;
+    -- The mark's row, should anyone have deleted it (its floor is then the default's).
+    INSERT INTO product_changes_purged DEFAULT VALUES ON CONFLICT DO NOTHING;
+    SELECT * INTO mark FROM product_changes_purged FOR UPDATE;
+    cutoff := now() - make_interval(days => greatest(retention_days, mark.retention_days));
+    kept_for_retry := (SELECT min(r.seq) FROM webhook_retries r);
+    done := mark.through;
+    WHILE removed < max_rows LOOP
+        SELECT * INTO b FROM product_change_batches x WHERE x.last_seq > done
+        ORDER BY x.last_seq LIMIT 1;
+        EXIT WHEN NOT FOUND OR b.at >= cutoff;
+        first := b.last_seq - b.events + 1;
+        upto := least(b.last_seq, done + max_rows - removed,
+                      coalesce(kept_for_retry - 1, b.last_seq));
+        EXIT WHEN upto <= done;
+        DELETE FROM product_change_events e
+        WHERE e.stmt = b.stmt AND e.k > done - first + 1 AND e.k <= upto - first + 1;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        removed := removed + n;
+        IF upto = b.last_seq THEN
+            DELETE FROM product_change_batches x WHERE x.last_seq = b.last_seq;
+        END IF;
+        DELETE FROM webhook_attempts a WHERE a.seq > done AND a.seq <= upto;
+        done := upto;
+    END LOOP;
+    IF done > mark.through THEN
+        UPDATE product_changes_purged SET through = done;
+    END IF;
+    RETURN removed;
+END
+$$;
+
+-- Webhooks: at most 100 subscriptions. Each is served on its own, with up to
+-- INVENTORY_WEBHOOK_PER_RECEIVER attempts in flight, so that no receiver waits for another;
+-- the bound keeps that within what one process can hold open at once.
+CREATE OR REPLACE FUNCTION webhooks_limit() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    -- Serialised, so that two subscriptions made at once cannot both be the hundredth.
+    LOCK TABLE webhooks IN SHARE ROW EXCLUSIVE MODE;
+    IF (SELECT count(*) FROM webhooks) >= 100 THEN
+        RAISE EXCEPTION 'at most 100 webhooks'
+            USING ERRCODE = 'check_violation', TABLE = 'webhooks', CONSTRAINT = 'webhooks_limit';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER webhooks_limit
+    BEFORE INSERT ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION webhooks_limit();
 
 -- The API representations of a subscription (never its secret) and of a delivery attempt.
 DO $$
@@ -962,273 +1424,332 @@ $$
     )::webhook_attempt_api)
 $$;
 
--- The delivery protocol, shared by every process on every host.
+-- The delivery protocol, shared by every process on every host. A process leases a
+-- subscription that has work, serves it (webhook_work, then webhook_record, batch after
+-- batch, each renewing the lease) and hands it back when it has nothing more to do. The
+-- lease must outlast a batch: a process that dies leaves the subscription to another one
+-- when its lease runs out, which repeats the unrecorded attempts (at least once).
 --
--- Claim: up to max_rows due deliveries, at most per_webhook of each subscription and none of
--- the subscriptions in `skip` (a process passes those at its own limit: a slow receiver
--- cannot take every slot), oldest due first. Rows another process is claiming are skipped,
--- never waited for. Each claimed row's attempt count goes up and its next_attempt_at moves
--- lease_seconds ahead: a process that dies mid-attempt leaves the row due again then, so the
--- lease must outlast an attempt. Call in its own short transaction (autocommit).
-CREATE OR REPLACE FUNCTION webhook_deliveries_claim(
-    max_rows integer, per_webhook integer, skip bigint[], lease_seconds double precision
-) RETURNS TABLE (delivery_id bigint, webhook_id bigint, seq bigint, attempt integer,
-                 url text, secret text, event text)
+-- Lease: up to max_webhooks subscriptions with work (an event after their cursor, or a retry
+-- due) that no process holds, the least recently served first, for lease_seconds. Ones
+-- another process is leasing at the same moment are skipped, never waited for.
+CREATE OR REPLACE FUNCTION webhook_lease(max_webhooks integer, lease_seconds double precision)
+    RETURNS TABLE (id bigint, token uuid, url text, secret text, events text[])
     LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, pg_temp AS
 $$
-    WITH due AS (
-        SELECT d.id
+    WITH free AS (
+        SELECT w.id
         FROM webhooks w
-        CROSS JOIN LATERAL (
-            SELECT x.id, x.next_attempt_at
-            FROM webhook_deliveries x
-            WHERE x.webhook_id = w.id AND x.next_attempt_at <= now()
-            ORDER BY x.next_attempt_at
-            LIMIT per_webhook
-            FOR UPDATE SKIP LOCKED
-        ) d
-        WHERE w.id <> ALL (coalesce(skip, '{}'))
-        ORDER BY d.next_attempt_at
-        LIMIT max_rows
+        WHERE (w.lease_until IS NULL OR w.lease_until < now())
+          AND (w.after < product_changes_last_seq()
+               OR EXISTS (SELECT FROM webhook_retries r
+                          WHERE r.webhook_id = w.id AND r.next_attempt_at <= now()))
+        ORDER BY w.served_at NULLS FIRST, w.id
+        LIMIT max_webhooks
+        FOR UPDATE OF w SKIP LOCKED
     )
-    UPDATE webhook_deliveries x
-    SET attempts = x.attempts + 1,
-        next_attempt_at = now() + make_interval(secs => lease_seconds),
-        first_attempt_at = coalesce(x.first_attempt_at, now())
-    FROM due, webhooks w, product_changes c
-    WHERE x.id = due.id AND w.id = x.webhook_id AND c.seq = x.seq
-    RETURNING x.id, x.webhook_id, x.seq, x.attempts, w.url, w.secret,
-              product_change_json(c)::text
+    UPDATE webhooks w
+    SET lease_token = gen_random_uuid(),
+        lease_until = now() + make_interval(secs => lease_seconds),
+        served_at = now()
+    FROM free
+    WHERE w.id = free.id
+    RETURNING w.id, w.lease_token, w.url, w.secret, w.events
 $$;
 
--- Finish: logs the attempt and applies what follows, in one transaction. A 2xx (ok)
--- delivers; otherwise the next attempt comes retry_seconds * 2^(attempt - 1) later, but never
--- later than give_up_after past the first attempt, and an attempt that fails after that
--- gives up (failed). Returns the outcome; NULL when the attempt is no longer the caller's
--- (its lease ran out and another process took the row, or the webhook was deleted).
-CREATE OR REPLACE FUNCTION webhook_delivery_finish(
-    delivery_id bigint, attempt integer, ok boolean, status_code integer, error text,
-    duration_ms integer, retry_seconds double precision, give_up_after interval
-) RETURNS text
+-- Work for a leased subscription: its due retries (oldest due first, at most max_attempts),
+-- then the next of the (at most max_scan) events after its cursor, fresh, as many as the
+-- attempts left allow. event is the JSON to send, NULL for an event of a type the
+-- subscription does not take (only its cursor moves past it); give_up_at is the event's
+-- time plus give_up_after. No rows when the lease is not the caller's.
+CREATE OR REPLACE FUNCTION webhook_work(
+    webhook_id bigint, token uuid, max_attempts integer, max_scan integer,
+    give_up_after interval
+) RETURNS TABLE (seq bigint, attempt integer, event text, give_up_at timestamptz,
+                 fresh boolean)
+    LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS
+$$
+    WITH w AS (
+        SELECT x.after, x.events FROM webhooks x
+        WHERE x.id = webhook_work.webhook_id AND x.lease_token = webhook_work.token
+    ), due AS (
+        SELECT r.seq, r.attempts + 1 AS attempt, r.give_up_at
+        FROM webhook_retries r
+        WHERE r.webhook_id = webhook_work.webhook_id AND r.next_attempt_at <= now()
+          AND EXISTS (SELECT FROM w)
+        ORDER BY r.next_attempt_at
+        LIMIT max_attempts
+    ), scanned AS (
+        SELECT p.seq, p.at,
+               CASE WHEN p.type = ANY (w.events) OR '*' = ANY (w.events) THEN p.event::text END
+                   AS event
+        FROM w CROSS JOIN LATERAL product_changes_page(w.after, max_scan) p
+    ), counted AS (
+        SELECT s.*, count(s.event) OVER (ORDER BY s.seq) AS matches FROM scanned s
+    )
+    SELECT d.seq, d.attempt, (SELECT p.event::text FROM product_changes_page(d.seq - 1, 1) p),
+           d.give_up_at, false
+    FROM due d
+    UNION ALL
+    SELECT c.seq, 1, c.event, c.at + give_up_after, true
+    FROM counted c
+    WHERE c.matches <= max_attempts - (SELECT count(*) FROM due)
+$$;
+
+-- Record one batch of a leased subscription, in one transaction: its attempts are logged; a
+-- 2xx delivers; otherwise the next attempt comes retry_seconds * 2^(attempt - 1) later, but
+-- never after give_up_at, and an attempt that fails at or after give_up_at gives up
+-- (failed). The cursor moves to `scanned` and the lease is renewed for lease_seconds.
+-- Returns the outcomes in the order given; NULL, recording nothing, when the lease is no
+-- longer the caller's (it ran out and another process took the subscription, or the
+-- subscription was deleted).
+CREATE OR REPLACE FUNCTION webhook_record(
+    webhook_id bigint, token uuid, scanned bigint, lease_seconds double precision,
+    retry_seconds double precision, seqs bigint[], attempts integer[], status_codes integer[],
+    errors text[], durations integer[], give_up_ats timestamptz[]
+) RETURNS text[]
     LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
 $$
 DECLARE
-    claimed webhook_deliveries;
-    outcome text;
+    outcomes text[];
 BEGIN
-    SELECT * INTO claimed FROM webhook_deliveries x
-    WHERE x.id = delivery_id AND x.attempts = attempt
-    FOR UPDATE;
+    UPDATE webhooks w
+    SET after = greatest(w.after, scanned),
+        lease_until = now() + make_interval(secs => lease_seconds)
+    WHERE w.id = webhook_record.webhook_id AND w.lease_token = webhook_record.token;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    outcome := CASE WHEN ok THEN 'delivered'
-                    WHEN now() >= claimed.first_attempt_at + give_up_after THEN 'failed'
-                    ELSE 'retry' END;
-    INSERT INTO webhook_attempts (webhook_id, seq, attempt, outcome, status_code, error,
-                                  duration_ms)
-    VALUES (claimed.webhook_id, claimed.seq, attempt, outcome, status_code, left(error, 1000),
-            greatest(duration_ms, 0));
-    IF outcome = 'retry' THEN
-        UPDATE webhook_deliveries x
-        SET next_attempt_at = least(
-            now() + make_interval(secs => retry_seconds * 2 ^ least(attempt - 1, 30)),
-            claimed.first_attempt_at + give_up_after)
-        WHERE x.id = delivery_id;
-    ELSE
-        DELETE FROM webhook_deliveries x WHERE x.id = delivery_id;
-    END IF;
-    RETURN outcome;
-END
-$$;
-
--- Release: a claimed delivery handed back unattempted (its process is stopping), due now and
--- as if the claim had not happened. Returns false when it was no longer the caller's.
-CREATE OR REPLACE FUNCTION webhook_delivery_release(delivery_id bigint, attempt integer)
-    RETURNS boolean
-    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
-$$
-    WITH released AS (
-        UPDATE webhook_deliveries x
-        SET attempts = x.attempts - 1, next_attempt_at = now()
-        WHERE x.id = delivery_id AND x.attempts = attempt
-        RETURNING 1
+    WITH r AS MATERIALIZED (
+        SELECT t.n, t.seq, t.attempt, t.status_code, left(t.error, 1000) AS error,
+               greatest(t.duration_ms, 0) AS duration_ms, t.give_up_at,
+               CASE WHEN t.status_code BETWEEN 200 AND 299 THEN 'delivered'
+                    WHEN now() >= t.give_up_at THEN 'failed'
+                    ELSE 'retry' END AS outcome
+        FROM unnest(seqs, attempts, status_codes, errors, durations, give_up_ats)
+             WITH ORDINALITY AS t(seq, attempt, status_code, error, duration_ms, give_up_at, n)
+    ), logged AS (
+        INSERT INTO webhook_attempts (webhook_id, seq, attempt, outcome, status_code, error,
+                                      duration_ms)
+        SELECT webhook_record.webhook_id, r.seq, r.attempt, r.outcome, r.status_code, r.error,
+               r.duration_ms
+        FROM r
+        -- The same attempt again (a lease that ran out mid-batch): logged once.
+        ON CONFLICT DO NOTHING
+    ), settled AS (
+        DELETE FROM webhook_retries x USING r
+        WHERE x.webhook_id = webhook_record.webhook_id AND x.seq = r.seq
+          AND r.outcome <> 'retry'
+    ), scheduled AS (
+        INSERT INTO webhook_retries AS x (webhook_id, seq, attempts, next_attempt_at,
+                                          give_up_at)
+        SELECT webhook_record.webhook_id, r.seq, r.attempt,
+               least(now() + make_interval(secs => retry_seconds * 2 ^ least(r.attempt - 1, 30)),
+                     r.give_up_at),
+               r.give_up_at
+        FROM r
+        WHERE r.outcome = 'retry'
+        ON CONFLICT ON CONSTRAINT webhook_retries_pkey DO UPDATE
+        SET attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at
     )
-    SELECT EXISTS (SELECT FROM released)
-$$;
-
--- Retention: removes, in one batch of at most max_rows, the oldest events that were numbered
--- more than retention_days ago, in seq order and never past an event a webhook has yet to
--- get, and the logged delivery attempts of the removed events.
--- Records the last removed seq in product_changes_purged (GET /changes answers 410 for a
--- cursor before it). One runs at a time (advisory lock (the log's oid, 2)); returns the
--- number of events removed, NULL when another purge held the lock. The floor of one day
--- keeps a caller from emptying the log.
-CREATE OR REPLACE FUNCTION product_changes_purge(
-    retention_days integer, max_rows integer DEFAULT 10000
-) RETURNS bigint
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-DECLARE
-    cutoff timestamptz;
-    done_through bigint;
-    upto bigint;
-    removed bigint;
-BEGIN
-    IF retention_days IS NULL OR retention_days < 1 THEN
-        RAISE EXCEPTION 'retention_days must be at least 1, not %', retention_days
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF NOT pg_try_advisory_xact_lock('product_changes'::regclass::oid::integer, 2) THEN
-        RETURN NULL;
-    END IF;
-    cutoff := now() - make_interval(days => retention_days);
-    -- The mark's row, should anyone have deleted it.
-    INSERT INTO product_changes_purged DEFAULT VALUES ON CONFLICT DO NOTHING;
-    SELECT through INTO done_through FROM product_changes_purged FOR UPDATE;
-    -- Seq numbers are dense, so the next max_rows events are seq through+1 .. through+max_rows;
-    -- the batch stops before the first one still within retention or still to be delivered.
-    SELECT least(
-        max(seq),
-        min(seq) FILTER (WHERE sequenced_at >= cutoff) - 1,
-        (SELECT min(d.seq) - 1 FROM webhook_deliveries d)
-    ) INTO upto
-    FROM product_changes
-    WHERE seq > done_through AND seq <= done_through + max_rows;
-    IF upto IS NULL OR upto <= done_through THEN
-        RETURN 0;
-    END IF;
-    DELETE FROM product_changes WHERE seq > done_through AND seq <= upto;
-    GET DIAGNOSTICS removed = ROW_COUNT;
-    UPDATE product_changes_purged SET through = upto;
-    DELETE FROM webhook_attempts WHERE seq > done_through AND seq <= upto;
-    RETURN removed;
+    SELECT coalesce(array_agg(r.outcome ORDER BY r.n), '{}') INTO outcomes FROM r;
+    RETURN outcomes;
 END
 $$;
 
-COMMENT ON TABLE product_changes IS
-    'The change log: one event per change of a product, written by triggers in the changing transaction.';
-COMMENT ON COLUMN product_changes.id IS 'Insertion order; per product, the order the changes were made.';
-COMMENT ON COLUMN product_changes.seq IS
-    'The cursor of GET /changes: given after commit by product_changes_sequence(); NULL until then.';
-COMMENT ON COLUMN product_changes.xact IS 'The writing transaction (pg_current_xact_id()).';
-COMMENT ON COLUMN product_changes.type IS 'product.created, product.updated or product.deleted.';
-COMMENT ON COLUMN product_changes.product_id IS 'The product (it may since have been deleted).';
-COMMENT ON COLUMN product_changes.sku IS 'The product''s SKU after the change (the last one for a delete).';
-COMMENT ON COLUMN product_changes.product IS
+-- Hand a leased subscription back (nothing more to do, or the process is stopping).
+CREATE OR REPLACE FUNCTION webhook_release(webhook_id bigint, token uuid) RETURNS void
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, public, pg_temp AS
+$$
+    UPDATE webhooks w SET lease_token = NULL, lease_until = NULL
+    WHERE w.id = webhook_release.webhook_id AND w.lease_token = webhook_release.token
+$$;
+
+-- When to look for delivery work again without being told: the next retry due, or the end
+-- of a lease (its process may have died); NULL when nothing waits.
+CREATE OR REPLACE FUNCTION webhook_next_due() RETURNS timestamptz
+    LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS
+$$
+    SELECT least((SELECT min(r.next_attempt_at) FROM webhook_retries r),
+                 (SELECT min(w.lease_until) FROM webhooks w))
+$$;
+
+-- How long the oldest event some subscription has yet to get has waited (0: none waits).
+CREATE OR REPLACE FUNCTION webhook_backlog_seconds() RETURNS double precision
+    LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS
+$$
+    SELECT coalesce(extract(epoch FROM now() - least(
+        (SELECT min(b.at) FROM webhooks w
+         CROSS JOIN LATERAL (SELECT x.at FROM product_change_batches x
+                             WHERE x.last_seq > w.after ORDER BY x.last_seq LIMIT 1) b),
+        (SELECT min(b.at) FROM webhook_retries r
+         CROSS JOIN LATERAL (SELECT x.at FROM product_change_batches x
+                             WHERE x.last_seq >= r.seq ORDER BY x.last_seq LIMIT 1) b)
+    ))::double precision, 0)
+$$;
+
+COMMENT ON SEQUENCE product_change_statements IS
+    'Statement numbers of the change log, taken when a statement writes its first event.';
+COMMENT ON TABLE product_change_events IS
+    'The change log''s events, written by triggers in the changing transaction, never updated: '
+    'one per changed product or stock movement. Read them with seq through product_changes.';
+COMMENT ON COLUMN product_change_events.stmt IS 'The writing statement''s number.';
+COMMENT ON COLUMN product_change_events.k IS 'The event''s place in its statement, from 1.';
+COMMENT ON COLUMN product_change_events.type IS 'product.created, product.updated or product.deleted.';
+COMMENT ON COLUMN product_change_events.product_id IS 'The product (it may since have been deleted).';
+COMMENT ON COLUMN product_change_events.product IS
     'product_json of the product after the change; for a delete, its last state.';
-COMMENT ON COLUMN product_changes.changed IS
-    'Fields of product_json whose value changed; empty for created and deleted.';
-COMMENT ON COLUMN product_changes.movement IS
-    'movement_json of the stock movement the change recorded, if any.';
-COMMENT ON COLUMN product_changes.at IS 'When the change was made (its transaction''s time, like updated_at).';
-COMMENT ON COLUMN product_changes.sequenced_at IS 'When seq was given; retention counts from here.';
+COMMENT ON COLUMN product_change_events.changed IS
+    'Fields of product_json whose value changed; empty for created and deleted, and for a '
+    'movement its statement wrote without changing the product.';
+COMMENT ON COLUMN product_change_events.movement_id IS
+    'The stock movement the change was (stock_movements.id), if any.';
+COMMENT ON COLUMN product_change_events.at IS 'When the change was made (its transaction''s time, like updated_at).';
+COMMENT ON CONSTRAINT product_change_events_pkey ON product_change_events IS
+    'One event per place in a statement; the readers'' and retention''s path to a statement''s events.';
+COMMENT ON INDEX product_change_events_pkey IS
+    'The events of a statement in order (GET /changes pages, retention).';
+COMMENT ON CONSTRAINT product_change_events_type_check ON product_change_events IS
+    'Only the three event types of the API.';
+COMMENT ON INDEX product_change_events_statement_idx IS
+    'One entry per statement: the sequencer''s look for committed statements costs one entry '
+    'per statement, never one per row of a transaction still in flight.';
+COMMENT ON TABLE product_change_batches IS
+    'Numbered statements: the events of stmt are seq last_seq - events + 1 .. last_seq. '
+    'Written by product_changes_sequence() once the statement has committed.';
+COMMENT ON COLUMN product_change_batches.last_seq IS 'The seq of the statement''s last event.';
+COMMENT ON COLUMN product_change_batches.stmt IS 'The statement (product_change_events.stmt).';
+COMMENT ON COLUMN product_change_batches.events IS 'How many events the statement wrote.';
+COMMENT ON COLUMN product_change_batches.at IS 'When the statement''s changes were made; retention counts from here.';
+COMMENT ON CONSTRAINT product_change_batches_pkey ON product_change_batches IS
+    'seq ranges never overlap; readers find the batch of a cursor by it.';
+COMMENT ON INDEX product_change_batches_pkey IS
+    'Batches in seq order: pages, retention, the newest seq.';
+COMMENT ON CONSTRAINT product_change_batches_stmt_key ON product_change_batches IS
+    'A statement is numbered once.';
+COMMENT ON INDEX product_change_batches_stmt_key IS 'A statement is numbered once.';
+COMMENT ON CONSTRAINT product_change_batches_events_check ON product_change_batches IS
+    'A numbered statement wrote at least one event.';
+COMMENT ON TABLE product_changes_sequencer IS
+    'Where product_changes_sequence() stands: statement numbers up to high were looked at; '
+    'holes were not visible then and are looked at again until they commit or cannot.';
+COMMENT ON COLUMN product_changes_sequencer.high IS 'Every statement number up to this has been looked at.';
+COMMENT ON COLUMN product_changes_sequencer.holes IS 'Numbers up to high not yet seen committed.';
+COMMENT ON COLUMN product_changes_sequencer.holes_until IS
+    'Per hole: every transaction that could have taken it has an xid (xid8) below this.';
+COMMENT ON CONSTRAINT product_changes_sequencer_pkey ON product_changes_sequencer IS 'One row.';
+COMMENT ON INDEX product_changes_sequencer_pkey IS 'One row.';
+COMMENT ON CONSTRAINT product_changes_sequencer_one_check ON product_changes_sequencer IS 'One row.';
+COMMENT ON CONSTRAINT product_changes_sequencer_holes_check ON product_changes_sequencer IS
+    'A horizon for every hole.';
 COMMENT ON TABLE product_changes_purged IS
     'Retention''s mark: every event with seq <= through has been removed, every later one is kept.';
+COMMENT ON COLUMN product_changes_purged.through IS 'The last seq removed (0: none).';
+COMMENT ON COLUMN product_changes_purged.retention_days IS
+    'The floor of retention, set by the owner: events are kept at least this many days, '
+    'whatever a caller of product_changes_purge() asks.';
+COMMENT ON CONSTRAINT product_changes_purged_pkey ON product_changes_purged IS 'One row.';
+COMMENT ON INDEX product_changes_purged_pkey IS 'One row.';
+COMMENT ON CONSTRAINT product_changes_purged_one_check ON product_changes_purged IS 'One row.';
+COMMENT ON CONSTRAINT product_changes_purged_retention_days_check ON product_changes_purged IS
+    'Retention is at least a day.';
+COMMENT ON VIEW product_changes IS
+    'The change log with its seq, for psql: every numbered event. For a page after a cursor, '
+    'product_changes_page(after, n) reads only that page.';
 COMMENT ON TYPE product_change_api IS 'The fields of an event as the API returns them.';
-COMMENT ON FUNCTION product_change_json(product_changes) IS
-    'The API representation of an event of GET /changes.';
+COMMENT ON FUNCTION product_change_json(bigint, product_change_events) IS
+    'The API representation of an event of GET /changes, given its seq.';
+COMMENT ON FUNCTION product_changes_page(bigint, integer) IS
+    'Up to max_rows events with seq > after, in seq order, as the API shows them.';
+COMMENT ON FUNCTION product_changes_last_seq() IS 'The newest seq given (0 before the first).';
 COMMENT ON FUNCTION product_changes_sequence(integer, boolean) IS
-    'Numbers committed events (one caller at a time); returns how many, NULL if another runs.';
+    'Numbers committed statements (one caller at a time); returns how many events, NULL if another runs.';
 COMMENT ON FUNCTION product_changes_purge(integer, integer) IS
-    'Removes one batch of events older than the retention; returns how many, NULL if another runs.';
-COMMENT ON TABLE webhooks IS 'Webhook subscriptions (POST /webhooks).';
+    'Removes one batch of events older than the retention (never less than the owner''s floor); '
+    'returns how many, NULL if another runs.';
+COMMENT ON PROCEDURE product_changes_await(double precision, double precision, integer, bigint) IS
+    'Numbers committed statements as they come for wait_seconds, looking every poll_seconds.';
+COMMENT ON FUNCTION product_changes_sequencer_role() IS
+    'Waits for, then holds for the session, the role of the process that runs the sequencer.';
+COMMENT ON FUNCTION product_changes_movements_begin() IS
+    'Before an INSERT into stock_movements: where the movements of this statement start.';
+COMMENT ON TABLE webhooks IS 'Webhook subscriptions (POST /webhooks), each with its cursor and lease.';
 COMMENT ON COLUMN webhooks.secret IS 'whsec_ + base64 signing key; the API shows it only when created.';
 COMMENT ON COLUMN webhooks.events IS 'Event types delivered, or {*} for all.';
-COMMENT ON TABLE webhook_deliveries IS
-    'Deliveries still to make, one per (webhook, event); removed once delivered or given up.';
-COMMENT ON COLUMN webhook_deliveries.next_attempt_at IS
-    'Due time; a claimed delivery''s lease (pushed past the attempt''s timeout).';
+COMMENT ON COLUMN webhooks.after IS
+    'Every event with seq <= after has had its first attempt or was given up.';
+COMMENT ON COLUMN webhooks.lease_token IS 'The process serving the subscription now (webhook_lease).';
+COMMENT ON COLUMN webhooks.lease_until IS 'Until when that process holds it.';
+COMMENT ON COLUMN webhooks.served_at IS 'When a process last took it up: the least recently served goes first.';
+COMMENT ON CONSTRAINT webhooks_pkey ON webhooks IS 'The subscription''s id (GET /webhooks/{id}).';
+COMMENT ON INDEX webhooks_pkey IS 'The subscription''s id (GET /webhooks/{id}).';
+COMMENT ON CONSTRAINT webhooks_url_check ON webhooks IS 'An http or https URL with a host, at most 2000 characters.';
+COMMENT ON CONSTRAINT webhooks_events_check ON webhooks IS '1 to 4 known event types, or *.';
+COMMENT ON CONSTRAINT webhooks_description_check ON webhooks IS 'At most 500 characters.';
+COMMENT ON CONSTRAINT webhooks_secret_check ON webhooks IS 'A Standard Webhooks secret: whsec_ and base64.';
+COMMENT ON TABLE webhook_retries IS
+    'Deliveries that failed and are tried again, until 24 h after their event.';
+COMMENT ON COLUMN webhook_retries.attempts IS 'Attempts made so far.';
+COMMENT ON COLUMN webhook_retries.next_attempt_at IS 'When the next attempt falls due.';
+COMMENT ON COLUMN webhook_retries.give_up_at IS 'The event''s time + 24 h: a failure from then on gives up.';
+COMMENT ON CONSTRAINT webhook_retries_pkey ON webhook_retries IS 'One retry per (subscription, event).';
+COMMENT ON INDEX webhook_retries_pkey IS 'One retry per (subscription, event).';
+COMMENT ON CONSTRAINT webhook_retries_webhook_id_fkey ON webhook_retries IS
+    'Deleting a subscription drops its retries.';
+COMMENT ON CONSTRAINT webhook_retries_attempts_check ON webhook_retries IS 'Never negative.';
+COMMENT ON INDEX webhook_retries_webhook_id_next_attempt_at_idx IS
+    'A subscription''s due retries, oldest due first (webhook_work, webhook_lease).';
+COMMENT ON INDEX webhook_retries_next_attempt_at_idx IS
+    'When the next retry of any subscription falls due (webhook_next_due).';
+COMMENT ON INDEX webhook_retries_seq_idx IS 'The oldest event still to retry: where retention stops.';
+COMMENT ON TABLE webhook_attempts IS 'Every delivery attempt and its outcome (GET /webhooks/{id}/deliveries).';
+COMMENT ON CONSTRAINT webhook_attempts_pkey ON webhook_attempts IS 'Attempt ids: the deliveries log''s keyset.';
+COMMENT ON INDEX webhook_attempts_pkey IS 'Attempt ids: the deliveries log''s keyset.';
+COMMENT ON CONSTRAINT webhook_attempts_webhook_id_fkey ON webhook_attempts IS
+    'Deleting a subscription drops its log.';
+COMMENT ON CONSTRAINT webhook_attempts_attempt_check ON webhook_attempts IS 'Attempts count from 1.';
+COMMENT ON CONSTRAINT webhook_attempts_outcome_check ON webhook_attempts IS 'delivered, retry or failed.';
+COMMENT ON CONSTRAINT webhook_attempts_status_code_check ON webhook_attempts IS 'An HTTP status code.';
+COMMENT ON CONSTRAINT webhook_attempts_error_check ON webhook_attempts IS 'At most 1000 characters.';
+COMMENT ON CONSTRAINT webhook_attempts_duration_ms_check ON webhook_attempts IS 'Never negative.';
+COMMENT ON CONSTRAINT webhook_attempts_seq_webhook_id_attempt_key ON webhook_attempts IS
+    'An attempt is logged once; seq first, for retention''s removal of old attempts.';
+COMMENT ON INDEX webhook_attempts_seq_webhook_id_attempt_key IS
+    'An attempt is logged once; seq first, for retention''s removal of old attempts.';
+COMMENT ON INDEX webhook_attempts_webhook_id_id_idx IS
+    'A subscription''s log, newest first; also serves the cascade from webhooks.';
+COMMENT ON FUNCTION webhooks_limit() IS 'Refuses a 101st webhook subscription.';
 COMMENT ON TYPE webhook_api IS 'The fields of a webhook as the API returns them (no secret).';
 COMMENT ON FUNCTION webhook_json(webhooks) IS 'The API representation of a webhook, without its secret.';
 COMMENT ON TYPE webhook_attempt_api IS 'The fields of a delivery attempt as the API returns them.';
 COMMENT ON FUNCTION webhook_attempt_json(webhook_attempts) IS
     'The API representation of a delivery attempt (GET /webhooks/{id}/deliveries).';
-COMMENT ON FUNCTION webhook_deliveries_claim(integer, integer, bigint[], double precision) IS
-    'Claims due webhook deliveries for one process (SKIP LOCKED, with a lease).';
+COMMENT ON FUNCTION webhook_lease(integer, double precision) IS
+    'Leases subscriptions with delivery work to the calling process (SKIP LOCKED).';
+COMMENT ON FUNCTION webhook_work(bigint, uuid, integer, integer, interval) IS
+    'A leased subscription''s due retries and next events.';
 COMMENT ON FUNCTION
-    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
-                            interval) IS
-    'Logs a delivery attempt and delivers, schedules the next attempt or gives up.';
-COMMENT ON FUNCTION webhook_delivery_release(bigint, integer) IS
-    'Hands a claimed webhook delivery back unattempted (the claiming process is stopping).';
-COMMENT ON TABLE webhook_attempts IS 'Every delivery attempt and its outcome (GET /webhooks/{id}/deliveries).';
-COMMENT ON CONSTRAINT product_changes_pkey ON product_changes IS
-    'One row per event; ids follow insertion, so per product the order the changes were made.';
-COMMENT ON CONSTRAINT product_changes_type_check ON product_changes IS
-    'Event type: product.created, product.updated or product.deleted.';
-COMMENT ON CONSTRAINT product_changes_sequenced_check ON product_changes IS
-    'seq and sequenced_at come together: an event is numbered, once, with the time it was.';
-COMMENT ON INDEX product_changes_pkey IS 'The index of product_changes_pkey: an event by id.';
-COMMENT ON INDEX product_changes_seq_key IS
-    'Each seq names one event, the cursor of GET /changes (seq > after ORDER BY seq); '
-    'events not yet numbered have no entry.';
-COMMENT ON INDEX product_changes_unsequenced_idx IS
-    'The sequencer''s work list: events not yet numbered, in insertion order.';
-COMMENT ON INDEX product_changes_unsequenced_product_idx IS
-    'The triggers'' look-up of a product''s events not yet numbered (their own transaction''s).';
-COMMENT ON CONSTRAINT product_changes_purged_pkey ON product_changes_purged IS
-    'Retention keeps one mark: one row, keyed by the constant one.';
-COMMENT ON CONSTRAINT product_changes_purged_one_check ON product_changes_purged IS
-    'The key can only be true, so the table holds at most one row.';
-COMMENT ON INDEX product_changes_purged_pkey IS 'The index of product_changes_purged_pkey.';
-COMMENT ON CONSTRAINT webhooks_pkey ON webhooks IS 'One row per subscription (/webhooks/{id}).';
-COMMENT ON CONSTRAINT webhooks_url_check ON webhooks IS
-    'URL: http:// or https:// and a host, at most 2000 characters.';
-COMMENT ON CONSTRAINT webhooks_events_check ON webhooks IS
-    'Events: 1-4 of *, product.created, product.updated, product.deleted; no NULL.';
-COMMENT ON CONSTRAINT webhooks_description_check ON webhooks IS
-    'Description: at most 500 characters (NULL: none).';
-COMMENT ON CONSTRAINT webhooks_secret_check ON webhooks IS
-    'Signing secret: whsec_ and at least 16 base64 characters (Standard Webhooks).';
-COMMENT ON INDEX webhooks_pkey IS 'The index of webhooks_pkey: a subscription by id.';
-COMMENT ON CONSTRAINT webhook_deliveries_pkey ON webhook_deliveries IS
-    'One row per delivery still to make.';
-COMMENT ON CONSTRAINT webhook_deliveries_webhook_id_fkey ON webhook_deliveries IS
-    'A delivery belongs to a subscription and goes with it (ON DELETE CASCADE).';
-COMMENT ON CONSTRAINT webhook_deliveries_attempts_check ON webhook_deliveries IS
-    'Attempts claimed so far: never negative.';
-COMMENT ON CONSTRAINT webhook_deliveries_webhook_id_seq_key ON webhook_deliveries IS
-    'One delivery per subscription and event: an event is never queued twice for a webhook.';
-COMMENT ON INDEX webhook_deliveries_pkey IS 'The index of webhook_deliveries_pkey: a delivery by id.';
-COMMENT ON INDEX webhook_deliveries_webhook_id_seq_key IS
-    'The index of webhook_deliveries_webhook_id_seq_key: a delivery by subscription and event.';
-COMMENT ON INDEX webhook_deliveries_webhook_id_next_attempt_at_idx IS
-    'The workers'' queue per subscription: its due deliveries (webhook_deliveries_claim).';
-COMMENT ON INDEX webhook_deliveries_next_attempt_at_idx IS
-    'The workers'' queue overall: when the next delivery falls due.';
-COMMENT ON INDEX webhook_deliveries_seq_idx IS
-    'The oldest undelivered event: the metric, and where retention must stop.';
-COMMENT ON CONSTRAINT webhook_attempts_pkey ON webhook_attempts IS
-    'One row per attempt; ids follow the order attempts were logged.';
-COMMENT ON CONSTRAINT webhook_attempts_webhook_id_fkey ON webhook_attempts IS
-    'An attempt belongs to a subscription and goes with it (ON DELETE CASCADE).';
-COMMENT ON CONSTRAINT webhook_attempts_attempt_check ON webhook_attempts IS
-    'Attempts count from 1.';
-COMMENT ON CONSTRAINT webhook_attempts_outcome_check ON webhook_attempts IS
-    'Outcome: delivered (a 2xx came back), retry (another attempt is scheduled) or failed (given up).';
-COMMENT ON CONSTRAINT webhook_attempts_status_code_check ON webhook_attempts IS
-    'The status the receiver answered is an HTTP status (100-599); NULL when no answer came.';
-COMMENT ON CONSTRAINT webhook_attempts_error_check ON webhook_attempts IS
-    'What went wrong: at most 1000 characters.';
-COMMENT ON CONSTRAINT webhook_attempts_duration_ms_check ON webhook_attempts IS
-    'Duration: never negative.';
-COMMENT ON CONSTRAINT webhook_attempts_seq_webhook_id_attempt_key ON webhook_attempts IS
-    'An attempt is logged once, by the process that claimed it.';
-COMMENT ON INDEX webhook_attempts_pkey IS 'The index of webhook_attempts_pkey: an attempt by id.';
-COMMENT ON INDEX webhook_attempts_seq_webhook_id_attempt_key IS
-    'The index of webhook_attempts_seq_webhook_id_attempt_key, seq first: retention removes '
-    'attempts by a range of seq.';
-COMMENT ON INDEX webhook_attempts_webhook_id_id_idx IS
-    'GET /webhooks/{id}/deliveries, newest first; also the cascade from webhooks.';
+    webhook_record(bigint, uuid, bigint, double precision, double precision, bigint[],
+                   integer[], integer[], text[], integer[], timestamptz[]) IS
+    'Logs a batch of attempts: delivers, schedules retries or gives up; moves the cursor.';
+COMMENT ON FUNCTION webhook_release(bigint, uuid) IS 'Hands a leased subscription back.';
+COMMENT ON FUNCTION webhook_next_due() IS 'When delivery work next falls due without a new event.';
+COMMENT ON FUNCTION webhook_backlog_seconds() IS
+    'Age of the oldest event a subscription has yet to get (0 when none waits).';
 
 -- The service reads the log and never writes it: the triggers and the two functions do.
-GRANT SELECT ON product_changes, product_changes_purged TO inventory_rw;
+GRANT SELECT ON product_change_events, product_change_batches, product_changes_purged,
+    product_changes TO inventory_rw;
 GRANT USAGE ON TYPE product_change_api TO inventory_rw;
-GRANT EXECUTE ON FUNCTION product_change_json(product_changes) TO inventory_rw;
+GRANT EXECUTE ON FUNCTION product_change_json(bigint, product_change_events),
+    product_changes_page(bigint, integer), product_changes_last_seq() TO inventory_rw;
 REVOKE EXECUTE ON FUNCTION
     product_changes_sequence(integer, boolean),
     product_changes_purge(integer, integer),
+    product_changes_sequencer_role(),
+    product_changes_log_created(),
+    product_changes_log_updated(),
+    product_changes_log_deleted(),
     product_changes_log_insert(),
     product_changes_log_update(),
     product_changes_log_delete(),
@@ -1236,28 +1757,45 @@ REVOKE EXECUTE ON FUNCTION
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     product_changes_sequence(integer, boolean),
-    product_changes_purge(integer, integer)
+    product_changes_purge(integer, integer),
+    product_changes_sequencer_role()
     TO inventory_rw;
+REVOKE EXECUTE ON PROCEDURE
+    product_changes_await(double precision, double precision, integer, bigint) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE
+    product_changes_await(double precision, double precision, integer, bigint) TO inventory_rw;
+-- Whoever inserts movements runs product_changes_movements_begin, which reads where the
+-- movement ids stand (not a secret: it is how many movements were ever made).
+GRANT SELECT ON SEQUENCE stock_movements_id_seq TO PUBLIC;
 GRANT SELECT, INSERT, DELETE ON webhooks TO inventory_rw;
-GRANT SELECT, DELETE, UPDATE (attempts, next_attempt_at, first_attempt_at)
-    ON webhook_deliveries TO inventory_rw;
+GRANT UPDATE (after, lease_token, lease_until, served_at) ON webhooks TO inventory_rw;
+GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_retries TO inventory_rw;
 GRANT SELECT, INSERT ON webhook_attempts TO inventory_rw;
 -- Analysts (inventory_reader) read the change log like the products, not the webhooks: their
 -- secrets and where events go are the writers' business.
-GRANT SELECT ON product_changes, product_changes_purged TO inventory_reader;
-GRANT EXECUTE ON FUNCTION product_change_json(product_changes) TO inventory_reader;
+GRANT SELECT ON product_change_events, product_change_batches, product_changes_purged,
+    product_changes TO inventory_reader;
+GRANT USAGE ON TYPE product_change_api TO inventory_reader;
+GRANT EXECUTE ON FUNCTION product_change_json(bigint, product_change_events),
+    product_changes_page(bigint, integer), product_changes_last_seq() TO inventory_reader;
 GRANT USAGE ON TYPE webhook_api, webhook_attempt_api TO inventory_rw;
 GRANT EXECUTE ON FUNCTION webhook_json(webhooks), webhook_attempt_json(webhook_attempts)
     TO inventory_rw;
 REVOKE EXECUTE ON FUNCTION
-    webhook_deliveries_claim(integer, integer, bigint[], double precision),
-    webhook_delivery_release(bigint, integer),
-    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
-                            interval)
+    webhook_lease(integer, double precision),
+    webhook_work(bigint, uuid, integer, integer, interval),
+    webhook_record(bigint, uuid, bigint, double precision, double precision, bigint[],
+                   integer[], integer[], text[], integer[], timestamptz[]),
+    webhook_release(bigint, uuid),
+    webhook_next_due(),
+    webhook_backlog_seconds()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    webhook_deliveries_claim(integer, integer, bigint[], double precision),
-    webhook_delivery_release(bigint, integer),
-    webhook_delivery_finish(bigint, integer, boolean, integer, text, integer, double precision,
-                            interval)
+    webhook_lease(integer, double precision),
+    webhook_work(bigint, uuid, integer, integer, interval),
+    webhook_record(bigint, uuid, bigint, double precision, double precision, bigint[],
+                   integer[], integer[], text[], integer[], timestamptz[]),
+    webhook_release(bigint, uuid),
+    webhook_next_due(),
+    webhook_backlog_seconds()
     TO inventory_rw;

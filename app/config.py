@@ -85,22 +85,26 @@ class Settings(BaseSettings):
     # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None
     # means the database URL. One such connection per process, whatever the number of streams.
     listen_database_url: str | None = None
-    # Events are kept at least this long after they were numbered (then purged in batches).
+    # Events are kept at least this long after their change (then purged in batches); the
+    # database's own floor (product_changes_purged.retention_days) wins when longer.
     changes_retention_days: int = Field(default=30, ge=1)
     changes_purge_interval_seconds: float = Field(default=600.0, gt=0)
-    # How often each process numbers newly committed events (one at a time numbers them),
-    # and, lacking a NOTIFY, refreshes its streams and looks for due webhook retries. The
-    # time from a commit to every open stream is about this, well under the 1 s promised.
-    changes_poll_seconds: float = Field(default=0.1, gt=0, le=0.5)
+    # How often the process holding the sequencer role (one at a time) looks, from inside
+    # the server, for what was committed since; writers do not notify. A committed change
+    # reaches the open streams about this long after its commit at most, well under the 1 s
+    # promised. Behind PgBouncer without a direct URL for LISTEN, every process looks this
+    # often, with a query.
+    changes_poll_seconds: float = Field(default=0.2, gt=0, le=0.5)
     # A comment line on every open stream at least this often (API.md: at least every 15 s).
     stream_heartbeat_seconds: float = Field(default=10.0, gt=0, le=15)
     # Webhooks: the first retry after this long, doubling, for at least 24 h.
     webhook_retry_seconds: float = Field(default=5.0, gt=0)
     # One attempt's limit, from connecting to the last header of the answer.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Attempts in flight per process, and per receiver within them: a slow or dead receiver
-    # holds at most its share, never every slot.
-    webhook_concurrency: int = Field(default=16, ge=1)
+    # Subscriptions one process serves at once (each in a lane of its own; the database
+    # allows 100, so by default every subscription has one), and attempts in flight for one
+    # subscription: a slow or dead receiver holds its own lane, never another's.
+    webhook_concurrency: int = Field(default=100, ge=1)
     webhook_per_receiver: int = Field(default=4, ge=1)
     # Webhook URLs resolving to loopback, private, link-local or metadata addresses are
     # refused unless this is set (a receiver on the same host or network, on purpose).

@@ -10,10 +10,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access import CALLER_KEY, Access, Caller
+from app.changes.feed import Feed
 from app.config import Settings
 from app.database import Database
 from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
-from app.feed import Feed
 from app.idempotency import Idempotency
 from app.observability import Metrics
 from app.queries.reports import StockSummary

@@ -121,6 +121,13 @@ class WebhookNotFound(ApiError, status=404, code="webhook_not_found"):
         super().__init__(f"No webhook has id '{webhook_id}'.")
 
 
+class TooManyWebhooks(ApiError, status=409, code="too_many_webhooks"):
+    """The database holds at most 100 subscriptions (schema.sql: webhooks_limit)."""
+
+    def __init__(self) -> None:
+        super().__init__("There are 100 webhooks already: delete one to add another.")
+
+
 class CursorExpired(ApiError, status=410, code="cursor_expired"):
     """The change log no longer holds the events after the client's cursor."""
 

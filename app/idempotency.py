@@ -35,8 +35,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import psycopg
@@ -174,28 +173,13 @@ class Idempotency:
                 return total
             await asyncio.sleep(0)  # let requests in between batches
 
-    @asynccontextmanager
-    async def purging(self, interval: float) -> AsyncIterator[None]:
-        """Purge expired keys now and every `interval` seconds until the block exits."""
-
-        async def purge_forever() -> None:
-            while True:
-                try:
-                    purged = await self.purge_expired()
-                    if purged:
-                        logger.info("purged %d expired idempotency keys", purged)
-                except Exception:
-                    # The database may be down; the next round tries again.
-                    logger.warning("purging expired idempotency keys failed", exc_info=True)
-                await asyncio.sleep(interval)
-
-        task = asyncio.create_task(purge_forever(), name="idempotency-purge")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+    async def purge_every(self, interval: float) -> None:
+        """Purge expired keys now and every `interval` seconds, until cancelled."""
+        while True:
+            purged = await self.purge_expired()
+            if purged:
+                logger.info("purged %d expired idempotency keys", purged)
+            await asyncio.sleep(interval)
 
 
 async def _outcome(conn: Connection, operation: Operation) -> Response:

@@ -1,15 +1,18 @@
 """The ASGI application: `uvicorn app.main:app`."""
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import background, errors, openapi, replica, routes, ssrf
+from app import errors, openapi, replica, routes, ssrf
 from app.access import Access, LoopbackOnly, TokenCheck
+from app.changes import upkeep as changes_upkeep
+from app.changes.feed import Feed
 from app.config import Settings
+from app.core import tasks
 from app.database import open_database
 from app.deps import refuse_unknown_parameters
 from app.embedded import start_embedded
@@ -20,6 +23,7 @@ from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configur
 from app.queries.reports import StockSummary
 from app.recent import Recent
 from app.routes.reports import STOCK_REPORT_SECONDS
+from app.webhooks.delivery import Deliveries
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,27 +40,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         access.refuse_exposed_sockets()
         dsn = settings.database_url or await start_embedded(settings.data_dir)
-        async with open_database(dsn, settings) as database:
+        async with AsyncExitStack() as stack:
+            database = await stack.enter_async_context(open_database(dsn, settings))
+            # The background work's own small pool: it never waits behind requests, and
+            # requests never wait behind it. Not waited for: every loop retries until it
+            # has connected.
+            upkeep = await stack.enter_async_context(
+                open_database(dsn, settings.model_copy(update={"pool_size": 2}), wait=False)
+            )
+            # Exports, pages, GET /changes and reports: a replica when one is usable.
+            reads = await stack.enter_async_context(
+                replica.reading(database, dsn, settings, metrics.count_read)
+            )
+            # Innermost: every background loop has stopped before the pools close.
+            supervisor = await stack.enter_async_context(tasks.supervising())
             idempotency = Idempotency(
                 database,
                 ttl_seconds=settings.idempotency_ttl_seconds,
                 wait_seconds=settings.idempotency_wait_seconds,
             )
+            feed = Feed(upkeep)
+            deliveries = Deliveries(
+                upkeep, settings, count=metrics.count_delivery, backlog=metrics.set_backlog
+            )
+
+            def numbered() -> None:
+                feed.wake()
+                deliveries.wake()
+
+            supervisor.start(
+                "idempotency key purge",
+                lambda: idempotency.purge_every(settings.idempotency_purge_interval_seconds),
+            )
+            if reads.replica is not None:
+                supervisor.start("read replica probe", reads.replica.run)
+            changes_upkeep.start(supervisor, upkeep, dsn, settings, feed=feed, wake=numbered)
+            supervisor.start("webhook deliveries", deliveries.run)
             metrics.pool.pool = database.pool
-            # Expired Idempotency-Keys are deleted in the background; the change log is kept
-            # and webhooks are delivered by every process (app.background). Cancelled on
-            # shutdown.
-            async with (
-                idempotency.purging(settings.idempotency_purge_interval_seconds),
-                background.running(dsn, settings, metrics) as feed,
-                # Exports, pages, GET /changes and reports: a replica when one is usable.
-                replica.reading(database, dsn, settings, metrics.count_read) as reads,
-                ssrf.resolving() as resolver,
-            ):
-                metrics.replica.replica = reads.replica
+            metrics.replica.replica = reads.replica
+            # POST /webhooks looks its URL's host up here (app.ssrf).
+            resolver = await stack.enter_async_context(ssrf.resolving())
+            try:
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
-                    # POST /webhooks looks its URL's host up here (app.ssrf).
                     "resolver": resolver,
                     # GET /reports/stock scans every product: computed at most once a
                     # second per process, however many ask.
@@ -69,8 +95,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "feed": feed,
                     "reads": reads,
                 }
-            metrics.pool.pool = None
-            metrics.replica.replica = None
+            finally:
+                # Open streams end their bodies now, before their loops are cancelled.
+                feed.close()
+                metrics.pool.pool = None
+                metrics.replica.replica = None
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files bundled in the
     # package, served under /static-offline-docs; no CDN, so the docs work offline.

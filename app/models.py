@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from decimal import Decimal
+from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
@@ -140,56 +142,78 @@ class IdempotencyKey(Base):
     )
 
 
-class ProductChange(Base):
-    """The change log, written only by schema.sql's triggers; seq is given after commit."""
+class ProductChangeEvent(Base):
+    """The change log's events, written only by schema.sql's triggers, never updated."""
 
-    __tablename__ = "product_changes"
+    __tablename__ = "product_change_events"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    seq: Mapped[int | None] = mapped_column(BigInteger)
-    xact: Mapped[int] = mapped_column(BigInteger)
+    stmt: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    k: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(Text)
     product_id: Mapped[int] = mapped_column(BigInteger)
-    sku: Mapped[str] = mapped_column(Text)
     product: Mapped[dict[str, object]] = mapped_column(JSON)
-    changed: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
-    movement: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    changed: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    movement_id: Mapped[int | None] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    sequenced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(
             "type IN ('product.created', 'product.updated', 'product.deleted')",
-            name="product_changes_type_check",
+            name="product_change_events_type_check",
         ),
+        Index("product_change_events_statement_idx", stmt, postgresql_where=text("k = 1")),
+    )
+
+
+class ProductChangeBatch(Base):
+    """A numbered statement: its events are seq last_seq - events + 1 .. last_seq."""
+
+    __tablename__ = "product_change_batches"
+
+    last_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stmt: Mapped[int] = mapped_column(BigInteger)
+    events: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("stmt", name="product_change_batches_stmt_key"),
+        CheckConstraint("events >= 1", name="product_change_batches_events_check"),
+    )
+
+
+class ProductChangesSequencer(Base):
+    """Where the sequencer stands: statement numbers up to high looked at, holes below it."""
+
+    __tablename__ = "product_changes_sequencer"
+
+    one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    high: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    holes: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
+    holes_until: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
+
+    __table_args__ = (
+        CheckConstraint("one", name="product_changes_sequencer_one_check"),
         CheckConstraint(
-            "(seq IS NULL) = (sequenced_at IS NULL)", name="product_changes_sequenced_check"
-        ),
-        Index(
-            "product_changes_seq_key",
-            seq,
-            unique=True,
-            postgresql_where=text("seq IS NOT NULL"),
-        ),
-        Index("product_changes_unsequenced_idx", id, postgresql_where=text("seq IS NULL")),
-        Index(
-            "product_changes_unsequenced_product_idx",
-            product_id,
-            id,
-            postgresql_where=text("seq IS NULL"),
+            "cardinality(holes) = cardinality(holes_until)",
+            name="product_changes_sequencer_holes_check",
         ),
     )
 
 
 class ProductChangesPurged(Base):
-    """Retention's mark: every event with seq <= through is gone, every later one kept."""
+    """Retention's mark: every event with seq <= through is gone, every later one kept; and
+    the owner's floor of retention."""
 
     __tablename__ = "product_changes_purged"
 
     one: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
     through: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    retention_days: Mapped[int] = mapped_column(Integer, server_default=text("30"))
 
-    __table_args__ = (CheckConstraint("one", name="product_changes_purged_one_check"),)
+    __table_args__ = (
+        CheckConstraint("one", name="product_changes_purged_one_check"),
+        CheckConstraint("retention_days >= 1", name="product_changes_purged_retention_days_check"),
+    )
 
 
 class Webhook(Base):
@@ -201,6 +225,11 @@ class Webhook(Base):
     description: Mapped[str | None] = mapped_column(Text)
     secret: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Added after the first release (guarded ALTERs), so they follow its columns.
+    after: Mapped[int] = mapped_column(BigInteger, server_default=func.product_changes_last_seq())
+    lease_token: Mapped[UUID | None] = mapped_column(Uuid)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    served_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(
@@ -218,30 +247,26 @@ class Webhook(Base):
     )
 
 
-class WebhookDelivery(Base):
-    """A delivery still to make; removed once delivered or given up."""
+class WebhookRetry(Base):
+    """A delivery that failed and is tried again, until give_up_at."""
 
-    __tablename__ = "webhook_deliveries"
+    __tablename__ = "webhook_retries"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     webhook_id: Mapped[int] = mapped_column(
         BigInteger,
-        ForeignKey("webhooks.id", ondelete="CASCADE", name="webhook_deliveries_webhook_id_fkey"),
+        ForeignKey("webhooks.id", ondelete="CASCADE", name="webhook_retries_webhook_id_fkey"),
+        primary_key=True,
     )
-    seq: Mapped[int] = mapped_column(BigInteger)
-    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    next_attempt_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    first_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    give_up_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        CheckConstraint("attempts >= 0", name="webhook_deliveries_attempts_check"),
-        UniqueConstraint("webhook_id", "seq", name="webhook_deliveries_webhook_id_seq_key"),
-        Index("webhook_deliveries_webhook_id_next_attempt_at_idx", webhook_id, next_attempt_at),
-        Index("webhook_deliveries_next_attempt_at_idx", next_attempt_at),
-        Index("webhook_deliveries_seq_idx", seq),
+        CheckConstraint("attempts >= 0", name="webhook_retries_attempts_check"),
+        Index("webhook_retries_webhook_id_next_attempt_at_idx", webhook_id, next_attempt_at),
+        Index("webhook_retries_next_attempt_at_idx", next_attempt_at),
+        Index("webhook_retries_seq_idx", seq),
     )
 
 

@@ -216,9 +216,9 @@ class Reads:
 async def reading(
     primary: Database, primary_dsn: str, settings: Settings, count: Callable[[str], None]
 ) -> AsyncIterator[Reads]:
-    """The process's Reads; with a replica configured, its pool and probe run meanwhile
-    (the probe reads the primary's WAL position on a connection of its own to
-    `primary_dsn`)."""
+    """The process's Reads; with a replica configured, its pool is open meanwhile (run its
+    probe, `Reads.replica.run`, for as long: it reads the primary's WAL position on a
+    connection of its own to `primary_dsn`)."""
     if settings.read_database_url is None:
         yield Reads(primary, None, count)
         return
@@ -232,10 +232,4 @@ async def reading(
             max_lag=settings.read_max_lag_seconds,
             probe_seconds=settings.read_probe_seconds,
         )
-        probing = asyncio.create_task(replica.run())
-        try:
-            yield Reads(primary, replica, count)
-        finally:
-            probing.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(probing, return_exceptions=True)
+        yield Reads(primary, replica, count)

@@ -6,6 +6,13 @@ from typing import Any
 from httpx import Response
 
 JSON = {"content-type": "application/json"}
+# Sessions inside pg_sleep() but the sequencer's own, which waits in one between its looks
+# (schema.sql: product_changes_await): a test's slow statement has reached its sleep when
+# this counts 1.
+SLEEPING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+    "AND query NOT LIKE 'CALL product_changes_await%'"
+)
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 
 
@@ -28,3 +35,16 @@ def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for a bearer token."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def age_changes(db: Any, days: int, *, through_seq: int | None = None) -> None:
+    """Make the change log's events up to `through_seq` (all: None) `days` days old, as
+    retention sees them (schema.sql: product_change_batches.at, the events' own at)."""
+    through = "" if through_seq is None else "WHERE b.last_seq <= %(through)s"
+    db.execute(
+        "WITH aged AS (UPDATE product_change_batches b "
+        "SET at = now() - make_interval(days => %(days)s) " + through + " RETURNING b.stmt) "
+        "UPDATE product_change_events e SET at = now() - make_interval(days => %(days)s) "
+        "FROM aged WHERE e.stmt = aged.stmt",
+        {"days": days, "through": through_seq},
+    )

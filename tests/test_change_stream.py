@@ -12,9 +12,10 @@ import psycopg
 from httpx import AsyncClient
 from psycopg import Connection
 
+from app.changes.direct import session
 from app.config import Settings
 from tests.cluster import Cluster
-from tests.helpers import assert_problem, product
+from tests.helpers import age_changes, assert_problem, product
 from tests.live_inprocess import live_server
 from tests.sse import Message, messages
 
@@ -174,8 +175,8 @@ async def test_an_expired_cursor_is_410_before_the_stream_starts(
         "INSERT INTO products (sku, name, price) SELECT 'A-' || g, 'n', 1 "
         "FROM generate_series(1, 3) g"
     )
-    db.execute("SELECT product_changes_sequence()")
-    db.execute("UPDATE product_changes SET sequenced_at = now() - interval '31 days'")
+    db.execute("SELECT product_changes_sequence(10000, true)")
+    age_changes(db, 31)
     db.execute("SELECT product_changes_purge(30)")
 
     expired = await client.get("/changes/stream", headers={"Last-Event-ID": "1"})
@@ -237,3 +238,82 @@ async def test_a_stream_resumed_from_a_psql_session_sees_its_late_commit(
 
     assert (early.json["sku"], late_event.json["sku"]) == ("EARLY-1", "LATE-1")
     assert int(late_event.id or 0) > int(early.id or 0)
+
+
+def test_a_session_waiting_on_the_server_does_not_wake_ten_times_a_second(
+    postgresql: Connection[Any], pg_server: Cluster
+) -> None:
+    # Every process waits like this all the time (its LISTEN; the queue for the sequencer
+    # role): psycopg's default re-armed the wait every 0.1 s, idle CPU in every process.
+    class Counting(asyncio.SelectorEventLoop):
+        waits = 0
+
+        def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+            self.waits += 1
+            super().add_reader(fd, callback, *args)
+
+    async def a_second_of_waiting(loop: Counting) -> None:
+        async with session(pg_server.app_dsn(postgresql.info.dbname)) as conn:
+            loop.waits = 0
+            await conn.execute("SELECT pg_sleep(1)")
+
+    loop = Counting()
+    try:
+        loop.run_until_complete(a_second_of_waiting(loop))
+    finally:
+        loop.close()
+
+    assert loop.waits <= 2
+
+
+async def test_an_idle_log_costs_the_service_no_round_trips(
+    settings: Settings, db: Connection[Any]
+) -> None:
+    # The process numbering the log waits in the server (one CALL) instead of asking it
+    # five times a second: each of those wake-ups cost the idle process more than the look.
+    db.autocommit = True
+    waiting = (
+        "SELECT pid, query_start FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'CALL product_changes_await%' "
+        "AND state = 'active'"
+    )
+    async with live_server(settings):
+        for _ in range(100):  # bounded: 5 s
+            if first := db.execute(waiting).fetchall():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        then = db.execute(waiting).fetchall()
+
+    assert len(first) == 1
+    assert then == first
+
+
+async def test_under_load_the_log_is_numbered_in_batches_not_per_commit(
+    settings: Settings, postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
+) -> None:
+    # Each numbering is a transaction (and a NOTIFY) of its own: one per writer's commit
+    # would cost the writers more than the log itself. A look that numbered something is
+    # followed by the next a poll (0.2 s) later, however fast the commits come.
+    def write(name: str, until: float) -> int:
+        with psycopg.connect(pg_server.admin_dsn(postgresql.info.dbname), autocommit=True) as c:
+            for i in itertools.count():
+                if time.monotonic() > until:
+                    return i
+                c.execute(
+                    "INSERT INTO products (sku, name, price) VALUES (%s, 'n', 1)", (f"{name}-{i}",)
+                )
+
+    db.autocommit = True
+    async with live_server(settings):
+        until = time.monotonic() + 1.0
+        written = await asyncio.gather(
+            asyncio.to_thread(write, "A", until), asyncio.to_thread(write, "B", until)
+        )
+        await asyncio.sleep(1)
+        runs = db.execute("SELECT count(DISTINCT xmin::text) FROM product_change_batches")
+        numbered = db.execute("SELECT count(*) FROM product_changes").fetchone()
+
+    assert numbered == (sum(written),)
+    assert sum(written) > 100
+    assert runs.fetchone()[0] <= 15  # type: ignore[index]

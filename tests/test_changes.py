@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from tests.cluster import Cluster
 from tests.conftest import ClientFactory
-from tests.helpers import RFC3339_UTC, assert_problem, product
+from tests.helpers import RFC3339_UTC, age_changes, assert_problem, product
 
 EVENT_FIELDS = {"seq", "type", "sku", "product", "changed", "movement", "at"}
 
@@ -126,9 +126,7 @@ async def test_a_cursor_older_than_the_retention_is_410(
     for i in range(3):
         await client.post("/products", json=product(f"P-{i}"))
     await changes(client, 3)
-    db.execute(
-        "UPDATE product_changes SET sequenced_at = now() - interval '31 days' WHERE seq <= 2"
-    )
+    age_changes(db, 31, through_seq=2)
     assert db.execute("SELECT product_changes_purge(30)").fetchone() == (2,)
 
     expired = await client.get("/changes?after=1")
@@ -147,7 +145,7 @@ async def test_the_service_purges_events_past_the_retention_by_itself(
         for i in range(3):
             await client.post("/products", json=product(f"P-{i}"))
         await changes(client, 3)
-        db.execute("UPDATE product_changes SET sequenced_at = now() - interval '31 days'")
+        age_changes(db, 31)
         for _ in range(250):
             if (await client.get("/changes")).json() == []:
                 break

@@ -12,7 +12,7 @@ from psycopg import Connection
 from app.config import Settings
 from tests.cluster import Cluster
 from tests.conftest import ClientFactory
-from tests.helpers import assert_problem, product
+from tests.helpers import SLEEPING, assert_problem, product
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -44,9 +44,8 @@ async def test_a_slow_query_does_not_hold_up_other_requests(
     await client.post("/products", json=product("FAST-1"))
     started = time.monotonic()
     slow = asyncio.create_task(client.post("/products", json=product("SLOW-1")))
-    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
     for _ in range(500):  # until the slow insert is inside pg_sleep (bounded: 5 s)
-        if db.execute(sleeping).fetchone() == (1,):
+        if db.execute(SLEEPING).fetchone() == (1,):
             break
         await asyncio.sleep(0.01)
 

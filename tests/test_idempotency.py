@@ -12,7 +12,7 @@ from app.config import Settings
 from app.database import open_database
 from app.idempotency import Idempotency
 from tests.conftest import AppFactory, ClientFactory
-from tests.helpers import assert_problem, product
+from tests.helpers import SLEEPING, assert_problem, product
 from tests.stock_helpers import adjust, assert_ledger_consistent
 
 KEY = {"Idempotency-Key": "4f0c1b7e-retry-me"}
@@ -268,9 +268,8 @@ def _slow_movements(db: Connection[Any], seconds: float) -> None:
 
 
 async def _until_sleeping(db: Connection[Any]) -> None:
-    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
     for _ in range(500):  # bounded: 5 s
-        if db.execute(sleeping).fetchone() == (1,):
+        if db.execute(SLEEPING).fetchone() == (1,):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the first request never reached pg_sleep")

@@ -36,6 +36,7 @@ def instances(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[tuple
             "INVENTORY_POOL_TIMEOUT": "10",
             "INVENTORY_WEBHOOK_ALLOW_PRIVATE": "1",
             "INVENTORY_WEBHOOK_RETRY_SECONDS": "0.1",
+            "INVENTORY_WEBHOOK_CONCURRENCY": "1",
             "INVENTORY_LOG_LEVEL": "WARNING",
         }
         a = stack.enter_context(live_server(env))
@@ -115,35 +116,40 @@ async def test_a_stream_on_one_sees_a_change_made_through_the_other_within_a_sec
 async def test_each_webhook_event_is_delivered_once_by_one_of_them(
     instances: tuple[str, str], db: Connection[Any]
 ) -> None:
+    """Two subscriptions; each instance serves one subscription at a time
+    (INVENTORY_WEBHOOK_CONCURRENCY=1), so both take part."""
     a, b = instances
-    receiver = start_receiver()
+    receivers = [start_receiver(), start_receiver()]
     try:
-        receiver.delay = 0.01
         async with httpx.AsyncClient(base_url=a) as ca, httpx.AsyncClient(base_url=b) as cb:
-            hook = {"url": receiver.url(), "events": ["*"]}
-            assert (await ca.post("/webhooks", json=hook)).status_code == 201
+            for receiver in receivers:
+                receiver.delay = 0.01
+                hook = {"url": receiver.url(), "events": ["*"]}
+                assert (await ca.post("/webhooks", json=hook)).status_code == 201
             db.autocommit = True
             db.execute(
                 "INSERT INTO products (sku, name, price) "
                 "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 100) g"
             )
             deadline = time.monotonic() + 30
-            while len(receiver.received) < 100:
-                assert time.monotonic() < deadline, len(receiver.received)
+            while any(len(r.received) < 100 for r in receivers):
+                assert time.monotonic() < deadline, [len(r.received) for r in receivers]
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             counts = [delivered((await c.get("/metrics")).text) for c in (ca, cb)]
-        seqs = Counter(e["seq"] for e in receiver.events())
-        assert len(seqs) == 100 and set(seqs.values()) == {1}
+        for receiver in receivers:
+            seqs = Counter(e["seq"] for e in receiver.events())
+            assert len(seqs) == 100 and set(seqs.values()) == {1}
         attempts = db.execute(
-            "SELECT count(*), count(DISTINCT seq) FROM webhook_attempts"
+            "SELECT count(*), count(DISTINCT (webhook_id, seq)) FROM webhook_attempts"
         ).fetchone()
-        assert attempts == (100, 100)
+        assert attempts == (200, 200)
         # Both processes took part.
-        assert all(n > 0 for n in counts) and sum(counts) == 100, counts
+        assert all(n > 0 for n in counts) and sum(counts) == 200, counts
     finally:
-        receiver.server.clear()
-        receiver.server.stop()
+        for receiver in receivers:
+            receiver.server.clear()
+            receiver.server.stop()
 
 
 def delivered(metrics: str) -> int:
@@ -151,3 +157,43 @@ def delivered(metrics: str) -> int:
         if line.startswith('inventory_webhook_deliveries_total{outcome="delivered"}'):
             return int(float(line.split()[-1]))
     return 0
+
+
+def _holding_the_role(db: Connection[Any]) -> list[tuple[int]]:
+    """The sessions holding the sequencer role (schema.sql: product_changes_sequencer_role)."""
+    return db.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = 'product_change_batches'::regclass::oid AND objid = 3"
+    ).fetchall()
+
+
+async def test_when_the_process_numbering_the_log_is_killed_the_other_takes_over(
+    postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
+) -> None:
+    # The holder waits inside the server (a CALL): the server must notice the socket gone
+    # while that runs, or the role stays held until the wait ends.
+    db.autocommit = True
+    direct = pg_server.app_dsn(postgresql.info.dbname)
+    env = {"DATABASE_URL": direct, "INVENTORY_LOG_LEVEL": "WARNING"}
+    with live_server(env) as first:
+        for _ in range(100):  # bounded: 5 s
+            if holder := _holding_the_role(db):
+                break
+            await asyncio.sleep(0.05)
+        with live_server(env) as second:
+            first.process.kill()
+            first.process.communicate()  # its output pipe closed too
+            killed = time.monotonic()
+            while _holding_the_role(db) in ([], holder):
+                assert time.monotonic() - killed < 5, "nobody took over"
+                await asyncio.sleep(0.05)
+            async with (
+                httpx.AsyncClient(base_url=second.url, timeout=10) as client,
+                client.stream("GET", "/changes/stream") as stream,
+            ):
+                incoming = events(stream)
+                sent = time.monotonic()
+                assert (await client.post("/products", json=product("AFTER-1"))).status_code == 201
+                message = await asyncio.wait_for(anext(incoming), 5)
+                assert message.json["sku"] == "AFTER-1"
+                assert message.at - sent < 1.0

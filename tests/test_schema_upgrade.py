@@ -138,3 +138,73 @@ def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(
     assert [row["reorder_point"] for row in after["products"]] == [None, None, None]
     assert representation["reorder_point"] is None
     assert representation["quantity"] == 5
+
+
+# The release whose change log was one table of events numbered by UPDATEs, with a delivery
+# queued per (subscription, event).
+LOG_OF_ONE_TABLE = "95b2add"
+SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
+
+
+def test_upgrade_from_the_log_of_one_table_keeps_every_event_and_delivery(
+    new_database: Any,
+) -> None:
+    old_schema = subprocess.run(
+        ["git", "show", f"{LOG_OF_ONE_TABLE}:schema.sql"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    assert "sequenced_at" in old_schema  # really that release
+    upgraded, fresh = new_database(), new_database()
+    apply(upgraded, old_schema)
+    with psycopg.connect(upgraded, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO webhooks (url, events, secret) VALUES ('https://a.example/', '{*}', %s)",
+            (SECRET,),
+        )
+        db.execute(
+            "INSERT INTO products (sku, name, price, quantity) "
+            "SELECT 'U-' || g, 'n', 1, 5 FROM generate_series(1, 20) g"
+        )
+        db.execute(
+            "WITH p AS (UPDATE products SET quantity = 7 WHERE sku = 'U-1' RETURNING id) "
+            "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+            "SELECT id, 2, 'received', 7 FROM p"
+        )
+        db.execute("SELECT product_changes_sequence(10, false)")  # 10 numbered, queued
+        db.execute("UPDATE products SET name = 'm' WHERE sku = 'U-2'")
+        db.execute("DELETE FROM products WHERE sku = 'U-3'")  # 13 events still unnumbered
+        numbered = db.execute(
+            "SELECT seq, product_change_json(c)::jsonb FROM product_changes c "
+            "WHERE seq IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        unnumbered = db.execute(
+            "SELECT type, sku FROM product_changes WHERE seq IS NULL ORDER BY id"
+        ).fetchall()
+        queued = db.execute("SELECT seq FROM webhook_deliveries ORDER BY seq").fetchall()
+
+    apply(upgraded, SCHEMA.read_text())
+    apply(upgraded, SCHEMA.read_text())
+    apply(fresh, SCHEMA.read_text())
+
+    with psycopg.connect(upgraded, autocommit=True) as db, psycopg.connect(fresh) as clean:
+        assert _structure(db) == _structure(clean)
+        events = db.execute(
+            "SELECT seq, event::jsonb, type, product ->> 'sku' FROM product_changes_page(0, 100) "
+            "p JOIN LATERAL (SELECT p.event -> 'product' AS product) x ON true"
+        ).fetchall()
+        retries = db.execute("SELECT seq FROM webhook_retries ORDER BY seq").fetchall()
+        (after,) = db.execute("SELECT after FROM webhooks").fetchone() or ()
+        # The log goes on where it stopped.
+        db.execute("INSERT INTO products (sku, name, price) VALUES ('NEW-1', 'n', 1)")
+        db.execute("SELECT product_changes_sequence(10, true)")
+        (last,) = db.execute("SELECT max(seq) FROM product_changes").fetchone() or ()
+
+    assert len(numbered) == 10 and len(unnumbered) == 13
+    assert [(seq, event) for seq, event, _, _ in events[:10]] == numbered  # the same JSON
+    assert [(t, sku) for _, _, t, sku in events[10:]] == unnumbered  # numbered in order
+    assert [seq for seq, *_ in events] == list(range(1, 24))
+    assert retries == queued and after == 23
+    assert last == 24

@@ -20,7 +20,7 @@ from werkzeug import Request, Response
 
 from app.config import Settings
 from tests.conftest import AppFactory, ClientFactory
-from tests.helpers import RFC3339_UTC, assert_problem, product
+from tests.helpers import RFC3339_UTC, age_changes, assert_problem, product
 from tests.live import live_server
 
 # Deliveries in these tests go to a receiver on 127.0.0.1: private addresses allowed, and
@@ -150,6 +150,25 @@ async def test_the_same_idempotency_key_returns_the_same_subscription(
         listed = await client.get("/webhooks")
 
     assert again.json() == first.json() and len(listed.json()) == 1
+
+
+async def test_a_101st_subscription_is_409_until_one_is_deleted(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    db.execute(
+        "INSERT INTO webhooks (url, events, secret) "
+        "SELECT 'https://example.com/' || g, '{*}', 'whsec_MDEyMzQ1Njc4OWFiY2RlZg==' "
+        "FROM generate_series(1, 100) g"
+    )
+    body = {"url": "http://localhost:9/x", "events": ["*"]}
+
+    async with make_client(**LOCAL) as client:
+        refused = await client.post("/webhooks", json=body)
+        await client.delete(f"/webhooks/{(await client.get('/webhooks')).json()[0]['id']}")
+        accepted = await client.post("/webhooks", json=body)
+
+    assert_problem(refused, 409, "too_many_webhooks")
+    assert accepted.status_code == 201
 
 
 async def test_delete_unsubscribes_and_unknown_ids_are_404(make_client: ClientFactory) -> None:
@@ -382,15 +401,16 @@ async def test_no_answer_is_logged_with_an_error_and_no_status(
     assert timed_out["outcome"] == refused["outcome"] == "retry"
 
 
-async def test_deliveries_are_given_up_as_failed_after_24_hours(
+async def test_a_retry_after_24_hours_from_the_event_gives_up_as_failed(
     make_client: ClientFactory, receiver: Receiver, db: Connection[Any]
 ) -> None:
     receiver.statuses = [500] * 100
     async with make_client(**LOCAL) as client:
         webhook = await subscribe(client, receiver.url())
         await client.post("/products", json=product("ABC-1"))
-        await until(lambda: len(receiver.received) >= 1)
-        db.execute("UPDATE webhook_deliveries SET first_attempt_at = now() - interval '25 hours'")
+        await until(lambda: db.execute("SELECT count(*) FROM webhook_retries").fetchone() == (1,))
+        # As if the day since the change had passed: the next failure is the last.
+        db.execute("UPDATE webhook_retries SET give_up_at = now()")
         for _ in range(300):
             log = (await client.get(f"/webhooks/{webhook['id']}/deliveries")).json()
             if log and log[0]["outcome"] == "failed":
@@ -398,7 +418,30 @@ async def test_deliveries_are_given_up_as_failed_after_24_hours(
             await asyncio.sleep(0.02)
 
     assert log[0]["outcome"] == "failed" and log[0]["status_code"] == 500
-    assert db.execute("SELECT count(*) FROM webhook_deliveries").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM webhook_retries").fetchone() == (0,)
+
+
+async def test_an_event_older_than_24_hours_is_given_up_without_an_attempt(
+    make_client: ClientFactory, receiver: Receiver, db: Connection[Any]
+) -> None:
+    """The day counts from the event, not from a first attempt: an event the service only
+    gets to a day later (it was down) is given up, never sent, and holds nothing back."""
+    async with make_client(**LOCAL) as client:
+        webhook = await subscribe(client, receiver.url())
+    db.execute("INSERT INTO products (sku, name, price) VALUES ('OLD-1', 'n', 1)")
+    db.execute("SELECT product_changes_sequence(10000, true)")
+    age_changes(db, 2)
+    async with make_client(**LOCAL) as client:
+        for _ in range(300):
+            log = (await client.get(f"/webhooks/{webhook['id']}/deliveries")).json()
+            if log:
+                break
+            await asyncio.sleep(0.02)
+
+    assert receiver.received == []
+    assert [(a["outcome"], a["status_code"]) for a in log] == [("failed", None)]
+    assert "24 h" in log[0]["error"]
+    assert db.execute("SELECT count(*) FROM webhook_retries").fetchone() == (0,)
 
 
 async def test_deleted_webhooks_get_nothing_more(
@@ -436,6 +479,30 @@ async def test_a_slow_receiver_slows_neither_requests_nor_other_receivers(
     assert max(latencies) < 0.5
 
 
+async def test_hanging_receivers_hold_up_neither_each_other_nor_a_healthy_one(
+    make_client: ClientFactory, receiver: Receiver, request: pytest.FixtureRequest
+) -> None:
+    """The issue's case: 8 subscriptions whose receiver hangs and 1 healthy one. Each is
+    served in a lane of its own, so the healthy one gets every event at once."""
+    hanging = [start_receiver() for _ in range(8)]
+    for other in hanging:
+        other.delay = 30.0
+        request.addfinalizer(other.server.stop)
+    settings = {**LOCAL, "webhook_timeout_seconds": 30.0}
+    async with make_client(**settings) as client:
+        for other in hanging:
+            await subscribe(client, other.url())
+        await subscribe(client, receiver.url())
+        started = time.monotonic()
+        for i in range(20):
+            assert (await client.post("/products", json=product(f"P-{i}"))).status_code == 201
+        await until(lambda: len(receiver.received) == 20, within=5)
+        took = time.monotonic() - started
+
+    assert sorted(e["sku"] for e in receiver.events()) == sorted(f"P-{i}" for i in range(20))
+    assert took < 5
+
+
 @pytest.mark.slow
 async def test_an_app_stopped_mid_backlog_delivers_the_rest_after_a_restart(
     make_app: AppFactory, make_client: ClientFactory, receiver: Receiver, db: Connection[Any]
@@ -458,41 +525,53 @@ async def test_an_app_stopped_mid_backlog_delivers_the_rest_after_a_restart(
     assert set(seqs) == {str(s) for s in range(1, 31)}
     # At least once: only the attempt in flight at the stop may have been repeated.
     assert sum(seqs.values()) - 30 <= 1
-    assert db.execute("SELECT count(*) FROM webhook_deliveries").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM webhook_retries").fetchone() == (0,)
 
 
 @pytest.mark.slow
 async def test_two_processes_on_one_database_deliver_each_event_once(
-    receiver: Receiver, db: Connection[Any], make_client: ClientFactory, settings: Settings
+    db: Connection[Any], make_client: ClientFactory, settings: Settings
 ) -> None:
-    receiver.delay = 0.01
+    """4 subscriptions, two processes each serving at most 2 at once: every event reaches
+    every receiver once, and both processes share the work."""
+    receivers = [start_receiver() for _ in range(4)]
     # This process's app and a uvicorn process of its own, on the same database.
     env = {
         "DATABASE_URL": settings.database_url or "",
         "INVENTORY_WEBHOOK_ALLOW_PRIVATE": "1",
         "INVENTORY_WEBHOOK_RETRY_SECONDS": "0.1",
-        "INVENTORY_CHANGES_POLL_SECONDS": "0.1",
+        "INVENTORY_WEBHOOK_CONCURRENCY": "2",
         "INVENTORY_LOG_LEVEL": "WARNING",
     }
-    with live_server(env) as other:
-        async with make_client(**LOCAL) as client:
-            await subscribe(client, receiver.url())
-            db.execute(
-                "INSERT INTO products (sku, name, price) "
-                "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 200) g"
-            )
-            await until(lambda: len(receiver.received) >= 200, within=30)
-            await asyncio.sleep(0.5)
-            here = delivered((await client.get("/metrics")).text)
-        async with httpx.AsyncClient(base_url=other.url) as direct:
-            there = delivered((await direct.get("/metrics")).text)
+    try:
+        for receiver in receivers:
+            receiver.delay = 0.01
+        with live_server(env) as other:
+            async with make_client(**LOCAL, webhook_concurrency=2) as client:
+                for receiver in receivers:
+                    await subscribe(client, receiver.url())
+                db.execute(
+                    "INSERT INTO products (sku, name, price) "
+                    "SELECT 'P-' || g, 'n', 1 FROM generate_series(1, 100) g"
+                )
+                await until(lambda: all(len(r.received) >= 100 for r in receivers), within=30)
+                await asyncio.sleep(0.5)
+                here = delivered((await client.get("/metrics")).text)
+            async with httpx.AsyncClient(base_url=other.url) as direct:
+                there = delivered((await direct.get("/metrics")).text)
+    finally:
+        for receiver in receivers:
+            receiver.server.stop()
 
-    seqs = Counter(e["seq"] for e in receiver.events())
-    assert len(seqs) == 200 and set(seqs.values()) == {1}
-    attempts = db.execute("SELECT count(*), count(DISTINCT seq) FROM webhook_attempts").fetchone()
-    assert attempts == (200, 200)
+    for receiver in receivers:
+        seqs = Counter(e["seq"] for e in receiver.events())
+        assert len(seqs) == 100 and set(seqs.values()) == {1}
+    attempts = db.execute(
+        "SELECT count(*), count(DISTINCT (webhook_id, seq)) FROM webhook_attempts"
+    ).fetchone()
+    assert attempts == (400, 400)
     # Both processes took part (each counts its own attempts).
-    assert here > 0 and there > 0 and here + there == 200
+    assert here > 0 and there > 0 and here + there == 400
 
 
 def delivered(metrics: str) -> int:

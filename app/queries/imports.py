@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.schema import CreateTable
 
+from app.changes import queries as changes
 from app.database import Connection, compile_literal, compile_once, savepoint
 from app.errors import DuplicateSku, ValidationFailed, field_error
 from app.models import Product, StockMovement
@@ -385,6 +386,14 @@ _MESSAGES = {
 
 _COPY_LINE = re.compile(r"\bline (\d+)")
 
+# The staged records meet products by lower(sku), once per record. Right after a VACUUM the
+# planner prices a probe of the trigram index (products_sku_trgm_idx) for that equality at
+# almost nothing, and chooses it over the unique index; but SKUs sharing a prefix share
+# their trigrams, so each probe reads posting lists as long as the table: milliseconds per
+# record, minutes for a stock count. Without bitmap scans the join hashes or probes the
+# unique index. Nothing an import runs wants a bitmap scan.
+_NO_BITMAP_SCANS = "SET LOCAL enable_bitmapscan = off"
+
 LineNumbers = Callable[[Connection, list[int]], Awaitable[dict[int, int]]]
 
 
@@ -404,6 +413,9 @@ async def import_products(
     unknown or missing columns, a SKU twice in the file), listing at most MAX_LISTED
     records by line.
     """
+    # Its statements may write millions of rows: their events are logged set-wise.
+    await changes.log_in_bulk(conn)
+    await conn.execute(_NO_BITMAP_SCANS)
     if media_type != CSV:
         await _copy_ndjson(conn, body, given=on_conflict == "update")
         return await _staged_write(conn, on_conflict, [], _ndjson_lines)

@@ -8,19 +8,14 @@ catches up. The buffer holds a contiguous run of the newest events in seq order.
 
 import asyncio
 import bisect
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import psycopg
-from psycopg_pool import PoolTimeout
 
+from app.changes import queries
+from app.changes.queries import Event
 from app.database import Database
-from app.queries import changes
-from app.queries.changes import Event
-
-logger = logging.getLogger("app.feed")
 
 # Events kept for streams that are a little behind; older cursors read the database.
 BUFFER_EVENTS = 5000
@@ -31,9 +26,8 @@ READ_BATCH = 1000
 class Feed:
     """What open streams wait on: `since(cursor)`, `wait(timeout)`, `subscribed()`.
 
-    `refresh()` reads what was numbered since the last read (call it when woken; it runs
-    one read at a time and does nothing while no stream is open). `close()` ends waits for
-    good (shutdown).
+    `wake()` when events were numbered; `run` reads them (one read at a time, nothing while
+    no stream is open). `close()` ends waits for good (shutdown).
     """
 
     def __init__(self, db: Database) -> None:
@@ -93,29 +87,31 @@ class Feed:
                 race.start_soon(first, or_until)
 
     def wake(self) -> None:
-        """Something was numbered (a NOTIFY, our own sequencer, a reconnect): read it."""
+        """Something was numbered (a NOTIFY, this process's sequencer, a reconnect)."""
         self._wanted.set()
 
-    async def run(self, poll_seconds: float) -> None:
-        """Refresh when woken, and every `poll_seconds` while streams are open; until cancelled."""
+    async def run(self, poll_seconds: float | None) -> None:
+        """Read what was numbered whenever woken, and, with `poll_seconds` (no NOTIFY can
+        reach this process), that often while streams are open; until cancelled."""
         while True:
-            with anyio.move_on_after(poll_seconds):
-                await self._wanted.wait()
-            self._wanted.clear()
             if self.subscribers:
-                try:
-                    await self.refresh()
-                except (psycopg.Error, PoolTimeout) as exc:
-                    logger.warning("could not read new events for the streams: %s", exc)
+                # First thing too: a wake-up may have come while a failed read was retried.
+                await self.refresh()
+            if poll_seconds is None:
+                await self._wanted.wait()
+            else:
+                with anyio.move_on_after(poll_seconds):
+                    await self._wanted.wait()
+            self._wanted.clear()
 
     async def refresh(self) -> None:
         """Read the events numbered since the last read into the buffer; wake the waiters."""
         async with self._reading:
             if self._end is None:
-                self._end = await changes.last_seq(self._db)
+                self._end = await queries.last_seq(self._db)
             read = False
             while True:
-                page = await changes.page(self._db, after=self._end, limit=READ_BATCH)
+                page = await queries.page(self._db, after=self._end, limit=READ_BATCH)
                 if page.expired(self._end):
                     # Retention passed the buffer (nobody read for a retention period):
                     # start over at the oldest event kept.

@@ -25,8 +25,8 @@ from app.errors import ValidationFailed, WebhookNotFound
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
-from app.queries import webhooks
-from app.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
+from app.webhooks import queries as webhooks
+from app.webhooks.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
 
 router = APIRouter(
     prefix="/webhooks",
@@ -50,7 +50,7 @@ def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = No
     operation_id="createWebhook",
     status_code=201,
     response_model=WebhookCreated,
-    responses=problems(422),
+    responses=problems(409, 422),
     summary="Subscribe a URL to change events; the answer shows the signing secret, once",
 )
 async def create_webhook(

@@ -1,22 +1,18 @@
 """/changes: the change log, page by page or as a live stream of server-sent events."""
 
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from prometheus_client import Gauge
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
-from app.database import Database
+from app.changes import queries, stream
+from app.changes.schemas import ChangeRead
 from app.deps import DatabaseDep, FeedDep, MetricsDep, ReadsDep, SettingsDep
 from app.errors import CursorExpired, ValidationFailed
-from app.feed import Feed
 from app.openapi import problems
 from app.pagination import next_link
-from app.queries import changes
-from app.schemas import ChangeRead
 
 router = APIRouter(tags=["changes"], responses=problems(503))
 
@@ -24,10 +20,6 @@ SEQ_MAX = 2**63 - 1
 # A seq as Last-Event-ID carries it: decimal digits, at most as many as SEQ_MAX has.
 SEQ_PATTERN = rf"^[0-9]{{1,{len(str(SEQ_MAX))}}}$"
 _SEQ = re.compile(SEQ_PATTERN)
-# Events per database read while a stream catches up from an old cursor.
-STREAM_BATCH = 500
-# How long a client waits before reconnecting after the stream ends (the SSE `retry:`).
-RECONNECT_MS = 1000
 # On shutdown a stream has this long to end by itself before it is cut off.
 SHUTDOWN_GRACE_SECONDS = 2.0
 
@@ -38,7 +30,7 @@ ChangeCursor = Annotated[
 ]  # fmt: skip
 
 
-def _expired(page: changes.Page, after: int | None) -> None:
+def _expired(page: queries.Page, after: int | None) -> None:
     if page.expired(after):
         assert after is not None
         raise CursorExpired(after, page.purged)
@@ -57,7 +49,7 @@ async def list_changes(
     after: ChangeCursor = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Events per page")] = 100,
 ) -> Response:
-    page = await reads.run(lambda db: changes.page(db, after=after, limit=limit + 1))
+    page = await reads.run(lambda db: queries.page(db, after=after, limit=limit + 1))
     _expired(page, after)
     events = page.events[:limit]
     headers = {}
@@ -104,14 +96,14 @@ async def stream_changes(
 ) -> EventSourceResponse:
     start = _resume_point(last_event_id, after)
     # Before the 200: a cursor older than the retention is a 410, not an empty stream.
-    first = await changes.page(db, after=start, limit=STREAM_BATCH)
+    first = await queries.page(db, after=start, limit=stream.STREAM_BATCH)
     _expired(first, start)
     cursor = first.purged if start is None else start
     # When the server stops, sse-starlette sets `stopping`; the stream then ends on its own
     # (the body completes) instead of being cut off.
     stopping = anyio.Event()
     return EventSourceResponse(
-        _events(
+        stream.events(
             db,
             feed,
             first.events,
@@ -125,40 +117,3 @@ async def stream_changes(
         shutdown_event=stopping,
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
-
-
-async def _events(
-    db: Database,
-    feed: Feed,
-    first: list[changes.Event],
-    cursor: int,
-    *,
-    open_streams: Gauge,
-    wait_seconds: float,
-    stopping: anyio.Event,
-) -> AsyncIterator[ServerSentEvent]:
-    """Every event after `cursor`, then each new one as it is numbered, until the client
-    leaves or the server stops. `first` is the first page, already read."""
-    open_streams.inc()
-    try:
-        # Out at once: the client (and any proxy) sees the stream is up.
-        yield ServerSentEvent(comment="change log stream", retry=RECONNECT_MS)
-        async with feed.subscribed():
-            events: list[changes.Event] | None = first
-            while not (feed.closed or stopping.is_set()):
-                if events is None:
-                    page = await changes.page(db, after=cursor, limit=STREAM_BATCH)
-                    if page.expired(cursor):
-                        return  # fell behind the retention: a reconnect gets the 410
-                    events = page.events
-                for event in events:
-                    yield ServerSentEvent(data=event.json, event=event.type, id=str(event.seq))
-                    cursor = event.seq
-                # What the feed knows now, before waiting: it may have read new events
-                # while this stream was busy (or subscribing).
-                events = feed.since(cursor)
-                if events == []:
-                    await feed.wait(wait_seconds, or_until=stopping)
-                    events = feed.since(cursor)
-    finally:
-        open_streams.dec()

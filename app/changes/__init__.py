@@ -1,0 +1,1 @@
+"""The change log: its pages, its live stream, and the work that keeps it (numbering, retention)."""

@@ -1,0 +1,75 @@
+"""A connection of its own, outside every pool, for what needs a session: LISTEN, the
+sequencer role's lock."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg import waiting
+from psycopg.abc import PQGen
+from psycopg.conninfo import make_conninfo
+from psycopg.pq import TransactionStatus
+
+# Noticed within about half a minute when the other end silently goes away.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+SERVER_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
+)
+
+# How often a wait on the socket wakes up with nothing to read. psycopg's default (0.1 s)
+# lets blocking code notice Ctrl-C; a task's cancellation ends the wait at once anyway, and
+# these connections wait all the time (a LISTEN, a queue for the sequencer role, a wait in
+# the server): ten wake-ups a second each, every process, would be most of what the service
+# spends idle.
+IDLE_WAKE_SECONDS = 60.0
+# A statement still running when its task is cancelled is cancelled in the server, and
+# waited for this long.
+CANCEL_SECONDS = 5.0
+
+_RV = TypeVar("_RV")
+
+
+class _Session(psycopg.AsyncConnection[Any]):
+    async def wait(
+        self,
+        gen: PQGen[_RV],
+        interval: float = IDLE_WAKE_SECONDS,
+        timeout: float | None = None,  # noqa: ASYNC109  (psycopg's own signature)
+    ) -> _RV:
+        try:
+            return await waiting.wait_async(gen, self.pgconn.socket, interval, timeout)
+        except anyio.get_cancelled_exc_class():
+            # psycopg's own handling cancels in the server too, but under anyio's
+            # cancellation (delivered again at every await) it is cut short and warns; the
+            # statement would run on until the server noticed the socket gone.
+            with anyio.CancelScope(shield=True):
+                if self.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                    with contextlib.suppress(psycopg.Error):
+                        await self.cancel_safe(timeout=CANCEL_SECONDS)
+                        await waiting.wait_async(
+                            gen, self.pgconn.socket, interval, timeout=CANCEL_SECONDS
+                        )
+            raise
+
+
+@asynccontextmanager
+async def session(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection for the block, closed however the block ends (cancelled
+    too). Keepalives on both ends: a session lock it holds is released, a LISTEN dropped,
+    when its host silently goes away."""
+    conn = await _Session.connect(make_conninfo(dsn, **KEEPALIVES), autocommit=True)
+    try:
+        await conn.execute(SERVER_KEEPALIVES)
+        yield conn
+    finally:
+        # Shielded: an anyio cancellation would interrupt every await of the close too.
+        with anyio.CancelScope(shield=True):
+            await conn.close()

@@ -1,0 +1,1 @@
+"""Webhooks: subscriptions to the change log, and their delivery."""
