@@ -31,8 +31,11 @@ SERVER_KEEPALIVES = (
 # spends idle.
 IDLE_WAKE_SECONDS = 60.0
 # A statement still running when its task is cancelled is cancelled in the server, and
-# waited for this long.
+# waited for this long; the cancel is sent again this often meanwhile. Once is not enough: a
+# cancel that reaches the server before it starts the statement is dropped (it comes while
+# the server is reading a command), and a CALL of the sequencer's then ran for its 30 s.
 CANCEL_SECONDS = 5.0
+RECANCEL_SECONDS = 0.1
 
 _RV = TypeVar("_RV")
 
@@ -50,14 +53,25 @@ class _Session(psycopg.AsyncConnection[Any]):
             # psycopg's own handling cancels in the server too, but under anyio's
             # cancellation (delivered again at every await) it is cut short and warns; the
             # statement would run on until the server noticed the socket gone.
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_SECONDS):
                 if self.pgconn.transaction_status == TransactionStatus.ACTIVE:
-                    with contextlib.suppress(psycopg.Error):
-                        await self.cancel_safe(timeout=CANCEL_SECONDS)
-                        await waiting.wait_async(
-                            gen, self.pgconn.socket, interval, timeout=CANCEL_SECONDS
-                        )
+                    ended = anyio.Event()
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(self._cancel_until, ended)
+                        try:
+                            await waiting.wait_async(gen, self.pgconn.socket, interval)
+                        except psycopg.Error:
+                            pass  # the statement's end is all that is waited for
+                        finally:
+                            ended.set()
             raise
+
+    async def _cancel_until(self, ended: anyio.Event) -> None:
+        while not ended.is_set():
+            with contextlib.suppress(psycopg.Error):
+                await self.cancel_safe(timeout=CANCEL_SECONDS)
+            with anyio.move_on_after(RECANCEL_SECONDS):
+                await ended.wait()
 
 
 @asynccontextmanager
