@@ -1372,6 +1372,26 @@ CREATE OR REPLACE TRIGGER webhooks_limit
     BEFORE INSERT ON webhooks
     FOR EACH ROW EXECUTE FUNCTION webhooks_limit();
 
+-- A subscription created with an Idempotency-Key left its 201 in idempotency_keys for 24 h,
+-- signing secret included, to be replayed. The replay goes with the subscription, whoever
+-- deletes it (the API or psql), so the secret outlives it nowhere.
+CREATE OR REPLACE FUNCTION webhooks_forget_replays() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    DELETE FROM idempotency_keys k
+    USING deleted d
+    WHERE (k.scope = 'POST /webhooks' OR k.scope LIKE 'POST /webhooks %')
+      AND k.status = 201
+      AND convert_from(k.body, 'UTF8')::jsonb ->> 'id' = d.id::text;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER webhooks_forget_replays
+    AFTER DELETE ON webhooks REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks_forget_replays();
+
 -- The API representations of a subscription (never its secret) and of a delivery attempt.
 DO $$
 BEGIN
@@ -1719,6 +1739,8 @@ COMMENT ON INDEX webhook_attempts_seq_webhook_id_attempt_key IS
 COMMENT ON INDEX webhook_attempts_webhook_id_id_idx IS
     'A subscription''s log, newest first; also serves the cascade from webhooks.';
 COMMENT ON FUNCTION webhooks_limit() IS 'Refuses a 101st webhook subscription.';
+COMMENT ON FUNCTION webhooks_forget_replays() IS
+    'Deletes the stored Idempotency-Key replays (with their secrets) of deleted subscriptions.';
 COMMENT ON TYPE webhook_api IS 'The fields of a webhook as the API returns them (no secret).';
 COMMENT ON FUNCTION webhook_json(webhooks) IS 'The API representation of a webhook, without its secret.';
 COMMENT ON TYPE webhook_attempt_api IS 'The fields of a delivery attempt as the API returns them.';

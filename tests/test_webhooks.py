@@ -152,6 +152,30 @@ async def test_the_same_idempotency_key_returns_the_same_subscription(
     assert again.json() == first.json() and len(listed.json()) == 1
 
 
+async def test_deleting_a_subscription_forgets_its_stored_replay_and_secret(
+    make_client: ClientFactory, db: Connection[Any]
+) -> None:
+    # Issue 19, finding 7: the 201 with the secret stayed in idempotency_keys for 24 h.
+    request = {"url": "http://localhost:9/x", "events": ["*"]}
+    async with make_client(**LOCAL) as client:
+        kept = await client.post("/webhooks", json=request, headers={"Idempotency-Key": "k0"})
+        first = await client.post("/webhooks", json=request, headers={"Idempotency-Key": "k1"})
+        await client.delete(f"/webhooks/{first.json()['id']}")
+        again = await client.post("/webhooks", json=request, headers={"Idempotency-Key": "k1"})
+    # psql deletes go the same way.
+    db.execute("DELETE FROM webhooks WHERE id = %s", (kept.json()["id"],))
+
+    stored = db.execute("SELECT key FROM idempotency_keys ORDER BY key").fetchall()
+    secrets = db.execute(
+        "SELECT count(*) FROM idempotency_keys "
+        "WHERE position(%s IN convert_from(body, 'UTF8')) > 0",
+        (first.json()["secret"],),
+    ).fetchone()
+    # The key is free again: a new subscription, with a new secret.
+    assert again.status_code == 201 and again.json()["id"] != first.json()["id"]
+    assert stored == [("k1",)] and secrets == (0,)
+
+
 async def test_a_101st_subscription_is_409_until_one_is_deleted(
     make_client: ClientFactory, db: Connection[Any]
 ) -> None:
