@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     changes_poll_seconds: float = Field(default=0.2, gt=0, le=0.5)
     # A comment line on every open stream at least this often (API.md: at least every 15 s).
     stream_heartbeat_seconds: float = Field(default=10.0, gt=0, le=15)
+    # Change streams one token may hold open at once per process; more are 503 server_busy.
+    streams_per_credential: int = Field(default=32, ge=1)
     # Webhooks: the first retry after this long, doubling, for at least 24 h.
     webhook_retry_seconds: float = Field(default=5.0, gt=0)
     # One attempt's limit, from connecting to the last header of the answer.

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.access import CALLER_KEY, Access, Caller
 from app.changes.feed import Feed
+from app.changes.stream import StreamShares
 from app.config import Settings
 from app.database import Database
 from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
@@ -40,6 +41,7 @@ SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
 IdempotencyDep = Annotated[Idempotency, Depends(_from_state("idempotency"))]
 MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
+StreamSharesDep = Annotated[StreamShares, Depends(_from_state("stream_shares"))]
 # Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
 ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
 # Host names to addresses for webhook URLs (app.ssrf): bounded in time and in number.

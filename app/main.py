@@ -11,6 +11,7 @@ from app import errors, openapi, replica, routes, ssrf
 from app.access import Access, LoopbackOnly, TokenCheck
 from app.changes import upkeep as changes_upkeep
 from app.changes.feed import Feed
+from app.changes.stream import StreamShares
 from app.config import Settings
 from app.core import tasks
 from app.database import open_database
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "access": access,
                     "metrics": metrics,
                     "feed": feed,
+                    "stream_shares": StreamShares(settings.streams_per_credential),
                     "reads": reads,
                 }
             finally:

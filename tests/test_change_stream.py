@@ -1,7 +1,9 @@
 """GET /changes/stream: the change log live, over a real socket (ASGITransport would buffer)."""
 
 import asyncio
+import contextlib
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ from psycopg import Connection
 from app.changes.direct import session
 from app.config import Settings
 from tests.cluster import Cluster
+from tests.conftest import LOCKED, READ, WRITE_1
 from tests.helpers import age_changes, assert_problem, product
 from tests.live_inprocess import live_server
 from tests.sse import Message, messages
@@ -266,6 +269,30 @@ def test_a_session_waiting_on_the_server_does_not_wake_ten_times_a_second(
     assert loop.waits <= 2
 
 
+async def test_a_cancelled_statement_is_cancelled_until_it_ends(
+    postgresql: Connection[Any], pg_server: Cluster
+) -> None:
+    # A cancel that reaches the server before it starts the statement is dropped; sent once,
+    # the sequencer's 30 s CALL then held the app's shutdown for 5 s (a test's teardown timed
+    # out). This statement drops the first cancel itself, the same way.
+    shrugs = (
+        "DO $$ BEGIN BEGIN PERFORM pg_sleep(30); EXCEPTION WHEN query_canceled THEN NULL; END;"
+        " PERFORM pg_sleep(30); END $$"
+    )
+    async with session(pg_server.app_dsn(postgresql.info.dbname)) as conn:
+        running = asyncio.create_task(conn.execute(shrugs))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        took = time.monotonic() - started
+        alive = await (await conn.execute("SELECT 1")).fetchone()
+
+    assert took < 2, took
+    assert alive == (1,)
+
+
 async def test_an_idle_log_costs_the_service_no_round_trips(
     settings: Settings, db: Connection[Any]
 ) -> None:
@@ -317,3 +344,22 @@ async def test_under_load_the_log_is_numbered_in_batches_not_per_commit(
     assert numbered == (sum(written),)
     assert sum(written) > 100
     assert runs.fetchone()[0] <= 15  # type: ignore[index]
+
+
+async def test_one_token_holds_at_most_its_share_of_streams(settings: Settings) -> None:
+    # Issue 19, finding 9: 400 streams from one token were all accepted.
+    capped = settings.model_copy(update={**LOCKED, "streams_per_credential": 2})
+    write, read = {"Authorization": f"Bearer {WRITE_1}"}, {"Authorization": f"Bearer {READ}"}
+    async with live_server(capped) as url, httpx.AsyncClient(base_url=url) as client:
+        async with stream(url, **write), stream(url, **write):
+            # Streamed: a stream that is let in never ends, and this must fail, not hang.
+            async with client.stream("GET", "/changes/stream", headers=write) as third:
+                status, retry_after = third.status_code, third.headers.get("retry-after")
+                body = await third.aread() if status != 200 else b""
+            async with stream(url, **read) as other:  # another token has its own share
+                await other.message()
+        # Both closed: their shares came back.
+        async with stream(url, **write) as again:
+            await again.message()
+
+    assert (status, json.loads(body)["code"]) == (503, "server_busy") and retry_after

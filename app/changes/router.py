@@ -1,6 +1,7 @@
 """/changes: the change log, page by page or as a live stream of server-sent events."""
 
 import re
+import weakref
 from typing import Annotated
 
 import anyio
@@ -9,8 +10,17 @@ from sse_starlette import EventSourceResponse
 
 from app.changes import queries, stream
 from app.changes.schemas import ChangeRead
-from app.deps import DatabaseDep, FeedDep, MetricsDep, ReadsDep, SettingsDep
+from app.deps import (
+    Credential,
+    DatabaseDep,
+    FeedDep,
+    MetricsDep,
+    ReadsDep,
+    SettingsDep,
+    StreamSharesDep,
+)
 from app.errors import CursorExpired, ValidationFailed
+from app.formats import json_array
 from app.openapi import problems
 from app.pagination import next_link
 
@@ -55,7 +65,7 @@ async def list_changes(
     headers = {}
     if len(page.events) > limit:
         headers["Link"] = next_link(request, str(events[-1].seq))
-    body = "[" + ",".join(event.json for event in events) + "]"
+    body = json_array(event.json for event in events)
     return Response(body, headers=headers, media_type="application/json")
 
 
@@ -83,6 +93,8 @@ async def stream_changes(
     feed: FeedDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    shares: StreamSharesDep,
+    credential: Credential,
     after: ChangeCursor = None,
     last_event_id: Annotated[
         str | None,
@@ -99,19 +111,25 @@ async def stream_changes(
     first = await queries.page(db, after=start, limit=stream.STREAM_BATCH)
     _expired(first, start)
     cursor = first.purged if start is None else start
+    release = shares.take(credential)
     # When the server stops, sse-starlette sets `stopping`; the stream then ends on its own
     # (the body completes) instead of being cut off.
     stopping = anyio.Event()
+    body = stream.events(
+        db,
+        feed,
+        first.events,
+        cursor,
+        open_streams=metrics.streams,
+        wait_seconds=settings.stream_heartbeat_seconds,
+        stopping=stopping,
+        release=release,
+    )
+    # A body never started (the client left first) runs no `finally`: its share comes back
+    # when it is collected.
+    weakref.finalize(body, release)
     return EventSourceResponse(
-        stream.events(
-            db,
-            feed,
-            first.events,
-            cursor,
-            open_streams=metrics.streams,
-            wait_seconds=settings.stream_heartbeat_seconds,
-            stopping=stopping,
-        ),
+        body,
         ping=settings.stream_heartbeat_seconds,
         send_timeout=settings.send_timeout_seconds,
         shutdown_event=stopping,
