@@ -2,7 +2,7 @@
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,11 +97,16 @@ def csv_field(value: Any) -> str:
     return text
 
 
+def json_array(items: Iterable[str]) -> str:
+    """A JSON array of JSON texts PostgreSQL already rendered: joined, never parsed again."""
+    return "[" + ",".join(items) + "]"
+
+
 def render_page(fmt: Format, rows: Sequence[str], *, for_spreadsheet: bool = False) -> bytes:
     """A whole page body from product_json texts (at most 1000: paged listings are small).
     `for_spreadsheet`: CSV free text made spreadsheet_safe."""
     if fmt is Format.JSON:
-        return ("[" + ",".join(rows) + "]").encode()
+        return json_array(rows).encode()
     if fmt is Format.NDJSON:
         return "".join(row + "\n" for row in rows).encode()
     lines = [CSV_HEADER]

@@ -37,7 +37,6 @@ REASONS: tuple[str, ...] = get_args(Reason)
 # The change log's event types, and what a webhook may subscribe to (schema.sql:
 # product_changes_type_check, webhooks_events_check).
 EventType = Literal["product.created", "product.updated", "product.deleted"]
-EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 ALL_EVENTS = "*"
 # Webhooks (webhooks_url_check, webhooks_description_check).
 WEBHOOK_URL_MAX = 2000

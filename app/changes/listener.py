@@ -27,7 +27,6 @@ class Listener:
     def __init__(self, dsn: str | None, *, on_numbered: Callable[[], None]) -> None:
         self._dsn = dsn
         self._on_numbered = on_numbered
-        self.connected = asyncio.Event()
 
     async def run(self) -> None:
         """Listen until cancelled (a lost connection raises: the supervisor reconnects);
@@ -35,13 +34,9 @@ class Listener:
         if self._dsn is None:
             await asyncio.Event().wait()  # never set: until cancelled
             return
-        try:
-            async with session(self._dsn) as conn:
-                await conn.execute(f"LISTEN {NUMBERED}")
-                self.connected.set()
-                # Whatever was notified while nobody listened: look now.
+        async with session(self._dsn) as conn:
+            await conn.execute(f"LISTEN {NUMBERED}")
+            # Whatever was notified while nobody listened: look now.
+            self._on_numbered()
+            async for _ in conn.notifies():
                 self._on_numbered()
-                async for _ in conn.notifies():
-                    self._on_numbered()
-        finally:
-            self.connected.clear()

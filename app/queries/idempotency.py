@@ -1,17 +1,14 @@
 """The statements behind Idempotency-Key: claim a key, look it up, store the first response."""
 
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from sqlalchemy import Interval, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from app.database import compile_once
+from app.database import Connection, compile_once
 from app.models import IdempotencyKey as Key
-
-Connection = AsyncConnection[Any]
 
 _this_key = (Key.scope == bindparam("scope"), Key.key == bindparam("key"))
 _expired = Key.created_at <= func.now() - bindparam("ttl", type_=Interval)

@@ -8,19 +8,17 @@ say why (404 or 412).
 """
 
 from functools import cache
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from psycopg import AsyncConnection, errors
+from psycopg import errors
 from sqlalchemy import Text, any_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.database import Database, Statement, compile_once
+from app.database import Connection, Database, Statement, compile_once
 from app.errors import DuplicateSku, PreconditionFailed, ProductNotFound
 from app.models import Product
 from app.queries.common import PRODUCT_ETAG, PRODUCT_JSON, sku_is
 from app.schemas import ProductCreate, ProductUpdate
-
-Connection = AsyncConnection[Any]
 
 
 class ProductJson(NamedTuple):

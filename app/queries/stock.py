@@ -2,18 +2,16 @@
 
 from typing import Any
 
-from psycopg import AsyncConnection, errors
+from psycopg import errors
 from sqlalchemy import BindParameter, bindparam, insert, select, true, update
 
-from app.database import compile_once
+from app.database import Connection, compile_once
 from app.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
 from app.models import Product, StockMovement
 from app.queries.common import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
 from app.queries.products import ProductJson, quantity_of
 from app.rules import QUANTITY_MAX
 from app.schemas import AdjustmentCreate
-
-Connection = AsyncConnection[Any]
 
 # One statement: the guarded increment and its ledger row. The INSERT consumes the UPDATE's
 # RETURNING, so it runs only if the UPDATE changed the row, after it took the row lock: per

@@ -11,12 +11,13 @@ from app.openapi import problems
 from app.routes import imports, operations, products, reports, stock
 from app.webhooks import router as webhooks
 
-# Everything under /products, /reports, /changes and /webhooks needs a bearer token when
-# tokens are configured: add every protected router here. tests/test_access.py walks all
-# routes and fails for any protected route that answers without a token. In this order:
-# the hot routes first, as a request is matched against the routes one by one.
-PROTECTED = (products, stock, imports, reports, changes, webhooks)
-OPEN = (operations,)
+# Everything under /products, /reports, /changes and /webhooks (app.access.PROTECTED, by
+# path) needs a bearer token when tokens are configured: add every such router here.
+# tests/test_access.py walks all routes and fails for any protected route that answers
+# without a token. In this order: the hot routes first, as a request is matched against the
+# routes one by one.
+GUARDED_ROUTERS = (products, stock, imports, reports, changes, webhooks)
+OPEN_ROUTERS = (operations,)
 
 # What a route carries from its routers once they are merged in (prefix, tags, dependencies,
 # responses): every parameter of add_api_route but the ones given explicitly below, and
@@ -44,11 +45,11 @@ def install(app: FastAPI, *, tokens: bool) -> None:
         dependencies=[Depends(require_token)] if tokens else [],
         responses=problems(401, 403) if tokens else {},
     )
-    for module in PROTECTED:
+    for module in GUARDED_ROUTERS:
         guard.include_router(module.router)
     router = APIRouter()
     router.include_router(guard)
-    for module in OPEN:
+    for module in OPEN_ROUTERS:
         router.include_router(module.router)
     for context in iter_route_contexts(router.routes):
         route = context.original_route

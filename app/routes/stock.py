@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request, Response
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
 from app.errors import ProductNotFound
+from app.formats import json_array
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
@@ -71,4 +72,4 @@ async def list_movements(
         raise ProductNotFound(sku)
     rows, last = page
     headers = {} if last is None else {"Link": next_link(request, encode_cursor(last))}
-    return Response("[" + ",".join(rows) + "]", headers=headers, media_type="application/json")
+    return Response(json_array(rows), headers=headers, media_type="application/json")

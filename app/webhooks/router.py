@@ -22,6 +22,7 @@ from app.deps import (
     require_writer,
 )
 from app.errors import ValidationFailed, WebhookNotFound
+from app.formats import json_array
 from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
@@ -95,7 +96,7 @@ async def create_webhook(
     summary="Every subscription (no secrets)",
 )
 async def list_webhooks(db: DatabaseDep) -> Response:
-    return _json("[" + ",".join(await webhooks.list_webhooks(db)) + "]")
+    return _json(json_array(await webhooks.list_webhooks(db)))
 
 
 @router.get(
@@ -147,4 +148,4 @@ async def list_deliveries(
         raise WebhookNotFound(webhook_id)
     rows, last = page
     headers = {} if last is None else {"Link": next_link(request, encode_cursor(last))}
-    return _json("[" + ",".join(rows) + "]", headers=headers)
+    return _json(json_array(rows), headers=headers)
