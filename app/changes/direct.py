@@ -10,7 +10,7 @@ import anyio
 import psycopg
 from psycopg import waiting
 from psycopg.abc import PQGen
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
 # Noticed within about half a minute when the other end silently goes away.
@@ -35,6 +35,8 @@ IDLE_WAKE_SECONDS = 60.0
 # cancel that reaches the server before it starts the statement is dropped (it comes while
 # the server is reading a command), and a CALL of the sequencer's then ran for its 30 s.
 CANCEL_SECONDS = 5.0
+# How long opening one of these connections may take (unless the URL says otherwise).
+CONNECT_SECONDS = 10
 RECANCEL_SECONDS = 0.1
 
 _RV = TypeVar("_RV")
@@ -79,7 +81,15 @@ async def session(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """An autocommit connection for the block, closed however the block ends (cancelled
     too). Keepalives on both ends: a session lock it holds is released, a LISTEN dropped,
     when its host silently goes away."""
-    conn = await _Session.connect(make_conninfo(dsn, **KEEPALIVES), autocommit=True)
+    # Never cut off midway: a connection abandoned in its start-up (a service stopped right
+    # after it started) left its server process waiting for the password until
+    # authentication_timeout (60 s), and a DROP DATABASE waited behind it. Bounded by
+    # connect_timeout instead. What the URL sets wins over these defaults.
+    conninfo = make_conninfo(
+        "", **{"connect_timeout": CONNECT_SECONDS, **KEEPALIVES, **conninfo_to_dict(dsn)}
+    )
+    with anyio.CancelScope(shield=True):
+        conn = await _Session.connect(conninfo, autocommit=True)
     try:
         await conn.execute(SERVER_KEEPALIVES)
         yield conn
