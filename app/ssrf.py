@@ -121,14 +121,21 @@ class Resolver:
             return [ipaddress.ip_address(host)]
         except ValueError:
             pass
+        late = AddressRefused(f"the host did not resolve within {self._timeout:g} s")
         with anyio.move_on_after(self._timeout) as waiting:
             async with self._slots:
                 try:
                     result = await self._dns.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
-                except (aiodns.error.DNSError, UnicodeError):
+                except aiodns.error.DNSError as exc:
+                    # c-ares keeps the same deadline, and on a busy loop its timeout can land
+                    # before ours: the same answer either way.
+                    if exc.args and exc.args[0] == aiodns.error.ARES_ETIMEOUT:
+                        raise late from None
+                    raise AddressRefused("the host does not resolve") from None
+                except UnicodeError:
                     raise AddressRefused("the host does not resolve") from None
         if waiting.cancelled_caught:
-            raise AddressRefused(f"the host did not resolve within {self._timeout:g} s")
+            raise late
         found: list[Address] = []
         for node in result.nodes:
             raw = node.addr[0]
