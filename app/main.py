@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
 from app import errors, openapi, replica, routes, ssrf
@@ -15,7 +15,6 @@ from app.changes.stream import StreamShares
 from app.config import Settings
 from app.core import tasks
 from app.database import open_database
-from app.deps import refuse_unknown_parameters
 from app.embedded import start_embedded
 from app.head import HeadAsGet
 from app.idempotency import Idempotency
@@ -112,8 +111,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Swagger UI would otherwise send the document to an online validator.
         swagger_ui_parameters={"validatorUrl": None},
-        # On every route, present and future, before any other dependency.
-        dependencies=[Depends(refuse_unknown_parameters)],
     )
     errors.install(
         app,

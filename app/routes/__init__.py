@@ -1,12 +1,13 @@
 """HTTP routes, one module per resource; handlers stay thin and call the queries."""
 
+import functools
 import inspect
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from app.changes import router as changes
-from app.deps import require_token
+from app.deps import refuse_unknown_parameters, require_token
 from app.openapi import problems
 from app.routes import imports, operations, products, reports, stock
 from app.webhooks import router as webhooks
@@ -34,12 +35,24 @@ def install(app: FastAPI, *, tokens: bool) -> None:
 
     With `tokens` (tokens are configured) the protected routes check them, and declare 401
     and 403; an open API has neither, so its requests skip a dependency that could only say
-    yes, and its document promises no authentication.
+    yes, and its document promises no authentication. Every route refuses the query
+    parameters it does not declare (app.deps.refuse_unknown_parameters), before any other
+    dependency.
+    """
+    app.router.routes.extend(_flat_routes(tokens))
 
-    The routes are added flat, not as included routers: FastAPI (0.16x) keeps an included
-    router as a node that it walks on every request, level after level; with three levels,
-    matching took more time than the rest of a /healthz request (profiled: 19 nested match
-    calls per request). One flat list is matched in one pass.
+
+@functools.cache
+def _flat_routes(tokens: bool) -> tuple[APIRoute, ...]:
+    """The routes, flat, built once per process for each `tokens` and shared by every app
+    made meanwhile: a route holds no state of its app (handlers reach the app's state
+    through the request). Building them was most of create_app's 100 ms, and the tests
+    make an app per test.
+
+    Flat, not included routers: FastAPI (0.16x) keeps an included router as a node that it
+    walks on every request, level after level; with three levels, matching took more time
+    than the rest of a /healthz request (profiled: 19 nested match calls per request). One
+    flat list is matched in one pass.
     """
     guard = APIRouter(
         dependencies=[Depends(require_token)] if tokens else [],
@@ -51,13 +64,15 @@ def install(app: FastAPI, *, tokens: bool) -> None:
     router.include_router(guard)
     for module in OPEN_ROUTERS:
         router.include_router(module.router)
+    flat = APIRouter(dependencies=[Depends(refuse_unknown_parameters)])
     for context in iter_route_contexts(router.routes):
         route = context.original_route
         if not isinstance(route, APIRoute):
             raise TypeError(f"{route!r}: only API routes are flattened")
-        app.router.add_api_route(
+        flat.add_api_route(
             route.path if context.path is None else context.path,
             route.endpoint,
             route_class_override=type(route),
             **{name: getattr(context, name) for name in _ROUTE_FIELDS},
         )
+    return tuple(route for route in flat.routes if isinstance(route, APIRoute))
