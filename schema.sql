@@ -252,7 +252,7 @@ COMMENT ON FUNCTION product_etag(products) IS
 CREATE TABLE IF NOT EXISTS stock_movements (
     id             bigint      GENERATED ALWAYS AS IDENTITY
                                CONSTRAINT stock_movements_pkey PRIMARY KEY,
-    -- The product it moved. No foreign key: movements outlive their product (API.md, DELETE),
+    -- The product it moved. No foreign key: movements outlive their product (docs/api.md, DELETE),
     -- and ids are never reused; the trigger stock_movements_product_exists checks new rows.
     product_id     bigint      NOT NULL,
     delta          integer     NOT NULL

@@ -1,4 +1,4 @@
-"""Who may call the API: bearer tokens, and where an open API may be reached (API.md "Access").
+"""Who may call the API: bearer tokens, and where an open API may be reached (docs/api.md "Access").
 
 Tokens come from INVENTORY_API_TOKENS (read-write) and INVENTORY_READ_TOKENS (read-only).
 A variable that is set but holds no usable token is a start-up error, never an open API.
@@ -26,7 +26,7 @@ from app.errors import ApiError, Forbidden, Unauthorized
 
 logger = logging.getLogger("app.auth")
 
-# What a token guards when tokens are configured (API.md "Access"); the rest is open.
+# What a token guards when tokens are configured (docs/api.md "Access"); the rest is open.
 PROTECTED = ("/products", "/changes", "/reports", "/webhooks")
 # Methods a read-only token may use; everything else writes.
 READ_METHODS = frozenset({"GET", "HEAD"})

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     bulk_min_bytes_per_second: int = Field(default=128 * 1024, ge=1)
     bulk_grace_seconds: float = Field(default=10.0, gt=0)
 
-    # --- The change log, its stream and webhooks (API.md "GET /changes", "Webhooks"). ---
+    # --- The change log, its stream and webhooks (docs/api.md "GET /changes", "Webhooks"). ---
     # A direct connection for LISTEN (PgBouncer in transaction mode cannot carry one); None
     # means the database URL. One such connection per process, whatever the number of streams.
     listen_database_url: str | None = None
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     # promised. Behind PgBouncer without a direct URL for LISTEN, every process looks this
     # often, with a query.
     changes_poll_seconds: float = Field(default=0.2, gt=0, le=0.5)
-    # A comment line on every open stream at least this often (API.md: at least every 15 s).
+    # A comment line on every open stream at least this often (docs/api.md: at least every 15 s).
     stream_heartbeat_seconds: float = Field(default=10.0, gt=0, le=15)
     # Change streams one token may hold open at once per process; more are 503 server_busy.
     streams_per_credential: int = Field(default=32, ge=1)

@@ -73,7 +73,7 @@ def install(app: FastAPI, *, secured: bool, loopback_only: bool) -> None:
                     else:
                         responses.pop("403", None)
                 responses["422"] = _problem("Validation failed (`validation_failed`)")
-                # Every error is problem+json and nothing else (API.md "Errors").
+                # Every error is problem+json and nothing else (docs/api.md "Errors").
                 for status, response in responses.items():
                     if status[0] in "45":
                         response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}

@@ -12,7 +12,7 @@ from app.errors import ValidationFailed
 # The alphabet of the cursors encode_cursor makes (unpadded base64url).
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}$"
 
-# Shared by every paged listing (API.md: limit 1-1000, after an opaque cursor).
+# Shared by every paged listing (docs/api.md: limit 1-1000, after an opaque cursor).
 Limit = Annotated[int | None, Query(ge=1, le=1000, description="Page size; omit for everything")]
 After = Annotated[
     str | None,

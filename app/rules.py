@@ -42,7 +42,7 @@ ALL_EVENTS = "*"
 WEBHOOK_URL_MAX = 2000
 WEBHOOK_SCHEMES = ("http", "https")
 WEBHOOK_DESCRIPTION_MAX = 500
-# Idempotency-Key (API.md): 1-255 printable ASCII characters. Neither the first nor the last
+# Idempotency-Key (docs/api.md): 1-255 printable ASCII characters. Neither the first nor the last
 # is a space: HTTP strips a field value's surrounding whitespace (RFC 9110 5.5), so such a
 # key would not arrive as sent.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$"

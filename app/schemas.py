@@ -133,7 +133,7 @@ def _integral(value: Any) -> Any:
 
 Integral = BeforeValidator(_integral)
 Quantity = Annotated[int, Field(ge=0, le=QUANTITY_MAX), Integral]
-# Low on stock at or below it (API.md); null: never low.
+# Low on stock at or below it (docs/api.md); null: never low.
 ReorderPoint = Annotated[int, Field(ge=0, le=REORDER_POINT_MAX), Integral]
 
 

@@ -1,6 +1,6 @@
 """Where a webhook may send: its host resolved and checked, the checked address used.
 
-API.md "Webhooks": URLs whose host resolves to a loopback, private, link-local or metadata
+docs/api.md "Webhooks": URLs whose host resolves to a loopback, private, link-local or metadata
 address are refused unless INVENTORY_WEBHOOK_ALLOW_PRIVATE=1. The check runs when a webhook
 is registered (422) and again before every attempt, and the attempt connects to the very
 address that was checked (the Host header and TLS SNI keep the name), so a DNS answer that

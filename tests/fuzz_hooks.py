@@ -53,7 +53,7 @@ def _ndjson(rows: list[dict[str, Any]]) -> bytes:
 schemathesis.openapi.media_type("text/csv", _rows().map(_csv))
 schemathesis.openapi.media_type("application/x-ndjson", _rows().map(_ndjson))
 # Opaque cursors: only one the server issued, for the same filters, is valid (422
-# otherwise, API.md), which no pattern can say. Valid requests are sent without one; the
+# otherwise, docs/api.md), which no pattern can say. Valid requests are sent without one; the
 # negative phase still sends made-up ones, and tests/test_pagination.py follows real ones.
 _CURSORED = {"listProducts", "listMovements", "listDeliveries"}
 
@@ -71,7 +71,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     operation = case.operation.definition.raw.get("operationId")
     if operation in _CURSORED and case.query:
         case.query.pop("after", None)
-    # The same key with another request is 422 `idempotency_key_reused` (API.md): each
+    # The same key with another request is 422 `idempotency_key_reused` (docs/api.md): each
     # valid request gets a key of its own, the generated one with a serial number at its end.
     key = (case.headers or {}).get("Idempotency-Key")
     if operation in _KEYED and key:

@@ -1,4 +1,4 @@
-"""API.md "Access": bearer tokens on every /products route, read-only tokens, open mode."""
+"""docs/api.md "Access": bearer tokens on every /products route, read-only tokens, open mode."""
 
 import hmac
 import json

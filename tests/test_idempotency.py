@@ -1,4 +1,4 @@
-"""Idempotency-Key on POST /products and POST /products/{sku}/adjustments (API.md)."""
+"""Idempotency-Key on POST /products and POST /products/{sku}/adjustments (docs/api.md)."""
 
 import asyncio
 from collections import Counter

@@ -1,4 +1,4 @@
-"""PATCH, DELETE and ETags / conditional requests (API.md), over HTTP."""
+"""PATCH, DELETE and ETags / conditional requests (docs/api.md), over HTTP."""
 
 from typing import Any
 
@@ -302,7 +302,7 @@ async def test_delete_is_204_then_the_product_is_gone_and_its_movements_stay_in_
     assert response.status_code == 204
     assert response.content == b""
     assert_problem(await client.get("/products/ABC-1"), 404, "product_not_found")
-    # The stock really moved: the ledger keeps the movement (API.md, DELETE).
+    # The stock really moved: the ledger keeps the movement (docs/api.md, DELETE).
     assert db.execute("SELECT delta FROM stock_movements").fetchall() == [(-2,)]
     assert_problem(await client.delete("/products/ABC-1"), 404, "product_not_found")
 

@@ -105,7 +105,7 @@ async def test_prepared_statements_are_off_exactly_when_needed(
 async def test_an_outage_behind_pgbouncer_is_503_within_the_pool_timeout_then_recovers(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:
-    """API.md: the outage guarantee holds behind PgBouncer too. PgBouncer's own queue is
+    """docs/api.md: the outage guarantee holds behind PgBouncer too. PgBouncer's own queue is
     bounded below the pool timeout (db/pgbouncer.sh: query_wait_timeout), and it retries
     the server after 1 s, so the service is back within 10 s of the database."""
     direct = own_cluster.app_dsn("inventory")

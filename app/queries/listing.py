@@ -57,7 +57,7 @@ def _spreadsheet_field(name: str) -> ColumnElement[Any]:
 
 _SPREADSHEET_FIELDS = tuple(_spreadsheet_field(name) for name in CSV_FIELDS)
 
-# GET /products?q=: a search term's length in characters (API.md: 1-100).
+# GET /products?q=: a search term's length in characters (docs/api.md: 1-100).
 SEARCH_MAX = 100
 # A search term's trigram: three word characters in a row (pg_trgm indexes runs of letters
 # and digits). A term without one cannot narrow the GIN indexes, whatever its length.

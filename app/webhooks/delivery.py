@@ -38,7 +38,7 @@ from app.webhooks.signing import signed_headers
 
 logger = logging.getLogger("app.webhooks")
 
-# API.md: retried for at least 24 h after the event, then given up.
+# docs/api.md: retried for at least 24 h after the event, then given up.
 GIVE_UP_AFTER = timedelta(hours=24)
 # A lease outlasts a batch (its attempts run side by side, each within the timeout) by this.
 LEASE_MARGIN_SECONDS = 30.0

@@ -1,6 +1,6 @@
 """/webhooks: subscriptions to the change log, and what was delivered to them.
 
-Every request here, reads included, needs a read-write token (API.md): the list shows
+Every request here, reads included, needs a read-write token (docs/api.md): the list shows
 where the inventory's events go, and a subscription's log shows what its receiver said.
 """
 
