@@ -7,17 +7,9 @@ import psycopg
 import pytest
 from psycopg import Connection, errors
 
+from app.models import CHECKS, Product
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA
-
-CHECKS = {
-    "products_sku_format_check",
-    "products_name_check",
-    "products_description_length_check",
-    "products_price_check",
-    "products_quantity_check",
-    "products_reorder_point_check",
-}
 
 
 def _catalog(db: Connection[Any]) -> list[Any]:
@@ -53,7 +45,7 @@ def test_every_rule_is_a_named_constraint(db: Connection[Any]) -> None:
         "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'products'::regclass"
     ).fetchall()
 
-    assert {name for name, kind in rows if kind == "c"} == CHECKS
+    assert {name for name, kind in rows if kind == "c"} == Product.__table__.info[CHECKS]
     assert ("products_pkey", "p") in rows
     not_null = db.execute(
         "SELECT column_name FROM information_schema.columns "
