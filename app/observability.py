@@ -267,7 +267,7 @@ def _new_request_id() -> bytes:
 
 
 # Up to 128 printable ASCII characters: safe in a header, a log line and a metric exemplar.
-# A regex: the per-byte generator it replaced cost 14 us per request that sent an id.
+# A regex, not a generator over the bytes: it runs on every request that sends an id.
 _valid_request_id = re.compile(rb"[\x20-\x7e]{1,128}").fullmatch
 
 
