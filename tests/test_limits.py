@@ -12,7 +12,7 @@ import pytest
 from httpx import AsyncClient
 from psycopg import Connection
 from pydantic import SecretStr
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access import CALLER_KEY, Caller
 from app.config import Settings
@@ -266,17 +266,17 @@ async def _call(
     return sent[0]["status"], body, received
 
 
+def _guard(app: ASGIApp = _count_body, **overrides: Any) -> BodyGuard:
+    """A BodyGuard with small limits; `overrides` change what a test is about."""
+    settings: dict[str, Any] = {
+        "json_max_bytes": 100, "import_max_bytes": 1000, "timeout": 5, "retry_after": 1,
+        "unauthenticated_bodies": 4, "min_rate": 1000, "grace": 5, **overrides,
+    }  # fmt: skip
+    return BodyGuard(app, **settings)
+
+
 async def test_declared_length_over_the_limit_is_refused_without_reading() -> None:
-    guard = BodyGuard(
-        _count_body,
-        json_max_bytes=100,
-        import_max_bytes=1000,
-        timeout=5,
-        retry_after=1,
-        unauthenticated_bodies=4,
-        min_rate=1000,
-        grace=5,
-    )
+    guard = _guard()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
 
     status, _, received = await _call(guard, "/products", [b"x" * 101], headers)
@@ -285,16 +285,7 @@ async def test_declared_length_over_the_limit_is_refused_without_reading() -> No
 
 
 async def test_import_gets_its_own_limit_counted_as_it_streams() -> None:
-    guard = BodyGuard(
-        _count_body,
-        json_max_bytes=100,
-        import_max_bytes=1000,
-        timeout=5,
-        retry_after=1,
-        unauthenticated_bodies=4,
-        min_rate=1000,
-        grace=5,
-    )
+    guard = _guard()
     csv = [(b"content-type", b"text/csv")]
 
     # Over the JSON limit, under the import limit: streamed through untouched.
@@ -399,16 +390,7 @@ def _stalling(chunks: list[bytes], stall: float) -> Receive:
 async def test_a_body_that_stops_arriving_is_cut_off_with_408(
     path: str, content_type: bytes
 ) -> None:
-    guard = BodyGuard(
-        _count_body,
-        json_max_bytes=100,
-        import_max_bytes=1000,
-        timeout=0.2,
-        retry_after=1,
-        unauthenticated_bodies=4,
-        min_rate=1000,
-        grace=5,
-    )
+    guard = _guard(timeout=0.2)
     scope: Scope = {
         "type": "http",
         "method": "POST",
@@ -453,10 +435,7 @@ async def test_a_response_outlasting_the_body_deadline_is_not_cut_off(method: st
     async def send(message: Message) -> None:
         sent.append(message)
 
-    guard = BodyGuard(
-        streams_while_watching, json_max_bytes=100, import_max_bytes=1000, timeout=0.2,
-        retry_after=1, unauthenticated_bodies=4, min_rate=1000, grace=5,
-    )  # fmt: skip
+    guard = _guard(streams_while_watching, timeout=0.2)
     path = "/products/import" if method == "POST" else "/products"
     headers = [(b"content-type", b"text/csv")] if method == "POST" else []
     await guard({"type": "http", "method": method, "path": path, "headers": headers}, receive, send)
@@ -491,10 +470,7 @@ async def test_a_response_the_client_does_not_take_is_ended_by_the_send_deadline
 
 
 async def test_bodies_without_a_checked_token_are_read_a_few_at_a_time() -> None:
-    guard = BodyGuard(
-        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=30, retry_after=1,
-        unauthenticated_bodies=1, min_rate=1000, grace=5, unauthenticated_wait=1,
-    )  # fmt: skip
+    guard = _guard(timeout=30, unauthenticated_bodies=1, unauthenticated_wait=1)
     headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
     trickling = asyncio.Event()
 
@@ -552,10 +528,7 @@ async def test_a_body_that_is_not_an_object_is_422_even_for_an_all_optional_patc
 async def test_a_body_waiting_for_a_slot_waits_as_long_as_the_body_deadline() -> None:
     # CI: 60 concurrent adjustments to an open API on a busy event loop waited over a
     # second for one of the 16 slots, and a fixed one-second wait answered them 503.
-    guard = BodyGuard(
-        _count_body, json_max_bytes=100, import_max_bytes=1000, timeout=5, retry_after=1,
-        unauthenticated_bodies=1, min_rate=1000, grace=5,
-    )  # fmt: skip
+    guard = _guard(unauthenticated_bodies=1)
     headers = [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]
     scope = {"type": "http", "method": "POST", "path": "/products", "headers": headers}
     statuses: list[int] = []
