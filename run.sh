@@ -168,7 +168,7 @@ cmd_serve() {
   # The app's own start-up checks, before anything starts: token variables that hold no
   # token, or an open API bound beyond loopback (uvicorn's supervisor would exit 0 after its
   # workers refused to start, which reads like success).
-  "$VENV/bin/python" -c 'import sys; from app.access import Access; from app.config import Settings
+  "$VENV/bin/python" -c 'import sys; from app.core.access import Access; from app.config import Settings
 Access.from_settings(Settings()).refuse_bind(sys.argv[1])' "$host" || die "not starting (see above)"
   # From here on, however this script ends, it stops what it started (serve_cleanup).
   trap serve_cleanup EXIT

@@ -46,10 +46,10 @@ class Settings(BaseSettings):
 
     # --- Access (docs/api.md "Access", docs/security.md). ---
     # Comma-separated bearer tokens; unset (None) means none. Set but empty is a start-up
-    # error (app/access.py). SecretStr keeps them out of any repr or log line.
+    # error (app/core/access.py). SecretStr keeps them out of any repr or log line.
     api_tokens: SecretStr | None = None
     read_tokens: SecretStr | None = None
-    # A file of read-write tokens (app/access.py token_file): read at start-up, and made with
+    # A file of read-write tokens (app/core/access.py token_file): read at start-up, and made with
     # a new token, readable by its owner only, when missing. docker-compose.yml sets it.
     # Unset or empty: no file.
     api_token_file: str | None = None

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.expression import ClauseElement
 
-from app.access import ANONYMOUS
 from app.config import Settings
-from app.errors import ConflictRetry, DatabaseUnavailable, ServerBusy
+from app.core.access import ANONYMOUS
+from app.core.errors import ConflictRetry, DatabaseUnavailable, ServerBusy
 
 logger = logging.getLogger("app.database")
 

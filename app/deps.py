@@ -9,19 +9,19 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.access import CALLER_KEY, Access, Caller
 from app.changes.feed import Feed
 from app.changes.stream import StreamShares
 from app.config import Settings
+from app.core.access import CALLER_KEY, Access, Caller
+from app.core.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
+from app.core.observability import Metrics
+from app.core.reads import Reads
+from app.core.recent import Recent
 from app.database import Database
-from app.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
-from app.idempotency import Idempotency
-from app.observability import Metrics
-from app.queries.reports import StockSummary
-from app.recent import Recent
-from app.replica import Reads
+from app.idempotency.runner import Idempotency
+from app.reports.queries import StockSummary
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
-from app.ssrf import Resolver
+from app.webhooks.ssrf import Resolver
 
 # async throughout: FastAPI runs a plain `def` dependency in its thread pool, a hop that
 # cost about a fifth of a lookup's time under load (py-spy, bench/).
@@ -44,9 +44,9 @@ FeedDep = Annotated[Feed, Depends(_from_state("feed"))]
 StreamSharesDep = Annotated[StreamShares, Depends(_from_state("stream_shares"))]
 # Reads that may be a little stale (exports, pages, GET /changes, reports): a replica's.
 ReadsDep = Annotated[Reads, Depends(_from_state("reads"))]
-# Host names to addresses for webhook URLs (app.ssrf): bounded in time and in number.
+# Host names to addresses for webhook URLs (app.webhooks.ssrf): bounded in time and in number.
 ResolverDep = Annotated[Resolver, Depends(_from_state("resolver"))]
-# GET /reports/stock as last computed (app.recent), for at most a second.
+# GET /reports/stock as last computed (app.core.recent), for at most a second.
 StockReportDep = Annotated[Recent[StockSummary], Depends(_from_state("stock_report"))]
 
 # auto_error=False: a missing or non-Bearer header comes back as None, and the 401 is ours
@@ -61,7 +61,7 @@ _Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
-    # TokenCheck has checked the token already (app.access); a route outside its prefixes
+    # TokenCheck has checked the token already (app.core.access); a route outside its prefixes
     # would not have been, so it is checked here then, never skipped.
     caller: Caller | None = request.scope.get(CALLER_KEY)
     if caller is not None:
@@ -71,7 +71,7 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) 
 
 
 async def require_token(request: Request, credentials: _Bearer) -> str:
-    """Every protected router's dependency; returns the request's credential (app.access)."""
+    """Every protected router's dependency; returns the request's credential (app.core.access)."""
     access: Access = request.state.access
     return access.authorize(_caller(request, credentials), request.method)
 

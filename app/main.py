@@ -7,22 +7,24 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from app import errors, openapi, replica, routes, ssrf
-from app.access import Access, LoopbackOnly, TokenCheck
+from app import routes
 from app.changes import upkeep as changes_upkeep
 from app.changes.feed import Feed
 from app.changes.stream import StreamShares
 from app.config import Settings
-from app.core import tasks
+from app.core import errors, openapi, tasks
+from app.core import reads as replica
+from app.core.access import Access, LoopbackOnly, TokenCheck
+from app.core.http.head import HeadAsGet
+from app.core.http.limits import BodyGuard, SendDeadline
+from app.core.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
+from app.core.recent import Recent
 from app.database import open_database
 from app.embedded import start_embedded
-from app.head import HeadAsGet
-from app.idempotency import Idempotency
-from app.limits import BodyGuard, SendDeadline
-from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
-from app.queries.reports import StockSummary
-from app.recent import Recent
-from app.routes.reports import STOCK_REPORT_SECONDS
+from app.idempotency.runner import Idempotency
+from app.reports.queries import StockSummary
+from app.reports.router import STOCK_REPORT_SECONDS
+from app.webhooks import ssrf
 from app.webhooks.delivery import Deliveries
 
 
@@ -78,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             supervisor.start("webhook deliveries", deliveries.run)
             metrics.pool.pool = database.pool
             metrics.replica.replica = reads.replica
-            # POST /webhooks looks its URL's host up here (app.ssrf).
+            # POST /webhooks looks its URL's host up here (app.webhooks.ssrf).
             resolver = await stack.enter_async_context(ssrf.resolving())
             try:
                 # What app.deps hands to handlers; nothing else reads this state.

@@ -20,7 +20,7 @@ NAME_MAX = 200
 # str.isspace(): the no-break spaces (U+00A0, U+2007, U+202F) are not in it.
 SPACE_CHARACTERS = "\t\n\v\f\r \u1680\u2000-\u2006\u2008-\u200a\u2028\u2029\u205f\u3000"
 NOT_BLANK = re.compile(f"[^{SPACE_CHARACTERS}]")
-# Text PostgreSQL can store holds no NUL (app.limits refuses one in any JSON string).
+# Text PostgreSQL can store holds no NUL (app.core.http.limits refuses one in any JSON string).
 STORABLE_TEXT_PATTERN = r"^[^\x00]*$"
 # A name as the OpenAPI document states it: storable, and not blank.
 NAME_PATTERN = rf"^[^\x00]*[^\x00{SPACE_CHARACTERS}][^\x00]*$"

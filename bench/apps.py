@@ -2,9 +2,9 @@
 
 from fastapi import FastAPI
 
-from app.limits import BodyGuard
+from app.core.http.limits import BodyGuard
+from app.core.observability import ObserveRequests
 from app.main import create_app
-from app.observability import ObserveRequests
 
 
 def with_middleware() -> FastAPI:

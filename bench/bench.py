@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from app.cluster import Cluster  # noqa: E402
-from app.queries import listing, products  # noqa: E402
+from app.listing import queries as listing  # noqa: E402
+from app.products import queries as products  # noqa: E402
 
 BENCH = REPO / "bench"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -90,7 +91,7 @@ def service(
         str(VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    # One JSON access-log line per request (app/observability.py), as in production; kept
+    # One JSON access-log line per request (app/core/observability.py), as in production; kept
     # in a file here, or they would bury the results.
     log = (log_dir / f"{name}.log").open("wb")
     proc = subprocess.Popen(

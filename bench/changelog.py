@@ -53,7 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 # brings the cluster, the service and wrk.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.queries import stock
+from app.products import stock_queries as stock
 from bench import BENCH, REPO, WRK_SCRIPTS, cluster, psql, say, service, wrk
 
 SIDES = ("off", "on")

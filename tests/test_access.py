@@ -21,11 +21,11 @@ from httpx import AsyncClient
 from psycopg import Connection
 from pydantic import SecretStr
 
-from app import access
-from app.access import PROTECTED
 from app.config import Settings
+from app.core import access
+from app.core.access import PROTECTED
+from app.core.observability import JsonFormatter
 from app.main import create_app
-from app.observability import JsonFormatter
 from tests.cluster import REPO, Cluster, free_port
 from tests.conftest import LOCKED, READ, WRITE_1, WRITE_2, AppFactory
 from tests.helpers import JSON as JSON_HEADERS

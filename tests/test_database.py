@@ -11,8 +11,8 @@ from psycopg import Connection
 from sqlalchemy import func, select
 
 from app.config import Settings
+from app.core.errors import ConflictRetry
 from app.database import CHECK_AFTER_IDLE, open_database
-from app.errors import ConflictRetry
 from app.models import Product
 from tests.helpers import product
 

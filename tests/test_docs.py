@@ -7,7 +7,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from httpx import AsyncClient
 
 from app.config import Settings
-from app.errors import PROBLEM_JSON
+from app.core.errors import PROBLEM_JSON
 from app.main import create_app
 
 ASSET = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""")

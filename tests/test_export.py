@@ -14,8 +14,9 @@ from httpx import AsyncClient
 from psycopg import Connection
 
 from app.config import Settings
-from app.formats import Format, render_page
-from app.streaming import CHUNK_BYTES
+from app.core.http.formats import Format
+from app.core.http.streaming import CHUNK_BYTES
+from app.listing.rendering import render_page
 from tests.conftest import ClientFactory
 from tests.helpers import assert_problem, product
 from tests.live_inprocess import live_server, rss_bytes

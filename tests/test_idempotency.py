@@ -10,7 +10,7 @@ from psycopg import Connection
 
 from app.config import Settings
 from app.database import open_database
-from app.idempotency import Idempotency
+from app.idempotency.runner import Idempotency
 from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import SLEEPING, assert_problem, product
 from tests.stock_helpers import adjust, assert_ledger_consistent

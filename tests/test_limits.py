@@ -14,10 +14,10 @@ from psycopg import Connection
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.access import CALLER_KEY, Caller
 from app.config import Settings
-from app.errors import from_database
-from app.limits import BodyGuard, SendDeadline
+from app.core.access import CALLER_KEY, Caller
+from app.core.errors import from_database
+from app.core.http.limits import BodyGuard, SendDeadline
 from tests.conftest import ClientFactory
 from tests.helpers import JSON, assert_problem, product
 

@@ -11,7 +11,7 @@ import pytest
 from httpx import AsyncClient, Response
 from psycopg import Connection
 
-from app.queries.listing import SCAN_BUDGET
+from app.listing.queries import SCAN_BUDGET
 from tests.helpers import assert_problem
 from tests.test_pagination import next_url, walk
 

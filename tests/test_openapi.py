@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
-from app.schemas import PRICE_TEXT_PATTERN, ProductCreate
+from app.products.schemas import PRICE_TEXT_PATTERN, ProductCreate
 
 CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z]+)*$")
 

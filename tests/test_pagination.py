@@ -11,7 +11,7 @@ import pytest
 from httpx import AsyncClient, Response
 from psycopg import ClientCursor, Connection
 
-from app.queries.listing import Listing, prefix_range
+from app.listing.queries import Listing, prefix_range
 from tests.helpers import assert_problem, product
 
 _NEXT = re.compile(r'^<(/products\?[^>]+)>; rel="next"$')

@@ -19,9 +19,10 @@ from httpx import ASGITransport, AsyncClient
 from psycopg import ClientCursor, Connection, sql
 
 from app.config import Settings
+from app.imports import staging as imports
+from app.listing.queries import SCAN_BUDGET, Listing, prefix_range
 from app.main import create_app
-from app.queries import imports, reports
-from app.queries.listing import SCAN_BUDGET, Listing, prefix_range
+from app.reports import queries as reports
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA
 

@@ -9,8 +9,8 @@ import pytest
 from psycopg import Connection
 from pydantic import ValidationError
 
+from app.products.schemas import AdjustmentCreate, ProductCreate
 from app.rules import RULES
-from app.schemas import AdjustmentCreate, ProductCreate
 
 VALID_PRODUCT: dict[str, Any] = {"sku": "A-1", "name": "n", "price": "1.00"}
 VALID_ADJUSTMENT: dict[str, Any] = {"delta": 1, "reason": "sold"}

@@ -14,7 +14,7 @@ import pytest
 from psycopg import Connection
 from starlette.types import Message, Receive, Scope, Send
 
-from app.limits import BULK_KEY, RateFloor, SendDeadline
+from app.core.http.limits import BULK_KEY, RateFloor, SendDeadline
 from tests.cluster import Cluster
 from tests.conftest import READ, WRITE_1, ClientFactory
 from tests.helpers import assert_problem, bearer
@@ -96,7 +96,7 @@ async def test_an_import_body_that_trickles_is_cut_off_with_408(
 
 async def test_a_bulk_response_taken_too_slowly_is_ended_and_a_fast_one_is_not() -> None:
     async def export(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[BULK_KEY] = True  # as app.streaming marks what holds a bulk slot
+        scope[BULK_KEY] = True  # as app.core.http.streaming marks what holds a bulk slot
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for _ in range(40):
             await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})

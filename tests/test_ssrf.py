@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 import pytest
 from httpx import AsyncClient
 
-from app import ssrf
+from app.webhooks import ssrf
 from tests.conftest import ClientFactory
 from tests.helpers import assert_problem
 

@@ -10,6 +10,10 @@ from sse_starlette import EventSourceResponse
 
 from app.changes import queries, stream
 from app.changes.schemas import ChangeRead
+from app.core.errors import CursorExpired, ValidationFailed
+from app.core.http.formats import json_array
+from app.core.http.pagination import next_link
+from app.core.openapi import problems
 from app.deps import (
     Credential,
     DatabaseDep,
@@ -19,10 +23,6 @@ from app.deps import (
     SettingsDep,
     StreamSharesDep,
 )
-from app.errors import CursorExpired, ValidationFailed
-from app.formats import json_array
-from app.openapi import problems
-from app.pagination import next_link
 
 router = APIRouter(tags=["changes"], responses=problems(503))
 

@@ -5,8 +5,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from app.products.schemas import MovementRead, ProductRead
 from app.rules import EventType
-from app.schemas import MovementRead, ProductRead
 
 
 class ChangeRead(BaseModel):

@@ -9,8 +9,8 @@ from sse_starlette import ServerSentEvent
 
 from app.changes import queries
 from app.changes.feed import Feed
+from app.core.errors import ServerBusy
 from app.database import Database
-from app.errors import ServerBusy
 
 # Events per database read while a stream catches up from an old cursor.
 STREAM_BATCH = 500

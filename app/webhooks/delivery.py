@@ -29,10 +29,9 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from app import ssrf
 from app.config import Settings
 from app.database import Database
-from app.webhooks import queries
+from app.webhooks import queries, ssrf
 from app.webhooks.queries import Leased, Outcome, Work
 from app.webhooks.signing import signed_headers
 

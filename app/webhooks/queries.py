@@ -30,8 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from app.core.errors import TooManyWebhooks
 from app.database import Connection, Database, compile_once
-from app.errors import TooManyWebhooks
 from app.models import Webhook, WebhookAttempt
 
 # The trigger refusing a 101st subscription names this (schema.sql: webhooks_limit).

@@ -9,7 +9,11 @@ import secrets
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app import ssrf
+from app.core.errors import ValidationFailed, WebhookNotFound
+from app.core.http.formats import json_array
+from app.core.http.limits import JsonRoute
+from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
+from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
     Credential,
@@ -21,12 +25,8 @@ from app.deps import (
     WebhookId,
     require_writer,
 )
-from app.errors import ValidationFailed, WebhookNotFound
-from app.formats import json_array
-from app.limits import JsonRoute
-from app.openapi import problems
-from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
 from app.webhooks import queries as webhooks
+from app.webhooks import ssrf
 from app.webhooks.schemas import DeliveryRead, WebhookCreate, WebhookCreated, WebhookRead
 
 router = APIRouter(

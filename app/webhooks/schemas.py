@@ -16,7 +16,7 @@ from app.rules import (
 
 
 def _http_url(value: str) -> str:
-    # The shape only; where it leads (a private address?) is app.ssrf's question.
+    # The shape only; where it leads (a private address?) is app.webhooks.ssrf's question.
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number)

@@ -5,7 +5,7 @@ timeout) and given back in its finally block, so it is held exactly while the bo
 streams. The first chunk is read before the status line goes out: a database that is down
 or a failing query still becomes a problem response instead of a truncated 200. A client
 that goes away stops the query (psycopg cancels it; the connection goes back clean or is
-replaced); one that stops reading is cut off by the send deadline (app.limits).
+replaced); one that stops reading is cut off by the send deadline (app.core.http.limits).
 """
 
 import asyncio
@@ -21,11 +21,11 @@ from psycopg.waiting import Wait
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.access import ANONYMOUS, CALLER_KEY, Caller
+from app.core.access import ANONYMOUS, CALLER_KEY, Caller
+from app.core.http.formats import FRAMINGS, Format, Framing
+from app.core.http.limits import BULK_KEY
+from app.core.reads import FALLBACK, Reads
 from app.database import Connection, Database
-from app.formats import FRAMINGS, Format, Framing
-from app.limits import BULK_KEY
-from app.replica import FALLBACK, Reads
 
 # Bytes per network write: a write per row costs a send each (docs/performance.md).
 CHUNK_BYTES = 256 * 1024
@@ -55,7 +55,7 @@ class _Streamed(Response):
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # It holds a bulk slot: its client is held to the rate floor (app.limits), and the
+        # It holds a bulk slot: its client is held to the rate floor (app.core.http.limits), and the
         # slot counts against the token's share.
         scope[BULK_KEY] = True
         caller: Caller | None = scope.get(CALLER_KEY)

@@ -1,7 +1,7 @@
 """Request and response bodies: the contract's field rules, checked before the database."""
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar
 
@@ -53,7 +53,7 @@ def _not_blank(value: str) -> str:
 
 
 def _parse_price(value: Any) -> Decimal:
-    # JSON numbers arrive as int or as an exact Decimal (app.limits parses with
+    # JSON numbers arrive as int or as an exact Decimal (app.core.http.limits parses with
     # parse_float=Decimal): never through a binary float, so 19.9900000000000001 keeps its
     # 16 decimals and is refused rather than stored as 19.99.
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
@@ -119,7 +119,7 @@ Price = Annotated[
 
 def _integral(value: Any) -> Any:
     # JSON, and JSON Schema's "integer", do not tell 5 from 5.0 (or 5e0): a number with no
-    # fraction is an integer. It arrives as a Decimal (app.limits); past bigint it stays
+    # fraction is an integer. It arrives as a Decimal (app.core.http.limits); past bigint it stays
     # one, and is refused, without a long conversion.
     if (
         isinstance(value, Decimal)
@@ -162,22 +162,6 @@ class ProductRead(BaseModel):
     reorder_point: int | None
     created_at: datetime
     updated_at: datetime
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class Problem(BaseModel):
-    """An RFC 9457 problem; `code` is the stable machine-readable part."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    code: str
-    detail: str
-    errors: list[FieldError] | None = None
 
 
 # --- Changing products and stock (PATCH, adjustments, movements) -------------------------
@@ -257,14 +241,6 @@ class AdjustmentCreate(BaseModel):
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
 
 
-class ImportResult(BaseModel):
-    """The answer to POST /products/import: how many products each row did what to."""
-
-    created: int
-    updated: int
-    unchanged: int
-
-
 class MovementRead(BaseModel):
     """One row of a product's stock ledger (built by PostgreSQL's movement_json)."""
 
@@ -274,67 +250,3 @@ class MovementRead(BaseModel):
     note: str | None
     quantity_after: int
     created_at: datetime
-
-
-# --- Reports ---------------------------------------------------------------------------------
-
-# RFC 3339 section 5.6 date-time: a full date, a time, and an offset (Z or +hh:mm), nothing
-# less. In a URL a `+` must be sent as %2B (a bare one reads as a space).
-_LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}):60")
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z")
-
-
-EARLIEST = datetime.min.replace(tzinfo=UTC)
-LATEST = datetime.max.replace(tzinfo=UTC)
-
-
-def _parse_instant(value: Any) -> datetime:
-    """An RFC 3339 date-time as a UTC datetime: every one the format allows is taken.
-
-    PostgreSQL takes offsets up to 15:59 only, so the instant goes to it in UTC. Python's
-    calendar ends before RFC 3339's does (year 0000, offsets reaching past 0001 or 9999):
-    such an instant reads as the calendar's nearest end, which no stored time is beyond.
-    A leap second (:60) reads as the second before it.
-    """
-    if not isinstance(value, str) or not _RFC3339.match(value):
-        raise ValueError("must be an RFC 3339 date-time such as 2026-11-01T00:00:00Z")
-    text = _LEAP_SECOND.sub(r"\1:59", value.upper().replace("Z", "+00:00").replace(" ", "T"))
-    # Year 0000 is checked as 0004, a leap year as 0000 is.
-    year_zero = text.startswith("0000")
-    try:
-        parsed = datetime.fromisoformat("0004" + text[4:] if year_zero else text)
-    except ValueError:
-        raise ValueError("is not a valid date-time") from None
-    if year_zero:
-        return EARLIEST
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:
-        return EARLIEST if parsed.year == 1 else LATEST
-
-
-Instant = Annotated[
-    datetime,
-    BeforeValidator(_parse_instant),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-
-
-class StockReport(BaseModel):
-    """GET /reports/stock: the view stock_summary."""
-
-    products: int
-    units: int
-    value: Annotated[str, Field(examples=["123456.78"], pattern=r"^\d+\.\d{2}$")]
-    out_of_stock: int
-    low_stock: int
-    as_of: datetime
-
-
-class MovementBucket(BaseModel):
-    """One row of GET /reports/movements: a bucket's movements of one reason."""
-
-    bucket: Annotated[str, Field(examples=["2026-11-23"], description="The bucket's first day")]
-    reason: Reason
-    movements: int
-    units: Annotated[int, Field(description="The sum of the deltas")]

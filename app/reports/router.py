@@ -6,12 +6,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
+from app.core.http.formats import FRAMINGS, Format, csv_field, negotiate
+from app.core.http.streaming import CopyStream
+from app.core.openapi import problems
 from app.deps import ReadsDep, StockReportDep
-from app.formats import FRAMINGS, Format, csv_field, negotiate
-from app.openapi import problems
-from app.queries import reports
-from app.schemas import EARLIEST, Instant, MovementBucket, StockReport
-from app.streaming import CopyStream
+from app.reports import queries as reports
+from app.reports.schemas import EARLIEST, Instant, MovementBucket, StockReport
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
 

@@ -14,11 +14,11 @@ from psycopg import errors
 from sqlalchemy import Text, any_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from app.core.errors import DuplicateSku, PreconditionFailed, ProductNotFound
 from app.database import Connection, Database, Statement, compile_once
-from app.errors import DuplicateSku, PreconditionFailed, ProductNotFound
 from app.models import Product
-from app.queries.common import PRODUCT_ETAG, PRODUCT_JSON, sku_is
-from app.schemas import ProductCreate, ProductUpdate
+from app.products.schemas import ProductCreate, ProductUpdate
+from app.products.statements import PRODUCT_ETAG, PRODUCT_JSON, sku_is
 
 
 class ProductJson(NamedTuple):

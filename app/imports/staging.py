@@ -55,10 +55,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.schema import CreateTable
 
 from app.changes import queries as changes
+from app.core.errors import DuplicateSku, ValidationFailed, field_error
 from app.database import Connection, compile_literal, compile_once, savepoint
-from app.errors import DuplicateSku, ValidationFailed, field_error
 from app.models import Product, StockMovement
-from app.queries.products import CREATE_FIELDS
+from app.products.queries import CREATE_FIELDS
 from app.rules import INT4_MAX, INT4_MIN, rule_for
 
 MAX_LISTED = 100

@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.errors import PROBLEM_JSON
+from app.core.errors import PROBLEM_JSON
 from app.rules import STORABLE_TEXT_PATTERN
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -23,16 +23,16 @@ def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[st
 
 
 def install(app: FastAPI, *, secured: bool, loopback_only: bool) -> None:
-    """Replace app.openapi with a builder that adds what FastAPI cannot know by itself.
+    """Replace app.core.openapi with a builder that adds what FastAPI cannot know by itself.
 
     - `secured` (tokens configured): bearerAuth on the protected operations, 401 and 403;
       otherwise no security at all, as the open server asks for none (`loopback_only`: an
       open server without INVENTORY_ALLOW_OPEN still answers 403 beyond loopback);
     - every 4xx/5xx is problem+json only, with the Problem schema (FastAPI would also list
       application/json, and its own HTTPValidationError shape for 422);
-    - an operation with a body may answer 408, 413 and 415 (app/limits.py answers them),
-      and no string in a JSON body may hold NUL (app/limits.py refuses it);
-    - any operation may answer 405 with `Allow` (another method on its path; app/errors.py),
+    - an operation with a body may answer 408, 413 and 415 (app/core/http/limits.py answers them),
+      and no string in a JSON body may hold NUL (app/core/http/limits.py refuses it);
+    - any operation may answer 405 with `Allow` (another method on its path; app/core/errors.py),
       422 (a query parameter it does not take; app/deps.py) and 500 `internal_error`; a
       503 carries `Retry-After`.
     Applies to routes added later too, whoever adds them.
@@ -52,7 +52,7 @@ def install(app: FastAPI, *, secured: bool, loopback_only: bool) -> None:
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         if "Problem" not in schemas:
-            from app.schemas import FieldError, Problem
+            from app.core.problems import FieldError, Problem
 
             schemas["FieldError"] = FieldError.model_json_schema()
             schemas["Problem"] = Problem.model_json_schema(
@@ -120,6 +120,6 @@ def _storable_strings(schema: dict[str, Any]) -> None:
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries declaring problem+json bodies for these statuses."""
-    from app.schemas import Problem
+    from app.core.problems import Problem
 
     return {s: {"model": Problem, "content": {PROBLEM_JSON: {}}} for s in statuses}

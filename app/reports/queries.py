@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from app.database import Database, compile_once
 from app.models import movement_daily, stock_summary
-from app.queries.common import COPY_CSV, COPY_JSON_ROWS
+from app.products.statements import COPY_CSV, COPY_JSON_ROWS
 
 # Bucket sizes: a `date_trunc` field. Weeks start on Monday (ISO), all of them in UTC days.
 BUCKETS = ("day", "week", "month")

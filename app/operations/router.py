@@ -6,9 +6,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.core import health
+from app.core.openapi import problems
 from app.deps import DatabaseDep, MetricsDep, ReadsDep
-from app.openapi import problems
-from app.queries import health
 
 router = APIRouter(tags=["operations"])
 

@@ -29,9 +29,9 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from app.config import Settings
+from app.core import health
+from app.core.errors import DatabaseUnavailable
 from app.database import Database, connection_options, open_database
-from app.errors import DatabaseUnavailable
-from app.queries import health
 
 logger = logging.getLogger("app.replica")
 

@@ -2,16 +2,16 @@
 
 from fastapi import APIRouter, Request, Response
 
+from app.core.errors import ProductNotFound
+from app.core.http.formats import json_array
+from app.core.http.limits import JsonRoute
+from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
+from app.core.http.streaming import JsonArrayStream
+from app.core.openapi import problems
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
-from app.errors import ProductNotFound
-from app.formats import json_array
-from app.limits import JsonRoute
-from app.openapi import problems
-from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
-from app.queries import stock
-from app.schemas import AdjustmentCreate, MovementRead, ProductRead
-from app.streaming import JsonArrayStream
+from app.products import stock_queries as stock
+from app.products.schemas import AdjustmentCreate, MovementRead, ProductRead
 
 router = APIRouter(
     prefix="/products", tags=["stock"], responses=problems(503), route_class=JsonRoute

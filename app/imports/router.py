@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.core.errors import UnsupportedMediaType
+from app.core.openapi import problems
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey
-from app.errors import UnsupportedMediaType
-from app.openapi import problems
-from app.queries import imports
-from app.schemas import ImportResult
+from app.imports import staging as imports
+from app.imports.schemas import ImportResult
 
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
 

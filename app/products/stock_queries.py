@@ -5,13 +5,13 @@ from typing import Any
 from psycopg import errors
 from sqlalchemy import BindParameter, bindparam, insert, select, true, update
 
+from app.core.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
 from app.database import Connection, compile_once
-from app.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
 from app.models import Product, StockMovement
-from app.queries.common import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
-from app.queries.products import ProductJson, quantity_of
+from app.products.queries import ProductJson, quantity_of
+from app.products.schemas import AdjustmentCreate
+from app.products.statements import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
 from app.rules import QUANTITY_MAX
-from app.schemas import AdjustmentCreate
 
 # One statement: the guarded increment and its ledger row. The INSERT consumes the UPDATE's
 # RETURNING, so it runs only if the UPDATE changed the row, after it took the row lock: per

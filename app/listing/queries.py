@@ -31,9 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.database import Database, Statement, compile_once
-from app.formats import CSV_FIELDS, FORMULA_STARTS, FREE_TEXT_FIELDS
+from app.listing.rendering import CSV_FIELDS, FORMULA_STARTS, FREE_TEXT_FIELDS
 from app.models import Product
-from app.queries.common import COPY_CSV, COPY_JSON_ROWS, PRODUCT_JSON
+from app.products.statements import COPY_CSV, COPY_JSON_ROWS, PRODUCT_JSON
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 

@@ -6,7 +6,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from app import etags
+from app.core.errors import ProductNotFound, ValidationFailed
+from app.core.http import etags
+from app.core.http.formats import FRAMINGS, Format, negotiate
+from app.core.http.limits import JsonRoute
+from app.core.http.pagination import (
+    After,
+    Limit,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+    next_link,
+)
+from app.core.http.streaming import CopyStream
+from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
     Credential,
@@ -16,15 +29,11 @@ from app.deps import (
     ProductSku,
     ReadsDep,
 )
-from app.errors import ProductNotFound, ValidationFailed
-from app.formats import FRAMINGS, Format, negotiate, render_page
-from app.limits import JsonRoute
-from app.openapi import problems
-from app.pagination import After, Limit, decode_cursor, encode_cursor, invalid_cursor, next_link
-from app.queries import listing, products
+from app.listing import queries as listing
+from app.listing.rendering import render_page
+from app.products import queries as products
+from app.products.schemas import ProductCreate, ProductRead, ProductUpdate
 from app.rules import QUANTITY_MAX, SKU_CHARS_PATTERN, SKU_MAX
-from app.schemas import ProductCreate, ProductRead, ProductUpdate
-from app.streaming import CopyStream
 
 router = APIRouter(
     prefix="/products", tags=["products"], responses=problems(503), route_class=JsonRoute

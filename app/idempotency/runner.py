@@ -42,9 +42,9 @@ import psycopg
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from app import errors
+from app.core import errors
 from app.database import Connection, Database, savepoint
-from app.queries import idempotency as keys
+from app.idempotency import queries as keys
 
 logger = logging.getLogger("app.idempotency")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Request
 
-from app.errors import ValidationFailed
+from app.core.errors import ValidationFailed
 
 # The alphabet of the cursors encode_cursor makes (unpadded base64url).
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}$"

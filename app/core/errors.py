@@ -335,7 +335,7 @@ def from_http(exc: StarletteHTTPException) -> ApiError:
 
 
 def route_methods(routes: Sequence[BaseRoute], path: str) -> set[str]:
-    """The methods of the routes serving `path`, with HEAD wherever GET is (app.head).
+    """The methods of the routes serving `path`, with HEAD wherever GET is (app.core.http.head).
 
     As OpenAPI matches paths, a concrete one wins over a template: /products/import is
     POST only, though /products/{sku} would also match it.

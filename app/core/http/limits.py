@@ -25,8 +25,8 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.access import CALLER_KEY
-from app.errors import (
+from app.core.access import CALLER_KEY
+from app.core.errors import (
     ApiError,
     PayloadTooLarge,
     RequestTimeout,
@@ -35,11 +35,11 @@ from app.errors import (
     ValidationFailed,
     route_methods,
 )
-from app.observability import REQUEST_ID_KEY
+from app.core.observability import REQUEST_ID_KEY
 
 logger = logging.getLogger("app.limits")
 
-# Set in the scope by a response that holds a bulk slot (app.streaming): SendDeadline then
+# Set in the scope by a response that holds a bulk slot (app.core.http.streaming): SendDeadline then
 # holds its client to the rate floor too.
 BULK_KEY = "inventory.bulk"
 
@@ -188,7 +188,7 @@ class RateFloor:
 class BodyGuard:
     """Pure ASGI middleware: 408, 413 and 415 for hostile bodies, before the app reads them.
 
-    JSON bodies of requests that carry no checked token (app.access.TokenCheck: an open
+    JSON bodies of requests that carry no checked token (app.core.access.TokenCheck: an open
     API, or a path no token guards) are read at most `unauthenticated_bodies` at once per
     process; one that finds no slot within the body deadline (`timeout`, unless
     `unauthenticated_wait`) is answered 503. Not a shorter wait: reading a body that has

@@ -131,7 +131,7 @@ class DeliveryBacklog(Collector):
 
 
 class ReplicaCollector(Collector):
-    """The read replica as this process's probe last saw it (app.replica)."""
+    """The read replica as this process's probe last saw it (app.core.reads)."""
 
     def __init__(self) -> None:
         self.replica: Any = None

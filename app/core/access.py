@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import ApiError, Forbidden, Unauthorized
+from app.core.errors import ApiError, Forbidden, Unauthorized
 
 logger = logging.getLogger("app.auth")
 

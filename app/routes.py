@@ -1,4 +1,4 @@
-"""HTTP routes, one module per resource; handlers stay thin and call the queries."""
+"""Every feature's router, added to the app as one flat table of routes."""
 
 import functools
 import inspect
@@ -7,12 +7,16 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from app.changes import router as changes
+from app.core.openapi import problems
 from app.deps import refuse_unknown_parameters, require_token
-from app.openapi import problems
-from app.routes import imports, operations, products, reports, stock
+from app.imports import router as imports
+from app.operations import router as operations
+from app.products import router as products
+from app.products import stock_router as stock
+from app.reports import router as reports
 from app.webhooks import router as webhooks
 
-# Everything under /products, /reports, /changes and /webhooks (app.access.PROTECTED, by
+# Everything under /products, /reports, /changes and /webhooks (app.core.access.PROTECTED, by
 # path) needs a bearer token when tokens are configured: add every such router here.
 # tests/test_access.py walks all routes and fails for any protected route that answers
 # without a token. In this order: the hot routes first, as a request is matched against the

@@ -1,0 +1,1 @@
+"""Idempotency-Key: exactly-once writes per credential, replays, the purge."""

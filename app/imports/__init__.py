@@ -1,0 +1,1 @@
+"""Bulk import of products and stock: parsing, staging and diagnosis."""

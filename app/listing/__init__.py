@@ -1,0 +1,1 @@
+"""The product listing: search, keyset pages and exports."""

@@ -1,0 +1,1 @@
+"""Products: their CRUD, stock adjustments and movements."""

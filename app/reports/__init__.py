@@ -1,0 +1,1 @@
+"""Reports: the stock summary and movements by day."""
