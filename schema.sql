@@ -1821,3 +1821,19 @@ GRANT EXECUTE ON FUNCTION
     webhook_next_due(),
     webhook_backlog_seconds()
     TO inventory_rw;
+
+-- ---------------------------------------------------------------------------------------
+-- Imports
+-- ---------------------------------------------------------------------------------------
+
+-- Whether a line of an NDJSON import is JSON that jsonb takes. Only an import that failed
+-- asks, line by line: a per-row exception block is slow, but it names every bad line.
+CREATE OR REPLACE FUNCTION import_is_json(t text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM t::jsonb;
+    RETURN true;
+EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+    RETURN false;
+END $$;
+GRANT EXECUTE ON FUNCTION import_is_json(text) TO inventory_rw;

@@ -27,7 +27,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from app.config import Settings
 from app.core.access import ANONYMOUS
-from app.core.errors import ConflictRetry, DatabaseUnavailable, ServerBusy
+from app.core.errors import RETRYABLE, ConflictRetry, DatabaseUnavailable, ServerBusy
 
 logger = logging.getLogger("app.database")
 
@@ -35,9 +35,6 @@ T = TypeVar("T")
 Connection = AsyncConnection[Any]
 Work = Callable[[Connection], Awaitable[T]]
 
-# serialization_failure, deadlock_detected: PostgreSQL rolled the transaction back and says
-# that running it again may well succeed. Nothing else is retried.
-RETRYABLE = frozenset({"40001", "40P01"})
 # Full jitter (sleep uniformly in [0, base * 2^n)) keeps retrying requests from colliding
 # again in lock step; a few milliseconds is plenty for row-level conflicts.
 RETRY_BASE_DELAY = 0.005
@@ -247,7 +244,10 @@ class Database:
             yield conn
 
     def session(self) -> AsyncSession:
-        """An ORM session on the same pool, for paths where its cost does not matter."""
+        """An ORM session on the same pool, for paths where its cost does not matter.
+
+        No route uses one: request paths run statements compiled once (`compile_once`).
+        """
         return self.sessions()
 
 

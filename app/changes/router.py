@@ -11,8 +11,7 @@ from sse_starlette import EventSourceResponse
 from app.changes import queries, stream
 from app.changes.schemas import ChangeRead
 from app.core.errors import CursorExpired, ValidationFailed
-from app.core.http.formats import json_array
-from app.core.http.pagination import next_link
+from app.core.http.pagination import page_response
 from app.core.openapi import problems
 from app.deps import (
     Credential,
@@ -62,11 +61,8 @@ async def list_changes(
     page = await reads.run(lambda db: queries.page(db, after=after, limit=limit + 1))
     _expired(page, after)
     events = page.events[:limit]
-    headers = {}
-    if len(page.events) > limit:
-        headers["Link"] = next_link(request, str(events[-1].seq))
-    body = json_array(event.json for event in events)
-    return Response(body, headers=headers, media_type="application/json")
+    more = len(page.events) > limit
+    return page_response(request, (e.json for e in events), str(events[-1].seq) if more else None)
 
 
 def _resume_point(last_event_id: str | None, after: int | None) -> int | None:

@@ -13,14 +13,13 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import iter_route_contexts
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, compile_path
 
-from app.rules import rule_for
+from app.core.http.matching import route_methods
+from app.rules import QUANTITY_MAX, rule_for
 
 logger = logging.getLogger("app.errors")
 
@@ -224,17 +223,42 @@ class InternalError(ApiError, status=500, code="internal_error"):
 
 
 # --- PostgreSQL errors ----------------------------------------------------------------------
-# Exact SQLSTATEs first, then two-character classes, as PostgREST's mapSQLtoHTTP does.
-# A state in neither table is a bug: a logged 500.
+# Exact SQLSTATEs first, then two-character classes, as PostgREST's mapSQLtoHTTP does; a
+# constraint's name says which problem a violation is. A state in neither table is a bug: a
+# logged 500. What the caller knows about the statement (`sku`, `delta`) fills the detail.
+
+# serialization_failure, deadlock_detected: PostgreSQL rolled the transaction back and says
+# that running it again may well succeed. Nothing else is retried (app.database).
+RETRYABLE = frozenset({"40001", "40P01"})
+# The unique index on lower(sku) (schema.sql): it, not a look first, decides duplicates.
+DUPLICATE_SKU = "products_sku_lower_key"
+# The trigger refusing a 101st subscription names this (schema.sql: webhooks_limit).
+WEBHOOKS_LIMIT = "webhooks_limit"
+
+Context = Mapping[str, Any]
+Mapper = Callable[[psycopg.Error, Context], ApiError | None]
 
 
-def _unique_violation(exc: psycopg.Error) -> ApiError | None:
-    if exc.diag.constraint_name == "products_sku_lower_key":
-        return DuplicateSku()
+def _unique_violation(exc: psycopg.Error, context: Context) -> ApiError | None:
+    if exc.diag.constraint_name == DUPLICATE_SKU:
+        return DuplicateSku(context.get("sku"))
     return None
 
 
-def _invalid_value(exc: psycopg.Error) -> ApiError:
+def _check_violation(exc: psycopg.Error, context: Context) -> ApiError:
+    if exc.diag.constraint_name == WEBHOOKS_LIMIT:
+        return TooManyWebhooks()
+    return _invalid_value(exc, context)
+
+
+def _out_of_range(exc: psycopg.Error, context: Context) -> ApiError:
+    # A stock adjustment's sum past integer: a conflict with the stock held, not bad input.
+    if "delta" in context:
+        return StockLimitExceeded(context["sku"], limit=QUANTITY_MAX, delta=context["delta"])
+    return _invalid_value(exc, context)
+
+
+def _invalid_value(exc: psycopg.Error, context: Context) -> ApiError:
     constraint = exc.diag.constraint_name or ""
     rule = rule_for(constraint)
     name = constraint or exc.sqlstate or "a database rule"
@@ -245,25 +269,41 @@ def _invalid_value(exc: psycopg.Error) -> ApiError:
     )
 
 
-_BY_SQLSTATE: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
+def _conflict_retry(exc: psycopg.Error, context: Context) -> ApiError:
+    return ConflictRetry()
+
+
+def _unavailable(exc: psycopg.Error, context: Context) -> ApiError:
+    return DatabaseUnavailable()
+
+
+_BY_SQLSTATE: dict[str, Mapper] = {
     "23505": _unique_violation,
-    "23514": _invalid_value,  # check_violation
+    "23514": _check_violation,
     "23502": _invalid_value,  # not_null_violation
-    "40001": lambda exc: ConflictRetry(),  # serialization_failure, after the retries
-    "40P01": lambda exc: ConflictRetry(),  # deadlock_detected, after the retries
+    "22003": _out_of_range,  # numeric_value_out_of_range
+    "40001": _conflict_retry,  # serialization_failure, after the retries
+    "40P01": _conflict_retry,  # deadlock_detected, after the retries
+    # lock_not_available: only an Idempotency-Key's claim waits with a lock_timeout, for
+    # the request that holds the key.
+    "55P03": lambda exc, context: RequestInProgress(),
     # idle_in_transaction_session_timeout (db/roles.sql): the server ended the session.
-    "25P03": lambda exc: DatabaseUnavailable(),
+    "25P03": _unavailable,
 }
-_BY_CLASS: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
+_BY_CLASS: dict[str, Mapper] = {
     "22": _invalid_value,  # data exception: out of range, bad text for a type
-    "08": lambda exc: DatabaseUnavailable(),  # connection exception
-    "53": lambda exc: DatabaseUnavailable(),  # insufficient resources
-    "57": lambda exc: DatabaseUnavailable(),  # operator intervention: shutdown, timeout
+    "08": _unavailable,  # connection exception
+    "53": _unavailable,  # insufficient resources
+    "57": _unavailable,  # operator intervention: shutdown, timeout
 }
 
 
-def from_database(exc: BaseException) -> ApiError | None:
-    """The problem a database failure means for the client, or None when it is a bug."""
+def from_database(exc: BaseException, **context: Any) -> ApiError | None:
+    """The problem a database failure means for the client, or None when it is a bug.
+
+    `context` is what the caller knows that the error does not carry: `sku` (the product
+    the statement was about), `delta` (a stock adjustment's).
+    """
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     if isinstance(exc, PoolTimeout):
@@ -273,7 +313,7 @@ def from_database(exc: BaseException) -> ApiError | None:
     state = exc.sqlstate
     if state:
         handler = _BY_SQLSTATE.get(state) or _BY_CLASS.get(state[:2])
-        return handler(exc) if handler else None
+        return handler(exc, context) if handler else None
     # No SQLSTATE: psycopg refused a value before sending it (a NUL byte, an int past
     # bigint), or the connection broke or could not be made.
     if isinstance(exc, psycopg.DataError):
@@ -283,6 +323,12 @@ def from_database(exc: BaseException) -> ApiError | None:
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable()
     return None
+
+
+def refused(exc: psycopg.Error, **context: Any) -> Exception:
+    """What to raise for a statement the database refused: its problem, with what the
+    caller knows (see from_database), or the error itself when it maps to none."""
+    return from_database(exc, **context) or exc
 
 
 def sqlstate_class(exc: BaseException) -> str:
@@ -332,24 +378,6 @@ def from_http(exc: StarletteHTTPException) -> ApiError:
     error.status = exc.status_code
     error.code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
     return error
-
-
-def route_methods(routes: Sequence[BaseRoute], path: str) -> set[str]:
-    """The methods of the routes serving `path`, with HEAD wherever GET is (app.core.http.head).
-
-    As OpenAPI matches paths, a concrete one wins over a template: /products/import is
-    POST only, though /products/{sku} would also match it.
-    """
-    concrete: set[str] = set()
-    templated: set[str] = set()
-    for context in iter_route_contexts(routes):
-        if context.path and compile_path(context.path)[0].match(path):
-            found = templated if "{" in context.path else concrete
-            found |= context.methods or set()
-    methods = concrete or templated
-    if "GET" in methods:
-        methods.add("HEAD")
-    return methods
 
 
 def install(

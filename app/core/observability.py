@@ -12,14 +12,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi.routing import iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
-from starlette.routing import BaseRoute, compile_path
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.http.matching import matching
 
 access_log = logging.getLogger("app.access")
 
@@ -272,37 +273,19 @@ _valid_request_id = re.compile(rb"[\x20-\x7e]{1,128}").fullmatch
 
 
 class _RouteTemplates:
-    """Route templates for metric labels, from the app's routes (built once, on first use).
-
-    FastAPI (0.16x) keeps included routers as nodes and puts the router's own route object in
-    scope["route"]; its path lacks any prefix given at include time. The effective paths come
-    from fastapi.routing.iter_route_contexts, keyed by the route object.
-    """
+    """Route templates for metric labels, from the app's (flat) routes."""
 
     def __init__(self, routes: list[BaseRoute]) -> None:
         self._routes = routes
-        self._by_route: dict[int, str] | None = None
-        self._patterns: list[tuple[re.Pattern[str], str]] = []
-
-    def _build(self) -> dict[int, str]:
-        by_route: dict[int, str] = {}
-        for context in iter_route_contexts(self._routes):
-            path = context.path
-            if path:
-                by_route.setdefault(id(context.original_route), path)
-                self._patterns.append((compile_path(path)[0], path))
-        self._by_route = by_route
-        return by_route
 
     def __call__(self, scope: Scope) -> str:
-        by_route = self._by_route if self._by_route is not None else self._build()
         route = scope.get("route")
         if route is not None:
-            return by_route.get(id(route)) or getattr(route, "path", None) or UNMATCHED
+            return getattr(route, "path", None) or UNMATCHED
         # Answered before routing (BodyGuard's 413/415/422) or by no route at all (404):
         # match the paths the way the router would, so a refused POST counts under its route.
-        path = scope["path"]
-        return next((t for pattern, t in self._patterns if pattern.match(path)), UNMATCHED)
+        found = matching(self._routes, scope["path"])
+        return found[0].path if found else UNMATCHED
 
 
 class ObserveRequests:

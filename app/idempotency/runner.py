@@ -159,8 +159,8 @@ class Idempotency:
                     headers={**stored.headers, "Idempotent-Replayed": "true"},
                 )
             raise errors.RequestInProgress()
-        except psycopg.errors.LockNotAvailable:
-            raise errors.RequestInProgress() from None
+        except psycopg.errors.LockNotAvailable as exc:
+            raise errors.refused(exc) from None
 
     async def purge_expired(self, *, batch: int = PURGE_BATCH) -> int:
         """Delete keys older than the TTL, `batch` rows per transaction; return how many."""

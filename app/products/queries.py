@@ -14,7 +14,7 @@ from psycopg import errors
 from sqlalchemy import Text, any_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.core.errors import DuplicateSku, PreconditionFailed, ProductNotFound
+from app.core.errors import PreconditionFailed, ProductNotFound, refused
 from app.database import Connection, Database, Statement, compile_once
 from app.models import Product
 from app.products.schemas import ProductCreate, ProductUpdate
@@ -75,9 +75,7 @@ async def create_product(conn: Connection, *, new: ProductCreate) -> ProductJson
     try:
         cur = await conn.execute(_INSERT.sql, _INSERT.params(**new.model_dump()))
     except errors.UniqueViolation as exc:
-        if exc.diag.constraint_name != "products_sku_lower_key":
-            raise
-        raise DuplicateSku(new.sku) from None
+        raise refused(exc, sku=new.sku) from None
     row = await cur.fetchone()
     assert row is not None
     return ProductJson(*row)

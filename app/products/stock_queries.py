@@ -5,13 +5,13 @@ from typing import Any
 from psycopg import errors
 from sqlalchemy import BindParameter, bindparam, insert, select, true, update
 
-from app.core.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
+from app.core.errors import InsufficientStock, ProductNotFound, refused
+from app.core.pages import cut_page
 from app.database import Connection, compile_once
 from app.models import Product, StockMovement
 from app.products.queries import ProductJson, quantity_of
 from app.products.schemas import AdjustmentCreate
 from app.products.statements import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
-from app.rules import QUANTITY_MAX
 
 # One statement: the guarded increment and its ledger row. The INSERT consumes the UPDATE's
 # RETURNING, so it runs only if the UPDATE changed the row, after it took the row lock: per
@@ -74,8 +74,8 @@ async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCrea
     for _ in range(3):
         try:
             row = await (await conn.execute(_ADJUST.sql, params)).fetchone()
-        except errors.NumericValueOutOfRange:
-            raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=adjustment.delta) from None
+        except errors.NumericValueOutOfRange as exc:
+            raise refused(exc, sku=sku, delta=adjustment.delta) from None
         if row is not None:
             return ProductJson(*row)
         current = await quantity_of(conn, sku=sku)
@@ -99,12 +99,7 @@ async def movements_page(
     remain; None when the product does not exist."""
     params = _MOVEMENTS_PAGE.params(sku=sku, after=after, limit=limit + 1)
     rows = await (await conn.execute(_MOVEMENTS_PAGE.sql, params)).fetchall()
-    if not rows:
-        return None
-    page = [(json, id_) for json, id_ in rows if json is not None]
-    more = len(page) > limit
-    page = page[:limit]
-    return [json for json, _ in page], (page[-1][1] if more else None)
+    return cut_page(rows, limit)
 
 
 def all_movements(*, product: int, after: int) -> tuple[str, dict[str, Any]]:

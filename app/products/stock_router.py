@@ -3,9 +3,14 @@
 from fastapi import APIRouter, Request, Response
 
 from app.core.errors import ProductNotFound
-from app.core.http.formats import json_array
 from app.core.http.limits import JsonRoute
-from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
+from app.core.http.pagination import (
+    After,
+    Limit,
+    decode_cursor,
+    encode_cursor,
+    page_response,
+)
 from app.core.http.streaming import JsonArrayStream
 from app.core.openapi import problems
 from app.database import Connection
@@ -71,5 +76,4 @@ async def list_movements(
     if page is None:
         raise ProductNotFound(sku)
     rows, last = page
-    headers = {} if last is None else {"Link": next_link(request, encode_cursor(last))}
-    return Response(json_array(rows), headers=headers, media_type="application/json")
+    return page_response(request, rows, None if last is None else encode_cursor(last))

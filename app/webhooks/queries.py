@@ -30,12 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.core.errors import TooManyWebhooks
+from app.core.errors import refused
+from app.core.pages import cut_page
 from app.database import Connection, Database, compile_once
 from app.models import Webhook, WebhookAttempt
-
-# The trigger refusing a 101st subscription names this (schema.sql: webhooks_limit).
-WEBHOOKS_LIMIT = "webhooks_limit"
 
 WEBHOOK_ROW = Webhook.__table__.table_valued()  # type: ignore[attr-defined]
 ATTEMPT_ROW = WebhookAttempt.__table__.table_valued()  # type: ignore[attr-defined]
@@ -131,9 +129,7 @@ async def create_webhook(
     try:
         cur = await conn.execute(_INSERT.sql, params)
     except errors.CheckViolation as exc:
-        if exc.diag.constraint_name != WEBHOOKS_LIMIT:
-            raise
-        raise TooManyWebhooks() from None
+        raise refused(exc) from None
     row = await cur.fetchone()
     assert row is not None
     return int(row[0]), str(row[1])
@@ -173,12 +169,7 @@ async def attempts_page(
     params = _ATTEMPTS_PAGE.params(id=webhook_id, before=before, limit=limit + 1)
     async with db.connection() as conn:
         rows = await (await conn.execute(_ATTEMPTS_PAGE.sql, params)).fetchall()
-    if not rows:
-        return None
-    page = [(json_, id_) for json_, id_ in rows if json_ is not None]
-    more = len(page) > limit
-    page = page[:limit]
-    return [json_ for json_, _ in page], (int(page[-1][1]) if more else None)
+    return cut_page(rows, limit)
 
 
 @dataclass(frozen=True)

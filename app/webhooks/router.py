@@ -12,7 +12,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from app.core.errors import ValidationFailed, WebhookNotFound
 from app.core.http.formats import json_array
 from app.core.http.limits import JsonRoute
-from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
+from app.core.http.pagination import (
+    After,
+    Limit,
+    decode_cursor,
+    encode_cursor,
+    page_response,
+)
 from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
@@ -147,5 +153,4 @@ async def list_deliveries(
     if page is None:
         raise WebhookNotFound(webhook_id)
     rows, last = page
-    headers = {} if last is None else {"Link": next_link(request, encode_cursor(last))}
-    return _json(json_array(rows), headers=headers)
+    return page_response(request, rows, None if last is None else encode_cursor(last))

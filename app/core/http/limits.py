@@ -33,8 +33,8 @@ from app.core.errors import (
     ServerBusy,
     UnsupportedMediaType,
     ValidationFailed,
-    route_methods,
 )
+from app.core.http.matching import route_methods
 from app.core.observability import REQUEST_ID_KEY
 
 logger = logging.getLogger("app.limits")

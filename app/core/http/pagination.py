@@ -3,11 +3,13 @@
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import Query, Request
+from fastapi import Query, Request, Response
 
 from app.core.errors import ValidationFailed
+from app.core.http.formats import json_array
 
 # The alphabet of the cursors encode_cursor makes (unpadded base64url).
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}$"
@@ -58,3 +60,10 @@ def next_link(request: Request, cursor: str) -> str:
     """A Link header value pointing at the next page: same URL, `after` replaced."""
     url = request.url.include_query_params(after=cursor)
     return f'<{url.path}?{url.query}>; rel="next"'
+
+
+def page_response(request: Request, rows: Iterable[str], cursor: str | None) -> Response:
+    """A page of JSON texts PostgreSQL rendered, as one array; with a Link to the next page
+    when `cursor` (the position after the last row) says there is one."""
+    headers = {} if cursor is None else {"Link": next_link(request, cursor)}
+    return Response(json_array(rows), headers=headers, media_type="application/json")
