@@ -10,6 +10,7 @@ from app.changes import router as changes
 from app.core.openapi import problems
 from app.deps import refuse_unknown_parameters, require_token
 from app.imports import router as imports
+from app.listing import router as listing
 from app.operations import router as operations
 from app.products import router as products
 from app.products import stock_router as stock
@@ -21,7 +22,7 @@ from app.webhooks import router as webhooks
 # tests/test_access.py walks all routes and fails for any protected route that answers
 # without a token. In this order: the hot routes first, as a request is matched against the
 # routes one by one.
-GUARDED_ROUTERS = (products, stock, imports, reports, changes, webhooks)
+GUARDED_ROUTERS = (products, listing, stock, imports, reports, changes, webhooks)
 OPEN_ROUTERS = (operations,)
 
 # What a route carries from its routers once they are merged in (prefix, tags, dependencies,

@@ -1,0 +1,128 @@
+"""GET /products: every product (streamed) or one page, filtered; JSON, CSV or NDJSON."""
+
+from dataclasses import replace
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from app.core.errors import ValidationFailed
+from app.core.http.formats import FRAMINGS, Format, negotiate
+from app.core.http.pagination import (
+    After,
+    Limit,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+    next_link,
+)
+from app.core.http.streaming import CopyStream
+from app.core.openapi import problems
+from app.deps import ReadsDep
+from app.listing import queries as listing
+from app.listing.rendering import render_page
+from app.products.schemas import ProductRead
+from app.rules import QUANTITY_MAX, SKU_CHARS_PATTERN, SKU_MAX
+
+router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
+
+SkuPrefix = Annotated[
+    str | None,
+    Query(
+        max_length=SKU_MAX,
+        pattern=SKU_CHARS_PATTERN,
+        description="Only SKUs starting with this, in any letter case",
+    ),
+]
+Search = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=listing.SEARCH_MAX,
+        pattern=r"^[^\x00]*$",
+        description="Only products whose name or SKU contains this, ignoring case "
+        "(a literal substring: % _ \\ match themselves)",
+    ),
+]
+QuantityMax = Annotated[
+    int | None, Query(ge=0, description="Only products with at most this many in stock")
+]
+LowStock = Annotated[
+    Literal["true"] | None,
+    Query(description="`true`: only products at or below their reorder point"),
+]
+SpreadsheetSafe = Annotated[
+    Literal["true"] | None,
+    Query(
+        description="`true`: a CSV cell of free text (name, description) that a spreadsheet "
+        "would run as a formula (it begins with = + - @, tab or CR) gets a ' in front. "
+        "Other formats ignore it."
+    ),
+]
+
+
+def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
+    """The keyset position of a cursor issued for the same filters (else 422)."""
+    created_at, id_, filters = decode_cursor(cursor, str, int, str)
+    if filters != query.filters_key():
+        raise ValidationFailed.field(
+            "after",
+            "was issued for other filters",
+            "A cursor continues the listing it came from: send the same filters with it.",
+        )
+    try:
+        return datetime.fromisoformat(created_at), id_
+    except ValueError:
+        raise invalid_cursor() from None
+
+
+@router.get(
+    "",
+    operation_id="listProducts",
+    response_model=list[ProductRead],
+    responses={
+        **problems(406, 422),
+        200: {"content": {f.value: {} for f in Format if f is not Format.JSON}},
+    },
+    summary="List products oldest first: everything (streamed) or one page; JSON, CSV, NDJSON",
+)
+async def list_products(
+    request: Request,
+    reads: ReadsDep,
+    limit: Limit = None,
+    after: After = None,
+    sku_prefix: SkuPrefix = None,
+    q: Search = None,
+    quantity_max: QuantityMax = None,
+    low_stock: LowStock = None,
+    spreadsheet_safe: SpreadsheetSafe = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    fmt = negotiate(accept)
+    for_spreadsheet = spreadsheet_safe is not None
+    query = listing.Listing(
+        prefix=listing.prefix_range(sku_prefix) if sku_prefix else None,
+        q=q,
+        # No quantity is larger: the same products, and a value the column type can take.
+        quantity_max=None if quantity_max is None else min(quantity_max, QUANTITY_MAX),
+        low_stock=low_stock is not None,
+        limit=limit,
+    )
+    if after is not None:
+        query = replace(query, after=_position(after, query))
+    if limit is None:
+        return CopyStream(
+            reads,
+            query.export(csv=fmt is Format.CSV, for_spreadsheet=for_spreadsheet),
+            query.params(),
+            framing=FRAMINGS[fmt],
+            media_type=fmt.content_type,
+        )
+    page = await reads.run(lambda db: listing.page(db, query))
+    headers = {}
+    if page.next_after is not None:
+        created_at, id_ = page.next_after
+        cursor = encode_cursor(created_at.isoformat(), id_, query.filters_key())
+        headers["Link"] = next_link(request, cursor)
+    body = render_page(fmt, [row.json for row in page.rows], for_spreadsheet=for_spreadsheet)
+    return Response(body, headers=headers, media_type=fmt.content_type)
