@@ -69,7 +69,9 @@ def is_router(name: str) -> bool:
 
 def is_queries(name: str) -> bool:
     last = name.rsplit(".", 1)[-1]
-    return last in {"queries", "staging", "statements"} or last.endswith("_queries")
+    return last in {"queries", "statements", "parsing", "staging", "diagnosis"} or last.endswith(
+        "_queries"
+    )
 
 
 def breaches(rule: str) -> list[str]:

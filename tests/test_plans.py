@@ -19,7 +19,7 @@ from httpx import ASGITransport, AsyncClient
 from psycopg import ClientCursor, Connection, sql
 
 from app.config import Settings
-from app.imports import staging as imports
+from app.imports import queries as imports
 from app.listing.queries import SCAN_BUDGET, Listing, prefix_range
 from app.main import create_app
 from app.reports import queries as reports

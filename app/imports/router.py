@@ -11,12 +11,14 @@ from app.core.errors import UnsupportedMediaType
 from app.core.openapi import problems
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey
-from app.imports import staging as imports
+from app.imports import parsing
+from app.imports import queries as imports
 from app.imports.schemas import ImportResult
+from app.imports.staging import OnConflict
 
 router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
 
-_MEDIA_TYPES = {imports.CSV, imports.NDJSON}
+_MEDIA_TYPES = {parsing.CSV, parsing.NDJSON}
 _CHARSETS = {None, "utf-8", "utf8", "us-ascii"}
 
 
@@ -44,8 +46,8 @@ def _media_type(content_type: str | None) -> str:
             "content": {
                 # binary: generators then give the method a file or bytes parameter,
                 # and the server streams it all the same.
-                imports.CSV: {"schema": {"type": "string", "format": "binary"}},
-                imports.NDJSON: {"schema": {"type": "string", "format": "binary"}},
+                parsing.CSV: {"schema": {"type": "string", "format": "binary"}},
+                parsing.NDJSON: {"schema": {"type": "string", "format": "binary"}},
             },
         }
     },
@@ -56,7 +58,7 @@ async def import_products(
     idempotency: IdempotencyDep,
     credential: Credential,
     on_conflict: Annotated[
-        imports.OnConflict,
+        OnConflict,
         Query(
             description="Records whose SKU exists: `error` (409), `skip` them, or `update` "
             "the products (with `quantity`: a stock count, recorded as corrections)"
@@ -82,10 +84,10 @@ async def import_products(
         )
     # Under a key the body's hash must be known before the work starts, and the work may
     # be retried (serialization failures): the body is spooled first, never held whole.
-    with tempfile.SpooledTemporaryFile(max_size=imports.SPOOL_MEMORY) as spooled:
-        digest = await imports.spool(request.stream(), spooled)
+    with tempfile.SpooledTemporaryFile(max_size=parsing.SPOOL_MEMORY) as spooled:
+        digest = await parsing.spool(request.stream(), spooled)
         return await idempotency.run(
-            lambda conn: into(conn, imports.unspool(spooled)),
+            lambda conn: into(conn, parsing.unspool(spooled)),
             key=idempotency_key,
             credential=credential,
             scope="POST /products/import",
