@@ -41,9 +41,9 @@ _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
 _ORDER = (Product.created_at, Product.id)
 # The CSV columns are product_fields()'s (schema.sql): the API's field order and formatting.
 _CSV_FIELDS: ColumnElement[Any] = literal_column("(product_fields(products)).*")
-# The same, with the free text spreadsheet-safe (app.formats.spreadsheet_safe, in SQL): a
-# cell beginning with one of FORMULA_STARTS gets a ' in front. Literals inline: a COPY
-# takes no parameters but the listing's own.
+# The same, with the free text spreadsheet-safe (app.listing.rendering.spreadsheet_safe, in
+# SQL): a cell beginning with one of FORMULA_STARTS gets a ' in front. Literals inline: a
+# COPY takes no parameters but the listing's own.
 _STARTS_SQL = ", ".join(f"'{c}'" for c in FORMULA_STARTS)
 
 
