@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from app.core.errors import refused
 from app.core.pages import cut_page
-from app.database import Connection, Database, compile_once
+from app.database import Connection, Database, Statement, compile_once
 from app.models import Webhook, WebhookAttempt
 
 WEBHOOK_ROW = Webhook.__table__.table_valued()  # type: ignore[attr-defined]
@@ -182,6 +182,10 @@ class Leased:
     secret: str
     events: list[str]
 
+    def held(self) -> dict[str, Any]:
+        """The parameters that name the lease in webhook_work, _record and _release."""
+        return {"webhook_id": self.id, "token": self.token}
+
 
 @dataclass(frozen=True)
 class Work:
@@ -207,9 +211,7 @@ class Outcome:
 
 async def lease(db: Database, *, max_webhooks: int, lease_seconds: float) -> list[Leased]:
     """Lease up to `max_webhooks` subscriptions that have work (schema.sql: webhook_lease)."""
-    params = _LEASE.params(max_webhooks=max_webhooks, lease=lease_seconds)
-    async with db.connection() as conn:
-        rows = await (await conn.execute(_LEASE.sql, params)).fetchall()
+    rows = await _fetch(db, _LEASE, max_webhooks=max_webhooks, lease=lease_seconds)
     return [Leased(*row) for row in rows]
 
 
@@ -218,15 +220,14 @@ async def work(
 ) -> list[Work]:
     """The subscription's next work (webhook_work): due retries, then events after its
     cursor; [] when there is none, or the lease is no longer this process's."""
-    params = _WORK.params(
-        webhook_id=leased.id,
-        token=leased.token,
+    rows = await _fetch(
+        db,
+        _WORK,
+        **leased.held(),
         max_attempts=max_attempts,
         max_scan=max_scan,
         give_up_after=give_up_after,
     )
-    async with db.connection() as conn:
-        rows = await (await conn.execute(_WORK.sql, params)).fetchall()
     return [Work(*row) for row in rows]
 
 
@@ -242,9 +243,10 @@ async def record(
     """Log the attempts and apply what follows (webhook_record), move the cursor to
     `scanned` and renew the lease. Returns the outcomes (delivered, retry, failed) in order;
     None when the lease was no longer this process's (nothing was recorded)."""
-    params = _RECORD.params(
-        webhook_id=leased.id,
-        token=leased.token,
+    [row] = await _fetch(
+        db,
+        _RECORD,
+        **leased.held(),
         scanned=scanned,
         lease=lease_seconds,
         retry_seconds=retry_seconds,
@@ -255,23 +257,19 @@ async def record(
         durations=[o.duration_ms for o in outcomes],
         give_up_ats=[o.work.give_up_at for o in outcomes],
     )
-    async with db.connection() as conn:
-        row = await (await conn.execute(_RECORD.sql, params)).fetchone()
-    return None if row is None or row[0] is None else list(row[0])
+    return None if row[0] is None else list(row[0])
 
 
 async def release(db: Database, leased: Leased) -> None:
     """Hand the subscription back (webhook_release)."""
-    async with db.connection() as conn:
-        await conn.execute(_RELEASE.sql, _RELEASE.params(webhook_id=leased.id, token=leased.token))
+    await _fetch(db, _RELEASE, **leased.held())
 
 
 async def seconds_to_next_due(db: Database) -> float | None:
     """How long until delivery work falls due without a new event (a retry, a lease that
     ends); None when nothing waits."""
-    async with db.connection() as conn:
-        row = await (await conn.execute(_NEXT_DUE.sql, _NEXT_DUE.params())).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    [row] = await _fetch(db, _NEXT_DUE)
+    return None if row[0] is None else float(row[0])
 
 
 async def backlog_seconds(db: Database) -> float:
@@ -285,3 +283,11 @@ async def any_webhook(db: Database) -> bool:
     async with db.connection() as conn:
         row = await (await conn.execute(_ANY.sql, _ANY.params())).fetchone()
     return bool(row and row[0])
+
+
+async def _fetch(db: Database, statement: Statement, **values: Any) -> list[Any]:
+    """The rows of one of the SELECTs above, on a pooled connection (each returns one row
+    but webhook_lease and webhook_work, which return sets)."""
+    async with db.connection() as conn:
+        cur = await conn.execute(statement.sql, statement.params(**values))
+        return await cur.fetchall()
