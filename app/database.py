@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import psycopg
@@ -59,6 +59,14 @@ class Statement:
     def params(self, **values: Any) -> dict[str, Any]:
         """The parameters for one execution: literals the compiler lifted out, then `values`."""
         return {**self.defaults, **values}
+
+
+class Bound(NamedTuple):
+    """A statement and its parameters, to be run later (a stream): what a query function
+    hands a route, which passes it to the response that runs it without reading it."""
+
+    sql: str | psycopg.sql.Composed
+    params: Mapping[str, Any]
 
 
 def compile_once(statement: ClauseElement) -> Statement:

@@ -130,6 +130,18 @@ def test_routes_hold_no_sql() -> None:
     assert found == []
 
 
+def test_routes_never_open_a_connection_or_run_a_statement() -> None:
+    calls = {"connection", "bulk", "cursor", "execute", "transaction", "copy"}
+    found = [
+        (name, node.attr)
+        for name, path in modules().items()
+        if is_router(name)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in calls
+    ]
+    assert found == []
+
+
 def test_queries_never_import_http() -> None:
     assert breaches("queries") == []
 

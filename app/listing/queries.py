@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.database import Database, Statement, compile_once
+from app.database import Bound, Database, Statement, compile_once
 from app.listing.rendering import CSV_FIELDS, FORMULA_STARTS, FREE_TEXT_FIELDS
 from app.models import Product
 from app.products.statements import COPY_CSV, COPY_JSON_ROWS, PRODUCT_JSON
@@ -173,6 +173,10 @@ class Listing:
         Run with `params()`: the statement holds no other parameter.
         """
         return _export(self._shape(), csv, csv and for_spreadsheet)
+
+    def stream(self, csv: bool, *, for_spreadsheet: bool = False) -> Bound:
+        """The export with its parameters, for a response to run."""
+        return Bound(self.export(csv, for_spreadsheet=for_spreadsheet), self.params())
 
 
 class _Shape(NamedTuple):

@@ -113,8 +113,7 @@ async def list_products(
     if limit is None:
         return CopyStream(
             reads,
-            query.export(csv=fmt is Format.CSV, for_spreadsheet=for_spreadsheet),
-            query.params(),
+            query.stream(csv=fmt is Format.CSV, for_spreadsheet=for_spreadsheet),
             framing=FRAMINGS[fmt],
             media_type=fmt.content_type,
         )

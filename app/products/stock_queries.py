@@ -1,13 +1,11 @@
 """Stock: atomic adjustments with their ledger row, and a product's movement history."""
 
-from typing import Any
-
 from psycopg import errors
 from sqlalchemy import BindParameter, bindparam, insert, select, true, update
 
 from app.core.errors import InsufficientStock, ProductNotFound, refused
 from app.core.pages import cut_page
-from app.database import Connection, compile_once
+from app.database import Bound, Connection, Database, compile_once
 from app.models import Product, StockMovement
 from app.products.queries import ProductJson, quantity_of
 from app.products.schemas import AdjustmentCreate
@@ -87,21 +85,24 @@ async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCrea
     raise InsufficientStock(sku, available=available, delta=adjustment.delta)
 
 
-async def product_id(conn: Connection, *, sku: str) -> int | None:
-    row = await (await conn.execute(_PRODUCT_ID.sql, _PRODUCT_ID.params(sku=sku))).fetchone()
+async def product_id(db: Database, *, sku: str) -> int | None:
+    async with db.connection() as conn:
+        cur = await conn.execute(_PRODUCT_ID.sql, _PRODUCT_ID.params(sku=sku))
+        row = await cur.fetchone()
     return None if row is None else int(row[0])
 
 
 async def movements_page(
-    conn: Connection, *, sku: str, after: int, limit: int
+    db: Database, *, sku: str, after: int, limit: int
 ) -> tuple[list[str], int | None] | None:
     """Up to `limit` movements with id > `after`, oldest first, and the last id if more
     remain; None when the product does not exist."""
     params = _MOVEMENTS_PAGE.params(sku=sku, after=after, limit=limit + 1)
-    rows = await (await conn.execute(_MOVEMENTS_PAGE.sql, params)).fetchall()
+    async with db.connection() as conn:
+        rows = await (await conn.execute(_MOVEMENTS_PAGE.sql, params)).fetchall()
     return cut_page(rows, limit)
 
 
-def all_movements(*, product: int, after: int) -> tuple[str, dict[str, Any]]:
-    """Every movement of a product after a cursor, oldest first: (sql, params) to stream."""
-    return _MOVEMENTS.sql, _MOVEMENTS.params(product_id=product, after=after)
+def all_movements(*, product: int, after: int) -> Bound:
+    """Every movement of a product after a cursor, oldest first, to stream."""
+    return Bound(_MOVEMENTS.sql, _MOVEMENTS.params(product_id=product, after=after))

@@ -65,14 +65,11 @@ async def list_movements(
     start = decode_cursor(after, int)[0] if after is not None else 0
     if limit is None:
         # Everything, streamed in a bulk slot; looked up first so that a missing one is 404.
-        async with db.connection() as conn:
-            product = await stock.product_id(conn, sku=sku)
+        product = await stock.product_id(db, sku=sku)
         if product is None:
             raise ProductNotFound(sku)
-        statement, params = stock.all_movements(product=product, after=start)
-        return JsonArrayStream(db, statement, params)
-    async with db.connection() as conn:
-        page = await stock.movements_page(conn, sku=sku, after=start, limit=limit)
+        return JsonArrayStream(db, stock.all_movements(product=product, after=start))
+    page = await stock.movements_page(db, sku=sku, after=start, limit=limit)
     if page is None:
         raise ProductNotFound(sku)
     rows, last = page

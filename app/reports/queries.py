@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from psycopg import sql
 from sqlalchemy import (
@@ -18,7 +18,7 @@ from sqlalchemy import (
     select,
 )
 
-from app.database import Database, compile_once
+from app.database import Bound, Database, compile_once
 from app.models import movement_daily, stock_summary
 from app.products.statements import COPY_CSV, COPY_JSON_ROWS
 
@@ -82,13 +82,11 @@ _JSON_ROWS = compile_once(
 _CSV_ROWS = compile_once(_grouped)
 
 
-def movements_report(
-    *, csv: bool, from_at: datetime, to_at: datetime, bucket: str
-) -> tuple[sql.Composed, dict[str, Any]]:
+def movements_report(*, csv: bool, from_at: datetime, to_at: datetime, bucket: str) -> Bound:
     """The movements report as a COPY ... TO STDOUT and its parameters: CSV with a header,
     or one JSON object per row. psycopg binds COPY parameters on the client side, so the
     planner sees the range and uses the created_at index."""
     assert bucket in BUCKETS
     inner = _CSV_ROWS if csv else _JSON_ROWS
     copy = sql.SQL(COPY_CSV if csv else COPY_JSON_ROWS).format(sql.SQL(inner.sql))
-    return copy, inner.params(from_at=from_at, to_at=to_at, bucket=bucket)
+    return Bound(copy, inner.params(from_at=from_at, to_at=to_at, bucket=bucket))

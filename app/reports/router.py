@@ -85,8 +85,8 @@ async def movements_report(
     # A window with to <= from holds no movements: its report is empty, not an error, as
     # the OpenAPI document can say (no schema relates two parameters; issue 13).
     end = max(start, end)
-    copy, params = reports.movements_report(
+    report = reports.movements_report(
         csv=fmt is Format.CSV, from_at=start, to_at=end, bucket=bucket
     )
     # Streamed in a bulk slot: a window of years by day is long, and memory stays flat.
-    return CopyStream(reads, copy, params, framing=FRAMINGS[fmt], media_type=fmt.content_type)
+    return CopyStream(reads, report, framing=FRAMINGS[fmt], media_type=fmt.content_type)

@@ -11,11 +11,10 @@ replaced); one that stops reading is cut off by the send deadline (app.core.http
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 import anyio
 import psycopg
-from psycopg import AsyncCopy, pq, sql
+from psycopg import AsyncCopy, pq
 from psycopg.abc import Buffer, PQGen
 from psycopg.waiting import Wait
 from starlette.responses import Response
@@ -25,7 +24,7 @@ from app.core.access import ANONYMOUS, CALLER_KEY, Caller
 from app.core.http.formats import FRAMINGS, Format, Framing
 from app.core.http.limits import BULK_KEY
 from app.core.reads import FALLBACK, Reads
-from app.database import Connection, Database
+from app.database import Bound, Connection, Database
 
 # Bytes per network write: a write per row costs a send each (docs/performance.md).
 CHUNK_BYTES = 256 * 1024
@@ -122,17 +121,10 @@ class CopyStream(_Streamed):
     """The rows of a COPY ... TO STDOUT, framed (see formats.Framing), in ~CHUNK_BYTES."""
 
     def __init__(
-        self,
-        db: Database | Reads,
-        statement: sql.Composed,
-        params: Any,
-        *,
-        framing: Framing,
-        media_type: str,
+        self, db: Database | Reads, query: Bound, *, framing: Framing, media_type: str
     ) -> None:
         super().__init__(db, media_type=media_type, framing=framing)
-        self._statement = statement
-        self._params = params
+        self._statement, self._params = query
 
     async def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
         framing = self._framing
@@ -158,10 +150,9 @@ class CopyStream(_Streamed):
 class JsonArrayStream(_Streamed):
     """A JSON array whose elements are the single text column of a query, in batches."""
 
-    def __init__(self, db: Database, statement: str, params: Any) -> None:
+    def __init__(self, db: Database, query: Bound) -> None:
         super().__init__(db, media_type="application/json", framing=_JSON_ARRAY)
-        self._statement = statement
-        self._params = params
+        self._statement, self._params = query
 
     async def chunks(self, conn: Connection) -> AsyncGenerator[bytes, None]:
         rows = conn.cursor().stream(self._statement, self._params, size=BATCH_ROWS)
