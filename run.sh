@@ -332,10 +332,13 @@ cmd_test() {
     exec "$VENV/bin/python" -m pytest "$@"
   fi
   # Everything: the fast tests spread over every core (each worker with its own cluster),
-  # then the slow system tests one at a time, so that their timings (outages, shutdowns,
-  # live servers) are not measured on a machine the other worker is keeping busy.
+  # then the slow system tests that measure no time, spread too (a module's shared big
+  # fixture stays on one worker: xdist_group), then those marked `alone` one at a time,
+  # so that their timings (outages, shutdowns, deadlines) are not measured on a machine
+  # another worker is keeping busy.
   "$VENV/bin/python" -m pytest -m "not slow" -n auto
-  exec "$VENV/bin/python" -m pytest -m slow
+  "$VENV/bin/python" -m pytest -m "slow and not alone" -n auto --dist loadgroup
+  exec "$VENV/bin/python" -m pytest -m "slow and alone"
 }
 
 cmd_lint() {

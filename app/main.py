@@ -28,8 +28,14 @@ from app.webhooks import ssrf
 from app.webhooks.delivery import Deliveries
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
     """Build the app; nothing is opened until its lifespan starts.
+
+    `background=False` makes an app that only answers requests: none of the background
+    loops runs (change log numbering and LISTEN, change streams' feed, webhook deliveries,
+    retention and idempotency-key purges, the replica probe), and their pool is not opened.
+    The tests use it for everything that is about requests; the tests of the loops start
+    them. Every service process runs them.
 
     Raises access.TokenConfigError for a token variable that is set but holds no token.
     """
@@ -47,8 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # The background work's own small pool: it never waits behind requests, and
             # requests never wait behind it. Not waited for: every loop retries until it
             # has connected.
-            upkeep = await stack.enter_async_context(
-                open_database(dsn, settings.model_copy(update={"pool_size": 2}), wait=False)
+            upkeep = (
+                await stack.enter_async_context(
+                    open_database(dsn, settings.model_copy(update={"pool_size": 2}), wait=False)
+                )
+                if background
+                else database
             )
             # Exports, pages, GET /changes and reports: a replica when one is usable.
             reads = await stack.enter_async_context(
@@ -70,14 +80,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 feed.wake()
                 deliveries.wake()
 
-            supervisor.start(
-                "idempotency key purge",
-                lambda: idempotency.purge_every(settings.idempotency_purge_interval_seconds),
-            )
-            if reads.replica is not None:
-                supervisor.start("read replica probe", reads.replica.run)
-            changes_upkeep.start(supervisor, upkeep, dsn, settings, feed=feed, wake=numbered)
-            supervisor.start("webhook deliveries", deliveries.run)
+            if background:
+                supervisor.start(
+                    "idempotency key purge",
+                    lambda: idempotency.purge_every(settings.idempotency_purge_interval_seconds),
+                )
+                if reads.replica is not None:
+                    supervisor.start("read replica probe", reads.replica.run)
+                changes_upkeep.start(supervisor, upkeep, dsn, settings, feed=feed, wake=numbered)
+                supervisor.start("webhook deliveries", deliveries.run)
             metrics.pool.pool = database.pool
             metrics.replica.replica = reads.replica
             # POST /webhooks looks its URL's host up here (app.webhooks.ssrf).

@@ -95,13 +95,19 @@ def settings(postgresql: Connection[Any], pg_server: Cluster, pg_bouncer: str | 
 
 
 @pytest.fixture
-def make_app(settings: Settings) -> AppFactory:
+def make_app(settings: Settings, request: pytest.FixtureRequest) -> AppFactory:
     """`async with make_app(**overrides) as app`: the app started on the test's database,
-    with settings changed by `overrides`; stopped (pool closed) on exit."""
+    with settings changed by `overrides`; stopped (pool closed) on exit.
+
+    Its background loops (the change log's sequencer and LISTEN, webhook deliveries,
+    purges, the replica probe) run only for a test marked `background` or `slow` (system
+    tests run the service whole): the others are about what requests do, and starting and
+    stopping the loops took most of their time."""
+    background = any(request.node.get_closest_marker(m) for m in ("background", "slow"))
 
     @asynccontextmanager
     async def started(**overrides: Any) -> AsyncIterator[FastAPI]:
-        app = create_app(settings.model_copy(update=overrides))
+        app = create_app(settings.model_copy(update=overrides), background=background)
         async with LifespanManager(app) as manager:
             yield manager.app  # type: ignore[misc]
 

@@ -2,13 +2,15 @@
 
 Cloning a database (CREATE DATABASE ... TEMPLATE) costs a tenth to a third of a second;
 emptying one costs a hundredth. So a test gets the last test's database back, emptied
-(every table truncated, every sequence restarted, every other session ended), as long as
+(every other session ended, every table holding the template's rows again — none, or the
+one-row tables schema.sql fills —, every sequence restarted), as long as
 that test left the schema exactly as schema.sql makes it. A test that changed it (a
 constraint added, a table dropped, a grant revoked, a role setting for the database) is
 detected by a fingerprint of the catalog, and the next test gets a fresh clone instead.
 To a test, every database is as good as new.
 """
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,13 +69,14 @@ _RESTART_SEQUENCES = """
     SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value, false)
     FROM pg_sequences WHERE schemaname = 'public'
 """
-# Every other session on the database ended (a test's leftovers), then the fingerprint.
-_CHECK = f"""
-    SELECT ({_FINGERPRINT}), (
-        SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-        WHERE datname = current_database() AND pid <> pg_backend_pid()
-    )
+# Every other session on the database ended (a test's leftovers), waiting until each has
+# gone: one left in a transaction holds its locks until then, and the fingerprint would wait.
+_END_OTHER_SESSIONS = """
+    SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
+# The rows schema.sql puts in a table, as one JSON array (NULL for none).
+_ROWS = "SELECT json_agg(t) FROM {} t"
 
 
 class Databases:
@@ -115,7 +118,8 @@ class Databases:
             conn.rollback()
         conn.autocommit = True
         conn.execute("RESET ALL")
-        row = conn.execute(_CHECK).fetchone()
+        conn.execute(_END_OTHER_SESSIONS)
+        row = conn.execute(_FINGERPRINT).fetchone()
         if row is None or row[0] != self.schema:
             return False
         conn.execute(self._empty)
@@ -133,15 +137,25 @@ class Databases:
                 )
             )
         conn = self._session = self.connect(dbname)
-        row = conn.execute(_CHECK).fetchone()
+        row = conn.execute(_FINGERPRINT).fetchone()
         assert row is not None
         tables = [name for (name,) in conn.execute(_TABLES).fetchall()]
+        seeded = _rows_by_table(conn, tables)
         # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE's new files cost 10 ms
         # a table. Triggers and foreign keys are off for this session (replica role): a
         # change-log trigger must not log the clean-up, and the order of tables is free.
         statements = [
             "SET session_replication_role = replica",
             *(f"DELETE FROM {table}" for table in tables),  # regclass text: quoted already
+            *(
+                sql.SQL(
+                    "INSERT INTO {} OVERRIDING SYSTEM VALUE "
+                    "SELECT * FROM json_populate_recordset(NULL::{}, {})"
+                )
+                .format(sql.SQL(table), sql.SQL(table), sql.Literal(json.dumps(rows)))
+                .as_string(conn)
+                for table, rows in seeded.items()
+            ),
             _RESTART_SEQUENCES,
             "RESET session_replication_role",
         ]
@@ -164,3 +178,14 @@ class Databases:
 
     def close(self) -> None:
         self._drop()
+
+
+def _rows_by_table(conn: Connection[Any], tables: list[str]) -> dict[str, Any]:
+    """The rows of each table that has any (in a fresh clone: the one-row tables schema.sql
+    fills), as JSON."""
+    found = {}
+    for table in tables:
+        row = conn.execute(_ROWS.format(table)).fetchone()
+        if row is not None and row[0] is not None:
+            found[table] = row[0]
+    return found

@@ -400,6 +400,7 @@ print(" ".join(map(str, statuses)))
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_clients_without_a_token_posting_big_bodies_do_not_slow_a_worker(
     postgresql: Connection[Any], pg_server: Cluster
 ) -> None:

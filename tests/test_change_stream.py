@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from httpx import AsyncClient
 from psycopg import Connection
 
@@ -21,6 +22,8 @@ from tests.conftest import LOCKED, READ, WRITE_1
 from tests.helpers import age_changes, assert_problem, product
 from tests.live_inprocess import live_server
 from tests.sse import Message, messages
+
+pytestmark = pytest.mark.background  # streams are fed by the change log's loops
 
 
 class Stream:

@@ -16,6 +16,9 @@ from tests.cluster import Cluster
 from tests.conftest import ClientFactory
 from tests.helpers import RFC3339_UTC, age_changes, assert_problem, product
 
+# The change log is numbered by its sequencer, a background loop.
+pytestmark = pytest.mark.background
+
 EVENT_FIELDS = {"seq", "type", "sku", "product", "changed", "movement", "at"}
 
 

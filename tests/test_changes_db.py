@@ -640,6 +640,8 @@ def test_writers_do_not_notify_and_the_sequencer_announces_the_last_seq(
     ).fetchone() == (0,)
 
 
+@pytest.mark.slow
+@pytest.mark.alone  # it compares two timings: a busy machine decides it otherwise
 def test_a_transaction_left_open_costs_the_sequencer_one_look_not_its_rows(
     db: Connection[Any], connect: Any
 ) -> None:

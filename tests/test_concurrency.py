@@ -94,6 +94,7 @@ async def test_pool_exhausted_past_its_timeout_is_503_with_retry_after(
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_database_outage_is_503_then_recovers_without_restart(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:

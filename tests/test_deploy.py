@@ -113,6 +113,7 @@ def run_script(
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_unchanged_schema_is_not_reapplied_so_a_restart_never_waits_for_table_locks(
     scratch: Cluster,
 ) -> None:

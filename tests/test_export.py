@@ -287,6 +287,7 @@ async def test_bulk_work_outlasts_the_roles_statement_timeout(
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_a_client_that_stops_reading_is_cut_off_by_the_send_deadline(
     settings: Settings, db: Connection[Any]
 ) -> None:

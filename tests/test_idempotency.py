@@ -387,6 +387,7 @@ async def test_purge_deletes_expired_keys_in_batches_and_keeps_live_ones(
     assert db.execute("SELECT key FROM idempotency_keys").fetchall() == [("live",)]
 
 
+@pytest.mark.background
 async def test_the_service_purges_expired_keys_in_the_background(
     make_app: AppFactory, db: Connection[Any]
 ) -> None:

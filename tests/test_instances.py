@@ -19,7 +19,7 @@ from tests.sse import events
 from tests.stock_helpers import assert_ledger_consistent, widen_race
 from tests.test_webhooks import start_receiver
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ class Load:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 async def test_outage_under_load_is_503_then_recovers_and_loses_nothing(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:

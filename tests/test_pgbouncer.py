@@ -102,6 +102,7 @@ async def test_prepared_statements_are_off_exactly_when_needed(
         assert 500 in statuses
 
 
+@pytest.mark.alone
 async def test_an_outage_behind_pgbouncer_is_503_within_the_pool_timeout_then_recovers(
     own_cluster: Cluster, make_client: ClientFactory
 ) -> None:

@@ -26,7 +26,8 @@ from app.reports import queries as reports
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA
 
-pytestmark = pytest.mark.slow
+# One worker builds the module's big databases, once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plans")]
 
 PRODUCTS = 1_000_000
 MOVEMENTS = 10_000_000
@@ -315,6 +316,7 @@ async def big_client(big: Connection[Any], pg_server: Cluster) -> AsyncIterator[
         yield client
 
 
+@pytest.mark.alone  # it measures time: built again for it, on an idle machine
 @pytest.mark.parametrize(
     "query",
     [

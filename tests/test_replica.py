@@ -17,7 +17,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.cluster import Cluster, free_port, new_cluster, psql, remove_cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 # Everything that may be served by the replica, and how to compare two answers.
 READS = (

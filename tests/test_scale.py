@@ -19,7 +19,7 @@ import pytest
 from tests.cluster import REPO, free_port, new_data_dir
 from tests.helpers import product
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def run_sh(env: dict[str, str], *args: str) -> str:

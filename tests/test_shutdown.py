@@ -13,7 +13,7 @@ from tests.cluster import Cluster
 from tests.helpers import SLEEPING, product
 from tests.live import live_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 TOKEN = "shutdown-test-token-9Qe"
 GRACE = 10  # --timeout-graceful-shutdown, as in run.sh and the Dockerfile (there: 20)

@@ -35,6 +35,7 @@ def _stalled_export(url: str, path: str = "/products", headers: str = "") -> soc
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_a_client_that_stops_reading_costs_one_info_line_not_a_traceback(
     postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
 ) -> None:
@@ -129,6 +130,7 @@ async def _no_disconnect() -> Message:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_slow_readers_cannot_hold_the_bulk_slots(
     postgresql: Connection[Any], pg_server: Cluster, db: Connection[Any]
 ) -> None:

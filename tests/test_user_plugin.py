@@ -15,7 +15,8 @@ import pytest
 
 from tests.cluster import REPO, new_data_dir
 
-pytestmark = pytest.mark.slow
+# One worker builds the wheel and its environment, once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("user_plugin")]
 
 # A user's suite: their code would talk to the API; here the tests do, through the fixtures.
 USER_TESTS = """

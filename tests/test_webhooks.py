@@ -23,6 +23,8 @@ from tests.conftest import AppFactory, ClientFactory
 from tests.helpers import RFC3339_UTC, age_changes, assert_problem, product
 from tests.live import live_server
 
+pytestmark = pytest.mark.background  # deliveries are a background loop
+
 # Deliveries in these tests go to a receiver on 127.0.0.1: private addresses allowed, and
 # quick retries so that a test sees several attempts.
 LOCAL = {"webhook_allow_private": True, "webhook_retry_seconds": 0.1, "changes_poll_seconds": 0.1}
