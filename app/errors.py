@@ -93,9 +93,9 @@ class DuplicateSku(ApiError, status=409, code="duplicate_sku"):
 
 
 class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
-    def __init__(self, sku: str, *, available: int, delta: int) -> None:
+    def __init__(self, sku: str, *, available: int, delta: int, location: str) -> None:
         super().__init__(
-            f"Product '{sku}' has {available} in stock; cannot remove {-delta}.",
+            f"Product '{sku}' has {available} available at {location}; cannot remove {-delta}.",
             available=available,
         )
 
@@ -114,6 +114,11 @@ class StockLimitExceeded(ApiError, status=409, code="stock_limit_exceeded"):
 class ProductNotFound(ApiError, status=404, code="product_not_found"):
     def __init__(self, sku: str) -> None:
         super().__init__(f"No product has SKU '{sku}'.")
+
+
+class LocationNotFound(ApiError, status=404, code="location_not_found"):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"No location has code '{code}'.")
 
 
 class WebhookNotFound(ApiError, status=404, code="webhook_not_found"):

@@ -138,15 +138,40 @@ class Databases:
         tables = [name for (name,) in conn.execute(_TABLES).fetchall()]
         # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE's new files cost 10 ms
         # a table. Triggers and foreign keys are off for this session (replica role): a
-        # change-log trigger must not log the clean-up, and the order of tables is free.
+        # change-log trigger must not log the clean-up, and the order of tables is free. The
+        # rows schema.sql itself writes (the location MAIN) are put back as they were.
         statements = [
             "SET session_replication_role = replica",
             *(f"DELETE FROM {table}" for table in tables),  # regclass text: quoted already
+            *self._seeds(conn, tables),
             _RESTART_SEQUENCES,
             "RESET session_replication_role",
         ]
         self._empty = ";\n".join(statements).encode()
         self.current, self.schema = dbname, row[0]
+
+    @staticmethod
+    def _seeds(conn: Connection[Any], tables: list[str]) -> list[str]:
+        """INSERTs that put back the rows a fresh clone holds (generated columns left out)."""
+        statements = []
+        for table in tables:
+            columns = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                    "AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+                    (table,),
+                )
+            ]
+            listed = sql.SQL(", ").join(map(sql.Identifier, columns))
+            query = sql.SQL("SELECT {} FROM {}").format(listed, sql.SQL(table))
+            for row in conn.execute(query).fetchall():
+                statements.append(
+                    sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})")
+                    .format(sql.SQL(table), listed, sql.SQL(", ").join(map(sql.Literal, row)))
+                    .as_string(conn)
+                )
+        return statements
 
     def _drop(self) -> None:
         if self._session is not None:

@@ -52,12 +52,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.schema import CreateTable
 
 from app.changes import queries as changes
 from app.database import Connection, compile_literal, compile_once, savepoint
 from app.errors import DuplicateSku, ValidationFailed, field_error
-from app.models import Product, StockMovement
+from app.models import MAIN_LOCATION, MAIN_LOCATION_ID, Product, ProductStock, StockMovement
 from app.queries.products import CREATE_FIELDS
 from app.rules import INT4_MAX, INT4_MIN, rule_for
 
@@ -77,7 +78,7 @@ REQUIRED = frozenset(
 UPDATE_FIELDS = tuple(name for name in CREATE_FIELDS if name != "sku")
 # Columns of an export that clients never set: accepted and ignored, so that what
 # GET /products exports (CSV or NDJSON) imports back as it is.
-IGNORED_FIELDS = ("id", "created_at", "updated_at")
+IGNORED_FIELDS = ("id", "reserved", "available", "created_at", "updated_at")
 # A stock count's movements: one per changed quantity, so the ledger still adds up.
 COUNT_REASON, COUNT_NOTE = "correction", "import"
 
@@ -187,7 +188,7 @@ _COUNT = compile_once(select(func.count()).select_from(_staging))
 
 # --- on_conflict=update: one statement, so a count's quantity and its movement go together.
 # The products to change, locked in id order (concurrent imports cannot deadlock), read as
-# they are once locked: the movement's delta is against the quantity the UPDATE replaces.
+# they are once locked: the movement's delta is against the total the count replaces.
 _changed = (
     select(
         Product.id,
@@ -201,33 +202,69 @@ _changed = (
     .with_for_update(of=Product)
     .cte("changed")
 )
+# A count without a location column is of the product's total: MAIN takes the difference.
+# Its stock rows, locked in the same order; a movement's quantity_after starts from them.
+_recounted = _changed.c.quantity != _changed.c.old_quantity
+_main = (
+    select(ProductStock.product_id, ProductStock.quantity)
+    .join(_changed, _changed.c.id == ProductStock.product_id)
+    .where(ProductStock.location_id == MAIN_LOCATION_ID, _recounted)
+    .order_by(ProductStock.product_id)
+    .with_for_update(of=ProductStock)
+    .cte("main")
+)
+# The fields other than the quantity, which only the ledger moves.
+_EDITED = tuple(name for name in UPDATE_FIELDS if name != "quantity")
 _updated = (
     update(Product)
-    .where(Product.id == _changed.c.id)
-    .values({name: _changed.c[name] for name in UPDATE_FIELDS})
-    .returning(Product.id, _changed.c.old_quantity, Product.quantity)
+    .where(
+        Product.id == _changed.c.id,
+        or_(*(Product.__table__.c[n].is_distinct_from(_changed.c[n]) for n in _EDITED)),
+    )
+    .values({name: _changed.c[name] for name in _EDITED})
+    .returning(Product.id)
     .cte("updated")
 )
 _counted = (
     insert(StockMovement)
     .from_select(
-        ["product_id", "delta", "reason", "note", "quantity_after"],
+        ["product_id", "location", "delta", "reason", "note", "quantity_after"],
         select(
-            _updated.c.id,
-            _updated.c.quantity - _updated.c.old_quantity,
+            _changed.c.id,
+            literal(MAIN_LOCATION),
+            _changed.c.quantity - _changed.c.old_quantity,
             literal(COUNT_REASON),
             literal(COUNT_NOTE),
-            _updated.c.quantity,
-        ).where(_updated.c.quantity != _updated.c.old_quantity),
+            _main.c.quantity + _changed.c.quantity - _changed.c.old_quantity,
+        ).join_from(_changed, _main, _main.c.product_id == _changed.c.id),
     )
     .cte("counted")
 )
 # (updated, matched): products changed, and records naming an existing product.
 _UPDATE = compile_once(
     select(
-        select(func.count()).select_from(_updated).scalar_subquery(),
+        select(func.count()).select_from(_changed).scalar_subquery(),
         select(func.count()).select_from(_staging).where(_exists).scalar_subquery(),
-    ).add_cte(_counted)
+    )
+    .add_cte(_updated)
+    .add_cte(_counted)
+)
+# Before the count: a MAIN stock row (empty) for each product whose total the file changes
+# and that never had stock there, so that the statement above finds one to lock.
+_typed_quantity = _typed("quantity")
+_STOCK_MAIN = compile_once(
+    pg_insert(ProductStock)
+    .from_select(
+        ["product_id", "location_id"],
+        select(Product.id, literal(MAIN_LOCATION_ID))
+        .join_from(_staging, Product, _same_sku)
+        .where(
+            _given("quantity"),
+            _typed_quantity.is_not(None),
+            _typed_quantity != Product.quantity,
+        ),
+    )
+    .on_conflict_do_nothing()
 )
 
 
@@ -256,9 +293,14 @@ def _type_problems(on_conflict: OnConflict, columns: list[str]) -> str:
     )
 
 
-_CHECKS = """
-    SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint
-    WHERE conrelid = 'products'::regclass AND contype = 'c' ORDER BY conname
+# The rules on what a record gives (not those on totals only the ledger writes, reserved).
+_CHECKS = f"""
+    SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint c
+    WHERE conrelid = 'products'::regclass AND contype = 'c'
+      AND NOT EXISTS (SELECT FROM pg_attribute a
+                      WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                        AND a.attname <> ALL (ARRAY[{", ".join(f"'{f}'" for f in CREATE_FIELDS)}]))
+    ORDER BY conname
 """
 # Records that repeat an earlier record's SKU (any case): always a 422, whatever on_conflict.
 _sku = func.lower(_staging.c.sku)
@@ -465,6 +507,7 @@ async def _write(conn: Connection, on_conflict: OnConflict, columns: list[str]) 
         created = (await conn.execute(_INSERT_NEW.sql)).rowcount
         assert total is not None
         return Imported(created, 0, int(total[0]) - created)
+    await conn.execute(_STOCK_MAIN.sql, _STOCK_MAIN.params(columns=columns))
     cur = await conn.execute(_UPDATE.sql, _UPDATE.params(columns=columns))
     counts = await cur.fetchone()
     assert counts is not None

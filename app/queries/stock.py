@@ -1,40 +1,44 @@
 """Stock: atomic adjustments with their ledger row, and a product's movement history."""
 
+import re
 from typing import Any
 
 from psycopg import errors
-from sqlalchemy import BindParameter, bindparam, insert, select, true, update
+from sqlalchemy import Text, bindparam, cast, func, literal, select, true
 
 from app.database import Connection, compile_once
-from app.errors import InsufficientStock, ProductNotFound, StockLimitExceeded
+from app.errors import InsufficientStock, LocationNotFound, ProductNotFound, StockLimitExceeded
 from app.models import Product, StockMovement
-from app.queries.common import MOVEMENT_JSON, PRODUCT_ETAG, PRODUCT_JSON, sku_is
-from app.queries.products import ProductJson, quantity_of
+from app.queries.common import MOVEMENT_JSON, sku_is
+from app.queries.products import ProductJson
 from app.rules import QUANTITY_MAX
 from app.schemas import AdjustmentCreate
 
-# One statement: the guarded increment and its ledger row. The INSERT consumes the UPDATE's
-# RETURNING, so it runs only if the UPDATE changed the row, after it took the row lock: per
-# product, movement ids are handed out in commit order, which makes `ORDER BY id` the
-# history and keyset paging on id safe. `quantity + delta` overflowing integer raises 22003;
-# the CHECK products_quantity_check stays the last guard.
-_delta: BindParameter[int] = bindparam("delta")
-_moved = (
-    update(Product)
-    .where(sku_is(), Product.quantity + _delta >= 0)
-    .values(quantity=Product.quantity + _delta)
-    .returning(Product.id, Product.quantity, PRODUCT_JSON, PRODUCT_ETAG)
-    .cte("moved")
-)
-_logged = (
-    insert(StockMovement)
-    .from_select(
-        ["product_id", "delta", "reason", "note", "quantity_after"],
-        select(_moved.c.id, _delta, bindparam("reason"), bindparam("note"), _moved.c.quantity),
+# The rules of an adjustment live in the database's adjust_stock(), the function psql users
+# call too: the product and the location by any case, the stock row locked, the movement
+# written with the quantity it leaves, which the ledger's trigger applies and checks. Its
+# errors say which rule refused (schema.sql, at the function).
+_adjusted = (
+    select(
+        cast(
+            func.adjust_stock(
+                bindparam("sku"),
+                bindparam("delta"),
+                bindparam("reason"),
+                bindparam("note"),
+                bindparam("location"),
+            ),
+            Text,
+        ).label("json")
     )
-    .cte("logged")
+    # A subquery, so the function runs once (a volatile call is never pulled up) and the ETag
+    # is the md5 of the very text returned, as product_etag() computes it.
+    .subquery("adjusted")
 )
-_ADJUST = compile_once(select(_moved.c.json, _moved.c.etag).add_cte(_logged))
+_ADJUST = compile_once(
+    select(_adjusted.c.json, literal('"') + func.md5(_adjusted.c.json) + literal('"'))
+)
+_AVAILABLE = re.compile(r"available=(\d+)")
 
 # The product (a row even when it has no movements, none when it does not exist) and up to
 # `limit` of its movements after the cursor, in one round trip.
@@ -62,29 +66,32 @@ _MOVEMENTS = compile_once(
 
 
 async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCreate) -> ProductJson:
-    """Add `delta` to the quantity and record the movement, atomically; return the product.
+    """Add `delta` to the quantity at the location and record the movement, atomically;
+    return the product.
 
-    Raises ProductNotFound; InsufficientStock (with `available`) when the quantity would go
-    below zero, nothing changed; StockLimitExceeded when it would pass the integer range.
+    Raises ProductNotFound, LocationNotFound; InsufficientStock (with `available` there) when
+    the location would hold fewer units than it has reserved, nothing changed;
+    StockLimitExceeded when a quantity would pass the integer range.
     """
-    params = _ADJUST.params(sku=sku, **adjustment.model_dump())
-    # Stock that was short can arrive between the failed UPDATE and the look at the current
-    # quantity; then the adjustment is tried again (bounded: stock keeps moving).
-    available = 0
-    for _ in range(3):
-        try:
-            row = await (await conn.execute(_ADJUST.sql, params)).fetchone()
-        except errors.NumericValueOutOfRange:
-            raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=adjustment.delta) from None
-        if row is not None:
-            return ProductJson(*row)
-        current = await quantity_of(conn, sku=sku)
-        if current is None:
-            raise ProductNotFound(sku)
-        available = current
-        if available + adjustment.delta < 0:
-            break
-    raise InsufficientStock(sku, available=available, delta=adjustment.delta)
+    try:
+        row = await (
+            await conn.execute(_ADJUST.sql, _ADJUST.params(sku=sku, **adjustment.model_dump()))
+        ).fetchone()
+    except errors.NoDataFound as e:
+        if e.diag.table_name == "locations":
+            raise LocationNotFound(adjustment.location) from None
+        raise ProductNotFound(sku) from None
+    except errors.CheckViolation as e:
+        found = _AVAILABLE.fullmatch(e.diag.message_detail or "")
+        if e.diag.constraint_name != "product_stock_reserved_check" or found is None:
+            raise
+        raise InsufficientStock(
+            sku, available=int(found[1]), delta=adjustment.delta, location=adjustment.location
+        ) from None
+    except errors.NumericValueOutOfRange:
+        raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=adjustment.delta) from None
+    assert row is not None  # the function returns a row or raises
+    return ProductJson(*row)
 
 
 async def product_id(conn: Connection, *, sku: str) -> int | None:
