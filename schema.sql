@@ -580,21 +580,23 @@ CREATE OR REPLACE TRIGGER product_stock_delete_through_ledger
     FOR EACH ROW WHEN ((OLD.quantity <> 0 OR OLD.reserved <> 0) AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION stock_through_ledger();
 
--- The ledger is insert-only: a movement changed or removed would leave the stock it explains.
-CREATE OR REPLACE FUNCTION stock_movements_insert_only() RETURNS trigger
+-- What a movement moved stays as it was: a movement changed or removed would leave the stock
+-- it explains. (Its reason, note and time are descriptions; an owner may correct those.)
+CREATE OR REPLACE FUNCTION stock_movements_keep() RETURNS trigger
     LANGUAGE plpgsql AS
 $$
 BEGIN
-    RAISE EXCEPTION 'the stock ledger is insert-only: % of stock_movements is refused', TG_OP
+    RAISE EXCEPTION 'the stock ledger keeps what moved: % of stock_movements is refused', TG_OP
         USING ERRCODE = 'integrity_constraint_violation', TABLE = 'stock_movements',
-              CONSTRAINT = 'stock_movements_insert_only',
+              CONSTRAINT = 'stock_movements_keep',
               HINT = 'Correct stock with a new movement (reason correction).';
 END
 $$;
 
-CREATE OR REPLACE TRIGGER stock_movements_insert_only
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON stock_movements
-    FOR EACH STATEMENT EXECUTE FUNCTION stock_movements_insert_only();
+CREATE OR REPLACE TRIGGER stock_movements_keep
+    BEFORE UPDATE OF product_id, location, delta, quantity_after OR DELETE OR TRUNCATE
+    ON stock_movements
+    FOR EACH STATEMENT EXECUTE FUNCTION stock_movements_keep();
 CREATE OR REPLACE TRIGGER product_stock_refuse_truncate
     BEFORE TRUNCATE ON product_stock
     FOR EACH STATEMENT EXECUTE FUNCTION stock_through_ledger();
@@ -648,6 +650,8 @@ DECLARE
     groups bigint;
     applied bigint;
 BEGIN
+    -- One statement: every part reads the rows as they were before it (the products' old
+    -- states for `changed` included), and the events carry the states the UPDATE returns.
     WITH runs AS (
         SELECT m.product_id, lower(m.location) AS location, m.delta,
                m.quantity_after::bigint - sum(m.delta) OVER (
@@ -664,10 +668,25 @@ BEGIN
         WHERE s.product_id = g.product_id AND s.location_id = g.location_id
           AND s.quantity = g.base AND g.top = g.base
         RETURNING s.product_id, g.delta
+    ), sums AS (
+        SELECT x.product_id, sum(x.delta) AS delta FROM stocked x GROUP BY x.product_id
+    ), before AS (
+        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        WHERE t.delta <> 0
     ), totals AS (
         UPDATE products p SET quantity = p.quantity + t.delta
-        FROM (SELECT x.product_id, sum(x.delta) AS delta FROM stocked x GROUP BY x.product_id) t
-        WHERE p.id = t.product_id AND t.delta <> 0
+        FROM sums t, before b
+        WHERE p.id = t.product_id AND b.id = p.id
+        RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
+    ), logged AS (
+        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
+                                           movement_id)
+        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
+               'product.updated', m.product_id,
+               coalesce(t.product, (SELECT product_json(p) FROM products p
+                                    WHERE p.id = m.product_id)),
+               coalesce(t.changed, '{}'), m.id
+        FROM new_rows m LEFT JOIN totals t ON t.id = m.product_id
     )
     SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked) INTO groups, applied;
     IF applied <> groups THEN
@@ -680,16 +699,6 @@ BEGIN
                   HINT = 'adjust_stock(sku, delta, reason, note, location) writes movements '
                          'that do.';
     END IF;
-    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
-    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
-           'product.updated', m.product_id, product_json(p),
-           CASE WHEN t.delta <> 0 THEN '{quantity,available,updated_at}'::text[]
-                ELSE '{}'::text[] END,
-           m.id
-    FROM new_rows m
-    JOIN (SELECT x.product_id, sum(x.delta) AS delta FROM new_rows x GROUP BY x.product_id) t
-      ON t.product_id = m.product_id
-    JOIN products p ON p.id = m.product_id;
     RETURN NULL;
 END
 $$;

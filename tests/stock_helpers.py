@@ -122,7 +122,32 @@ _BROKEN_LEDGERS = """
 
 def broken_ledgers(db: Connection[Any]) -> list[Any]:
     """The SKUs whose ledger does not add up to their quantity (see _BROKEN_LEDGERS)."""
-    tables = "SELECT to_regclass('product_stock') IS NOT NULL AND to_regclass('stock_movements') IS NOT NULL"
+    tables = (
+        "SELECT to_regclass('product_stock') IS NOT NULL"
+        " AND to_regclass('stock_movements') IS NOT NULL"
+    )
     if db.execute(tables).fetchone() != (True,):
         return []
     return db.execute(_BROKEN_LEDGERS).fetchall()
+
+
+def record_movements(
+    db: Connection[Any], product_id: int, movements: list[tuple[int, str, Any]]
+) -> None:
+    """(delta, reason, created_at) rows into the ledger as a psql user writes them: in MAIN,
+    each with the quantity it leaves there, in one statement."""
+    db.execute(
+        "INSERT INTO product_stock (product_id, location_id) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+        (product_id,),
+    )
+    deltas, reasons, times = zip(*movements, strict=True) if movements else ((), (), ())
+    db.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, created_at, quantity_after) "
+        "SELECT s.product_id, m.delta, m.reason, coalesce(m.at, now()), "
+        "       s.quantity + sum(m.delta) OVER (ORDER BY m.n) "
+        "FROM unnest(%s::int[], %s::text[], %s::timestamptz[]) WITH ORDINALITY "
+        "     m(delta, reason, at, n) "
+        "JOIN product_stock s ON s.product_id = %s AND s.location_id = 0 "
+        "ORDER BY m.n",
+        (list(deltas), list(reasons), list(times), product_id),
+    )

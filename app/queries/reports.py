@@ -31,6 +31,7 @@ class StockSummary(NamedTuple):
 
     products: int
     units: Decimal  # numeric: a sum that no integer type bounds
+    reserved: Decimal
     value: Decimal  # exactly 2 decimals
     out_of_stock: int
     low_stock: int

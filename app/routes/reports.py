@@ -44,6 +44,7 @@ async def stock_report(reads: ReadsDep, recent: StockReportDep, accept: Accept =
     values = {
         "products": summary.products,
         "units": int(summary.units),
+        "reserved": int(summary.reserved),
         # The view's numeric has exactly 2 decimals; "f" keeps any size out of exponent form.
         "value": format(summary.value, "f"),
         "out_of_stock": summary.out_of_stock,
