@@ -1065,10 +1065,12 @@ def test_upgrading_a_live_database_keeps_every_row_and_starts_the_log(
                 "SELECT id, 1, 'received', 11 FROM p"
             )
             # The columns that release had (later ones are added, never change these).
-            rows = "SELECT (SELECT array_agg((p.id, p.sku, p.name, p.description, p.price, " \
-                   "p.quantity, p.created_at, p.updated_at) ORDER BY id) FROM products p)::text, " \
-                   "(SELECT array_agg((m.id, m.product_id, m.delta, m.reason, m.note, " \
-                   "m.quantity_after, m.created_at) ORDER BY id) FROM stock_movements m)::text"  # fmt: skip
+            rows = (
+                "SELECT (SELECT array_agg((p.id, p.sku, p.name, p.description, p.price, "
+                "p.quantity, p.created_at, p.updated_at) ORDER BY id) FROM products p)::text, "
+                "(SELECT array_agg((m.id, m.product_id, m.delta, m.reason, m.note, "
+                "m.quantity_after, m.created_at) ORDER BY id) FROM stock_movements m)::text"
+            )
             before = old.execute(rows).fetchone()
 
             old.execute(SCHEMA.read_text())  # type: ignore[arg-type]  # a file, not user input
