@@ -55,6 +55,8 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
         "description",
         "price",
         "quantity",
+        "reserved",
+        "available",
         "reorder_point",
         "created_at",
         "updated_at",
@@ -62,7 +64,8 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
     parsed = []
     for record in records:
         row: dict[str, Any] = dict(zip(header, record, strict=True))
-        row["id"], row["quantity"] = int(row["id"]), int(row["quantity"])
+        for name in ("id", "quantity", "reserved", "available"):
+            row[name] = int(row[name])
         row["reorder_point"] = int(row["reorder_point"]) if row["reorder_point"] else None
         parsed.append(row)
     return parsed

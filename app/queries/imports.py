@@ -204,7 +204,7 @@ _changed = (
 )
 # A count without a location column is of the product's total: MAIN takes the difference.
 # Its stock rows, locked in the same order; a movement's quantity_after starts from them.
-_recounted = _changed.c.quantity != _changed.c.old_quantity
+_recounted = _changed.c.quantity.is_distinct_from(_changed.c.old_quantity)
 _main = (
     select(ProductStock.product_id, ProductStock.quantity)
     .join(_changed, _changed.c.id == ProductStock.product_id)
@@ -236,13 +236,21 @@ _counted = (
             literal(COUNT_REASON),
             literal(COUNT_NOTE),
             _main.c.quantity + _changed.c.quantity - _changed.c.old_quantity,
-        ).join_from(_changed, _main, _main.c.product_id == _changed.c.id),
+        )
+        # Outer: a record that gives no quantity (NULL) fails on the movement's NOT NULL, so
+        # the diagnosis names it, as it does every other value a product cannot take.
+        .join_from(_changed, _main, _main.c.product_id == _changed.c.id, isouter=True)
+        .where(_recounted),
     )
     .cte("counted")
 )
-# (updated, matched): products changed, and records naming an existing product.
+# (edited, updated, matched): products whose fields changed, products changed at all, and
+# records naming an existing product. The edits are counted first, so each product is locked
+# as the statement reaches it, after the edits of those before it: what a count changes is
+# read once its lock is held, whatever committed since the statement began.
 _UPDATE = compile_once(
     select(
+        select(func.count()).select_from(_updated).scalar_subquery(),
         select(func.count()).select_from(_changed).scalar_subquery(),
         select(func.count()).select_from(_staging).where(_exists).scalar_subquery(),
     )
@@ -511,7 +519,7 @@ async def _write(conn: Connection, on_conflict: OnConflict, columns: list[str]) 
     cur = await conn.execute(_UPDATE.sql, _UPDATE.params(columns=columns))
     counts = await cur.fetchone()
     assert counts is not None
-    updated, matched = (int(c) for c in counts)
+    _, updated, matched = (int(c) for c in counts)
     created = (await conn.execute(_INSERT_NEW.sql)).rowcount
     return Imported(created, updated, matched - updated)
 
