@@ -87,6 +87,47 @@ async def test_removing_more_than_in_stock_is_409_with_available_and_changes_not
     assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
 
 
+async def test_adjustments_at_a_location_move_its_stock_and_the_total(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=3)
+    db.execute("INSERT INTO locations (code, name) VALUES ('WH-East', 'East warehouse')")
+
+    moved = await adjust(client, "ABC-1", 5, "received", location="wh-east")
+    taken = await adjust(client, "ABC-1", -6, "sold", location="WH-EAST")
+    short = await adjust(client, "ABC-1", -4, "sold")  # MAIN still holds 3
+
+    assert moved.status_code == 200 and moved.json()["quantity"] == 8
+    assert assert_problem(taken, 409, "insufficient_stock")["available"] == 5
+    assert assert_problem(short, 409, "insufficient_stock")["available"] == 3
+    assert (await adjust(client, "ABC-1", -5, "sold", location="wh-east")).json()["quantity"] == 3
+    stock = db.execute(
+        "SELECT l.code, s.quantity FROM product_stock s JOIN locations l ON l.id = s.location_id "
+        "ORDER BY l.id"
+    ).fetchall()
+    assert stock == [("MAIN", 3), ("WH-East", 0)]
+    movements = (await client.get("/products/ABC-1/movements")).json()
+    # The code as stored, whatever case the request used.
+    assert [(m["location"], m["delta"], m["quantity_after"]) for m in movements] == [
+        ("WH-East", 5, 5),
+        ("WH-East", -5, 0),
+    ]
+    assert broken_ledgers(db) == []
+
+
+async def test_an_adjustment_at_an_unknown_location_is_404_and_changes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=3)
+
+    response = await adjust(client, "ABC-1", 1, location="NOWHERE")
+
+    assert_problem(response, 404, "location_not_found")
+    assert_problem(await adjust(client, "NOPE", 1, location="NOWHERE"), 404, "product_not_found")
+    assert_problem(await adjust(client, "ABC-1", 1, location="not valid"), 422, "validation_failed")
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+
+
 async def test_removing_exactly_the_stock_leaves_zero(client: AsyncClient) -> None:
     await _create(client, quantity=3)
 
