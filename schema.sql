@@ -755,6 +755,161 @@ BEGIN
 END
 $$;
 
+-- Moving stock between locations: two movements (reason transfer) in one statement, so the
+-- product's totals, its updated_at and its ETag stay; the transfer itself is recorded with
+-- the SKU and codes as they were.
+CREATE TABLE IF NOT EXISTS stock_transfers (
+    id            bigint      GENERATED ALWAYS AS IDENTITY
+                              CONSTRAINT stock_transfers_pkey PRIMARY KEY,
+    -- No foreign keys, as for movements: a transfer stays when its product or a location goes.
+    product_id    bigint      NOT NULL,
+    sku           text        NOT NULL,
+    from_location text        NOT NULL,
+    to_location   text        NOT NULL,
+    quantity      integer     NOT NULL
+                              CONSTRAINT stock_transfers_quantity_check CHECK (quantity >= 1),
+    note          text
+                              CONSTRAINT stock_transfers_note_length_check
+                              CHECK (char_length(note) <= 500),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT stock_transfers_locations_check CHECK (lower(from_location) <> lower(to_location))
+);
+
+DO $$
+BEGIN
+    IF to_regtype('location_api') IS NULL THEN
+        CREATE TYPE location_api AS (code text, name text, created_at text, updated_at text);
+    END IF;
+    IF to_regtype('stock_level_api') IS NULL THEN
+        CREATE TYPE stock_level_api AS (
+            location text, quantity integer, reserved integer, available integer);
+    END IF;
+    IF to_regtype('product_stock_api') IS NULL THEN
+        CREATE TYPE product_stock_api AS (
+            sku text, quantity integer, reserved integer, available integer, locations json);
+    END IF;
+    IF to_regtype('location_stock_api') IS NULL THEN
+        CREATE TYPE location_stock_api AS (
+            sku text, quantity integer, reserved integer, available integer);
+    END IF;
+    IF to_regtype('transfer_api') IS NULL THEN
+        CREATE TYPE transfer_api AS (
+            id bigint, sku text, "from" text, "to" text, quantity integer, note text,
+            created_at text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION location_json(l locations) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        l.code,
+        l.name,
+        to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        to_char(l.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::location_api)
+$$;
+
+-- GET /products/{sku}/stock: the totals and every location holding units or reservations,
+-- by code (array_to_json: compact, as every other representation).
+CREATE OR REPLACE FUNCTION product_stock_json(p products) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        p.sku, p.quantity, p.reserved, p.available,
+        coalesce((SELECT array_to_json(array_agg(
+                             ROW(l.code, s.quantity, s.reserved, s.available)::stock_level_api
+                             ORDER BY lower(l.code)))
+                  FROM product_stock s JOIN locations l ON l.id = s.location_id
+                  WHERE s.product_id = p.id AND (s.quantity <> 0 OR s.reserved <> 0)),
+                 '[]')
+    )::product_stock_api)
+$$;
+
+-- A row of GET /locations/{code}/stock.
+CREATE OR REPLACE FUNCTION location_stock_json(p products, s product_stock) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(p.sku, s.quantity, s.reserved, s.available)::location_stock_api)
+$$;
+
+CREATE OR REPLACE FUNCTION transfer_json(t stock_transfers) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        t.id, t.sku, t.from_location, t.to_location, t.quantity, t.note,
+        to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::transfer_api)
+$$;
+
+-- POST /transfers, and the psql way: n units of a product from one location to another.
+-- The two stock rows are locked in location id order, so concurrent transfers between the
+-- same two locations in opposite directions cannot deadlock. Errors as adjust_stock's;
+-- the same location twice is invalid_parameter_value.
+CREATE OR REPLACE FUNCTION transfer_stock(sku text, from_location text, to_location text,
+                                          quantity integer, note text DEFAULT NULL)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    item products;
+    source locations;
+    target locations;
+    taken product_stock;
+    given product_stock;
+    made stock_transfers;
+BEGIN
+    SELECT p.* INTO item FROM products p
+    WHERE lower(p.sku) = lower(transfer_stock.sku) FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'product % does not exist', transfer_stock.sku
+            USING ERRCODE = 'no_data_found', TABLE = 'products';
+    END IF;
+    SELECT l.* INTO source FROM locations l WHERE lower(l.code) = lower(from_location)
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'location % does not exist', from_location
+            USING ERRCODE = 'no_data_found', TABLE = 'locations', COLUMN = 'from';
+    END IF;
+    SELECT l.* INTO target FROM locations l WHERE lower(l.code) = lower(to_location)
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'location % does not exist', to_location
+            USING ERRCODE = 'no_data_found', TABLE = 'locations', COLUMN = 'to';
+    END IF;
+    IF source.id = target.id THEN
+        RAISE EXCEPTION 'a transfer needs two different locations'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'to';
+    END IF;
+    INSERT INTO product_stock (product_id, location_id)
+    VALUES (item.id, source.id), (item.id, target.id) ON CONFLICT DO NOTHING;
+    PERFORM FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id IN (source.id, target.id)
+    ORDER BY s.location_id FOR UPDATE;
+    SELECT s.* INTO taken FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id = source.id;
+    SELECT s.* INTO given FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id = target.id;
+    IF taken.available < transfer_stock.quantity THEN
+        RAISE EXCEPTION 'not enough stock of % at %', item.sku, source.code
+            USING ERRCODE = 'check_violation', TABLE = 'product_stock',
+                  CONSTRAINT = 'product_stock_reserved_check',
+                  DETAIL = format('available=%s', taken.available);
+    END IF;
+    INSERT INTO stock_movements (product_id, location, delta, reason, note, quantity_after)
+    VALUES (item.id, source.code, -transfer_stock.quantity, 'transfer', transfer_stock.note,
+            taken.quantity - transfer_stock.quantity),
+           (item.id, target.code, transfer_stock.quantity, 'transfer', transfer_stock.note,
+            given.quantity + transfer_stock.quantity);
+    INSERT INTO stock_transfers (product_id, sku, from_location, to_location, quantity, note)
+    VALUES (item.id, item.sku, source.code, target.code, transfer_stock.quantity,
+            transfer_stock.note)
+    RETURNING * INTO made;
+    RETURN transfer_json(made);
+END
+$$;
+
 -- Upgrade from the release before locations: every product's quantity becomes its stock in
 -- MAIN, where every movement already is (the column's default). Run once, when the stock
 -- table is new; replica mode skips the guards, which would refuse a quantity written without
@@ -814,7 +969,28 @@ COMMENT ON FUNCTION stock_movements_apply() IS
 COMMENT ON FUNCTION stock_through_ledger() IS
     'Refuses a write of stored quantities that does not come from the ledger.';
 
+COMMENT ON TABLE stock_transfers IS
+    'Stock moved between locations (POST /transfers): each is two movements, reason transfer.';
+COMMENT ON COLUMN stock_transfers.sku IS 'The product''s SKU as it was.';
+COMMENT ON COLUMN stock_transfers.from_location IS 'The code stock left, as it was.';
+COMMENT ON COLUMN stock_transfers.to_location IS 'The code stock arrived at, as it was.';
+COMMENT ON CONSTRAINT stock_transfers_pkey ON stock_transfers IS 'One row per transfer.';
+COMMENT ON INDEX stock_transfers_pkey IS 'The index of stock_transfers_pkey: a transfer by id.';
+COMMENT ON CONSTRAINT stock_transfers_quantity_check ON stock_transfers IS
+    'A transfer moves at least one unit.';
+COMMENT ON CONSTRAINT stock_transfers_note_length_check ON stock_transfers IS
+    'Note: at most 500 characters (NULL: none).';
+COMMENT ON CONSTRAINT stock_transfers_locations_check ON stock_transfers IS
+    'A transfer is between two different locations.';
+COMMENT ON FUNCTION transfer_stock(text, text, text, integer, text) IS
+    'Moves stock the way POST /transfers does: transfer_stock(sku, from, to, quantity, note); '
+    'returns the transfer as JSON.';
+COMMENT ON FUNCTION product_stock_json(products) IS
+    'GET /products/{sku}/stock: the totals and the stock at every location holding some.';
+
 GRANT SELECT, INSERT, UPDATE, DELETE ON locations TO inventory_rw;
+GRANT SELECT, INSERT ON stock_transfers TO inventory_rw;
+GRANT EXECUTE ON FUNCTION transfer_stock(text, text, text, integer, text) TO inventory_rw;
 -- Writers lock stock rows (FOR UPDATE needs UPDATE) and create them empty; the guards keep
 -- every quantity to the ledger.
 GRANT SELECT, INSERT, UPDATE ON product_stock TO inventory_rw;
@@ -982,7 +1158,7 @@ COMMENT ON ROLE inventory_reader IS
 
 GRANT USAGE ON SCHEMA public TO inventory_reader;
 GRANT SELECT ON products, stock_movements, stock_summary, movement_daily, locations,
-    product_stock TO inventory_reader;
+    product_stock, stock_transfers TO inventory_reader;
 GRANT EXECUTE ON FUNCTION product_json(products), product_etag(products),
     movement_json(stock_movements), movement_daily(timestamptz, timestamptz) TO inventory_reader;
 

@@ -116,6 +116,19 @@ class ProductNotFound(ApiError, status=404, code="product_not_found"):
         super().__init__(f"No product has SKU '{sku}'.")
 
 
+class DuplicateLocation(ApiError, status=409, code="duplicate_location"):
+    def __init__(self) -> None:
+        super().__init__("A location with that code already exists (codes ignore letter case).")
+
+
+class LocationInUse(ApiError, status=409, code="location_in_use"):
+    def __init__(self) -> None:
+        super().__init__(
+            "The location is in use: MAIN always stays, and another location goes only once "
+            "it holds no units and no reservations."
+        )
+
+
 class LocationNotFound(ApiError, status=404, code="location_not_found"):
     def __init__(self, code: str) -> None:
         super().__init__(f"No location has code '{code}'.")
@@ -236,6 +249,15 @@ class InternalError(ApiError, status=500, code="internal_error"):
 def _unique_violation(exc: psycopg.Error) -> ApiError | None:
     if exc.diag.constraint_name == "products_sku_lower_key":
         return DuplicateSku()
+    if exc.diag.constraint_name == "locations_code_lower_key":
+        return DuplicateLocation()
+    return None
+
+
+def _restrict_violation(exc: psycopg.Error) -> ApiError | None:
+    # schema.sql: locations_guard refuses to delete MAIN or a location holding anything.
+    if exc.diag.constraint_name == "locations_in_use":
+        return LocationInUse()
     return None
 
 
@@ -252,6 +274,7 @@ def _invalid_value(exc: psycopg.Error) -> ApiError:
 
 _BY_SQLSTATE: dict[str, Callable[[psycopg.Error], ApiError | None]] = {
     "23505": _unique_violation,
+    "23001": _restrict_violation,
     "23514": _invalid_value,  # check_violation
     "23502": _invalid_value,  # not_null_violation
     "40001": lambda exc: ConflictRetry(),  # serialization_failure, after the retries

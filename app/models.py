@@ -173,6 +173,29 @@ class ProductStock(Base):
     )
 
 
+class StockTransfer(Base):
+    """POST /transfers: stock moved between two locations (two movements, reason transfer)."""
+
+    __tablename__ = "stock_transfers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(Text)
+    from_location: Mapped[str] = mapped_column(Text)
+    to_location: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        _checks(
+            "stock_transfers_quantity_check",
+            "stock_transfers_note_length_check",
+            "stock_transfers_locations_check",
+        ),
+    )
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
 

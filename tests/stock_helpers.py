@@ -110,7 +110,7 @@ _BROKEN_LEDGERS = """
         WINDOW w AS (PARTITION BY lower(m.location) ORDER BY m.id)
     ) m ON true
     WHERE (m.previous IS NOT NULL AND m.quantity_after <> m.previous + m.delta)
-       OR (m.from_last = 1 AND m.quantity_after IS DISTINCT FROM m.stored)
+       OR (m.from_last = 1 AND m.quantity_after <> coalesce(m.stored, 0))
     UNION
     SELECT p.sku
     FROM products p

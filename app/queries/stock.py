@@ -1,6 +1,8 @@
 """Stock: atomic adjustments with their ledger row, and a product's movement history."""
 
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg import errors
@@ -65,6 +67,31 @@ _MOVEMENTS = compile_once(
 )
 
 
+@contextmanager
+def stock_refusals(
+    sku: str, *, delta: int, short_at: str, locations: Mapping[str | None, str]
+) -> Iterator[None]:
+    """The problems the database's stock functions (schema.sql: adjust_stock,
+    transfer_stock) raise, by what they name: the product or a location (`locations`, by the
+    column the error names) that does not exist, units short at `short_at`, or a quantity
+    past the integer range."""
+    try:
+        yield
+    except errors.NoDataFound as e:
+        if e.diag.table_name == "locations":
+            raise LocationNotFound(locations[e.diag.column_name]) from None
+        raise ProductNotFound(sku) from None
+    except errors.CheckViolation as e:
+        found = _AVAILABLE.fullmatch(e.diag.message_detail or "")
+        if e.diag.constraint_name != "product_stock_reserved_check" or found is None:
+            raise
+        raise InsufficientStock(
+            sku, available=int(found[1]), delta=delta, location=short_at
+        ) from None
+    except errors.NumericValueOutOfRange:
+        raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=delta) from None
+
+
 async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCreate) -> ProductJson:
     """Add `delta` to the quantity at the location and record the movement, atomically;
     return the product.
@@ -73,23 +100,10 @@ async def adjust_stock(conn: Connection, *, sku: str, adjustment: AdjustmentCrea
     the location would hold fewer units than it has reserved, nothing changed;
     StockLimitExceeded when a quantity would pass the integer range.
     """
-    try:
-        row = await (
-            await conn.execute(_ADJUST.sql, _ADJUST.params(sku=sku, **adjustment.model_dump()))
-        ).fetchone()
-    except errors.NoDataFound as e:
-        if e.diag.table_name == "locations":
-            raise LocationNotFound(adjustment.location) from None
-        raise ProductNotFound(sku) from None
-    except errors.CheckViolation as e:
-        found = _AVAILABLE.fullmatch(e.diag.message_detail or "")
-        if e.diag.constraint_name != "product_stock_reserved_check" or found is None:
-            raise
-        raise InsufficientStock(
-            sku, available=int(found[1]), delta=adjustment.delta, location=adjustment.location
-        ) from None
-    except errors.NumericValueOutOfRange:
-        raise StockLimitExceeded(sku, limit=QUANTITY_MAX, delta=adjustment.delta) from None
+    where = adjustment.location
+    params = _ADJUST.params(sku=sku, **adjustment.model_dump())
+    with stock_refusals(sku, delta=adjustment.delta, short_at=where, locations={None: where}):
+        row = await (await conn.execute(_ADJUST.sql, params)).fetchone()
     assert row is not None  # the function returns a row or raises
     return ProductJson(*row)
 

@@ -8,16 +8,18 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from app.changes import router as changes
 from app.deps import refuse_unknown_parameters, require_token
+from app.locations import router as locations
 from app.openapi import problems
 from app.routes import imports, operations, products, reports, stock
 from app.webhooks import router as webhooks
 
-# Everything under /products, /reports, /changes and /webhooks (app.access.PROTECTED, by
+# Everything under /products, /locations, /transfers, /reservations, /reports, /changes and
+# /webhooks (app.access.PROTECTED, by
 # path) needs a bearer token when tokens are configured: add every such router here.
 # tests/test_access.py walks all routes and fails for any protected route that answers
 # without a token. In this order: the hot routes first, as a request is matched against the
 # routes one by one.
-GUARDED_ROUTERS = (products, stock, imports, reports, changes, webhooks)
+GUARDED_ROUTERS = (products, stock, locations, imports, reports, changes, webhooks)
 OPEN_ROUTERS = (operations,)
 
 # What a route carries from its routers once they are merged in (prefix, tags, dependencies,
