@@ -198,6 +198,12 @@ async def test_a_transfer_moves_units_and_leaves_the_totals_and_etag(
         ("MAIN", -3, "transfer", 2),
         ("WH-1", 3, "transfer", 3),
     ]
+    for url in (
+        "/products/A-1/movements?location=wh-1",
+        "/products/A-1/movements?limit=5&location=WH-1",
+    ):
+        assert [m["delta"] for m in (await client.get(url)).json()] == [3]
+    assert (await client.get("/products/A-1/movements?location=NONE")).json() == []
     assert broken_ledgers(db) == []
 
 

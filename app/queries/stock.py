@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from psycopg import errors
-from sqlalchemy import Text, bindparam, cast, func, literal, select, true
+from sqlalchemy import BindParameter, Text, bindparam, cast, func, literal, or_, select, true
 
 from app.database import Connection, compile_once
 from app.errors import InsufficientStock, LocationNotFound, ProductNotFound, StockLimitExceeded
@@ -42,11 +42,19 @@ _ADJUST = compile_once(
 )
 _AVAILABLE = re.compile(r"available=(\d+)")
 
+# `location=CODE`: the movements made at a location, by the code they show (a deleted
+# location's too); NULL keeps all.
+_location: BindParameter[str | None] = bindparam("location", type_=Text)
+_at_location = or_(_location.is_(None), func.lower(StockMovement.location) == func.lower(_location))
 # The product (a row even when it has no movements, none when it does not exist) and up to
 # `limit` of its movements after the cursor, in one round trip.
 _page = (
     select(MOVEMENT_JSON, StockMovement.id)
-    .where(StockMovement.product_id == Product.id, StockMovement.id > bindparam("after"))
+    .where(
+        StockMovement.product_id == Product.id,
+        StockMovement.id > bindparam("after"),
+        _at_location,
+    )
     .order_by(StockMovement.id)
     .limit(bindparam("limit"))
     .lateral("m")
@@ -61,7 +69,9 @@ _PRODUCT_ID = compile_once(select(Product.id).where(sku_is()))
 _MOVEMENTS = compile_once(
     select(MOVEMENT_JSON)
     .where(
-        StockMovement.product_id == bindparam("product_id"), StockMovement.id > bindparam("after")
+        StockMovement.product_id == bindparam("product_id"),
+        StockMovement.id > bindparam("after"),
+        _at_location,
     )
     .order_by(StockMovement.id)
 )
@@ -114,11 +124,11 @@ async def product_id(conn: Connection, *, sku: str) -> int | None:
 
 
 async def movements_page(
-    conn: Connection, *, sku: str, after: int, limit: int
+    conn: Connection, *, sku: str, after: int, limit: int, location: str | None = None
 ) -> tuple[list[str], int | None] | None:
-    """Up to `limit` movements with id > `after`, oldest first, and the last id if more
-    remain; None when the product does not exist."""
-    params = _MOVEMENTS_PAGE.params(sku=sku, after=after, limit=limit + 1)
+    """Up to `limit` movements with id > `after` (at `location`, if given), oldest first, and
+    the last id if more remain; None when the product does not exist."""
+    params = _MOVEMENTS_PAGE.params(sku=sku, after=after, limit=limit + 1, location=location)
     rows = await (await conn.execute(_MOVEMENTS_PAGE.sql, params)).fetchall()
     if not rows:
         return None
@@ -128,6 +138,9 @@ async def movements_page(
     return [json for json, _ in page], (page[-1][1] if more else None)
 
 
-def all_movements(*, product: int, after: int) -> tuple[str, dict[str, Any]]:
-    """Every movement of a product after a cursor, oldest first: (sql, params) to stream."""
-    return _MOVEMENTS.sql, _MOVEMENTS.params(product_id=product, after=after)
+def all_movements(
+    *, product: int, after: int, location: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Every movement of a product after a cursor (at `location`, if given), oldest first:
+    (sql, params) to stream."""
+    return _MOVEMENTS.sql, _MOVEMENTS.params(product_id=product, after=after, location=location)

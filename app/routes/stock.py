@@ -1,6 +1,8 @@
 """/products/{sku}/adjustments and /movements: stock changes and their ledger."""
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
@@ -10,6 +12,7 @@ from app.limits import JsonRoute
 from app.openapi import problems
 from app.pagination import After, Limit, decode_cursor, encode_cursor, next_link
 from app.queries import stock
+from app.rules import SKU_MAX, SKU_PATTERN
 from app.schemas import AdjustmentCreate, MovementRead, ProductRead
 from app.streaming import JsonArrayStream
 
@@ -55,7 +58,20 @@ async def adjust_stock(
     summary="The product's stock movements, oldest first",
 )
 async def list_movements(
-    sku: ProductSku, request: Request, db: DatabaseDep, limit: Limit = None, after: After = None
+    sku: ProductSku,
+    request: Request,
+    db: DatabaseDep,
+    limit: Limit = None,
+    after: After = None,
+    location: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=SKU_MAX,
+            pattern=SKU_PATTERN,
+            description="Only the movements made at this location (its code, any case)",
+        ),
+    ] = None,
 ) -> Response:
     start = decode_cursor(after, int)[0] if after is not None else 0
     if limit is None:
@@ -64,10 +80,12 @@ async def list_movements(
             product = await stock.product_id(conn, sku=sku)
         if product is None:
             raise ProductNotFound(sku)
-        statement, params = stock.all_movements(product=product, after=start)
+        statement, params = stock.all_movements(product=product, after=start, location=location)
         return JsonArrayStream(db, statement, params)
     async with db.connection() as conn:
-        page = await stock.movements_page(conn, sku=sku, after=start, limit=limit)
+        page = await stock.movements_page(
+            conn, sku=sku, after=start, limit=limit, location=location
+        )
     if page is None:
         raise ProductNotFound(sku)
     rows, last = page
