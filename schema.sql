@@ -741,6 +741,12 @@ BEGIN
     ON CONFLICT DO NOTHING;
     SELECT s.* INTO stock FROM product_stock s
     WHERE s.product_id = found_id AND s.location_id = place.id FOR UPDATE;
+    IF adjust_stock.delta < 0 AND stock.reserved > 0 THEN
+        -- Units held only by expired reservations are not held: they end first.
+        PERFORM reservations_expire_for(ARRAY[found_id]);
+        SELECT s.* INTO stock FROM product_stock s
+        WHERE s.product_id = found_id AND s.location_id = place.id;
+    END IF;
     IF stock.quantity::bigint + adjust_stock.delta < stock.reserved THEN
         RAISE EXCEPTION 'not enough stock of % at %', adjust_stock.sku, place.code
             USING ERRCODE = 'check_violation', TABLE = 'product_stock',
@@ -889,6 +895,11 @@ BEGIN
     ORDER BY s.location_id FOR UPDATE;
     SELECT s.* INTO taken FROM product_stock s
     WHERE s.product_id = item.id AND s.location_id = source.id;
+    IF taken.reserved > 0 THEN
+        PERFORM reservations_expire_for(ARRAY[item.id]);
+        SELECT s.* INTO taken FROM product_stock s
+        WHERE s.product_id = item.id AND s.location_id = source.id;
+    END IF;
     SELECT s.* INTO given FROM product_stock s
     WHERE s.product_id = item.id AND s.location_id = target.id;
     IF taken.available < transfer_stock.quantity THEN
@@ -909,6 +920,494 @@ BEGIN
     RETURN transfer_json(made);
 END
 $$;
+
+-- ---------------------------------------------------------------------------------------
+-- Reservations: units held for an order, never more than a location has.
+-- ---------------------------------------------------------------------------------------
+--
+-- product_stock.reserved is, at every location, the sum of the allocations of the active
+-- reservations there: the triggers below add an allocation when it is written (for an active
+-- reservation) and take all of a reservation's away when it stops being active, in the same
+-- statement, set-wise, and write the products' change events (changed: reserved,
+-- available). Fulfilling first releases, then takes the units out with movements (sold), so
+-- the CHECK 0 <= reserved <= quantity holds at every step.
+CREATE TABLE IF NOT EXISTS reservations (
+    id         bigint      GENERATED ALWAYS AS IDENTITY
+                           CONSTRAINT reservations_pkey PRIMARY KEY,
+    reference  text
+                           CONSTRAINT reservations_reference_check
+                           CHECK (char_length(reference) BETWEEN 1 AND 200),
+    status     text        NOT NULL DEFAULT 'active'
+                           CONSTRAINT reservations_status_check
+                           CHECK (status IN ('active', 'fulfilled', 'released', 'expired')),
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The sweep: the active reservations due, soonest first.
+CREATE INDEX IF NOT EXISTS reservations_expires_at_idx
+    ON reservations (expires_at) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS reservations_reference_idx
+    ON reservations (reference, id);
+
+CREATE TABLE IF NOT EXISTS reservation_lines (
+    reservation_id bigint  NOT NULL
+                           CONSTRAINT reservation_lines_reservation_id_fkey
+                           REFERENCES reservations (id) ON DELETE CASCADE,
+    line           integer NOT NULL,
+    -- No foreign key: a reservation keeps what it held after its product goes (a product with
+    -- active reservations cannot go: products_in_use).
+    product_id     bigint  NOT NULL,
+    sku            text    NOT NULL,
+    quantity       integer NOT NULL
+                           CONSTRAINT reservation_lines_quantity_check CHECK (quantity >= 1),
+    CONSTRAINT reservation_lines_pkey PRIMARY KEY (reservation_id, line)
+);
+
+CREATE INDEX IF NOT EXISTS reservation_lines_product_id_idx
+    ON reservation_lines (product_id, reservation_id);
+
+CREATE TABLE IF NOT EXISTS reservation_allocations (
+    reservation_id bigint  NOT NULL,
+    line           integer NOT NULL,
+    product_id     bigint  NOT NULL,
+    location_id    bigint  NOT NULL,
+    location       text    NOT NULL,
+    quantity       integer NOT NULL
+                           CONSTRAINT reservation_allocations_quantity_check
+                           CHECK (quantity >= 1),
+    CONSTRAINT reservation_allocations_pkey PRIMARY KEY (reservation_id, line, location_id),
+    CONSTRAINT reservation_allocations_line_fkey FOREIGN KEY (reservation_id, line)
+        REFERENCES reservation_lines (reservation_id, line) ON DELETE CASCADE
+);
+
+DO $$
+BEGIN
+    IF to_regtype('reservation_api') IS NULL THEN
+        CREATE TYPE allocation_api AS (location text, quantity integer);
+        CREATE TYPE reservation_line_api AS (sku text, quantity integer, allocations json);
+        CREATE TYPE reservation_api AS (
+            id bigint, reference text, status text, expires_at text, created_at text,
+            lines json);
+    END IF;
+END
+$$;
+
+-- A reservation as the API shows it. An active one past its expiry holds nothing already (the
+-- sweep commits that within seconds): it is shown expired.
+CREATE OR REPLACE FUNCTION reservation_json(r reservations) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        r.id,
+        r.reference,
+        CASE WHEN r.status = 'active' AND r.expires_at <= now() THEN 'expired' ELSE r.status END,
+        to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        (SELECT array_to_json(array_agg(ROW(
+                    l.sku, l.quantity,
+                    (SELECT array_to_json(array_agg(ROW(a.location, a.quantity)::allocation_api
+                                                    ORDER BY a.quantity DESC, lower(a.location)))
+                     FROM reservation_allocations a
+                     WHERE a.reservation_id = l.reservation_id AND a.line = l.line)
+                )::reservation_line_api ORDER BY l.line))
+         FROM reservation_lines l WHERE l.reservation_id = r.id)
+    )::reservation_api)
+$$;
+
+-- Holds change reserved at the stock rows and the products' totals, and log one event per
+-- product. `sign` +1 adds allocations (new rows), -1 takes them away.
+CREATE OR REPLACE FUNCTION reservations_apply(held jsonb) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    WITH moves AS (
+        SELECT (h ->> 'product_id')::bigint AS product_id,
+               (h ->> 'location_id')::bigint AS location_id,
+               sum((h ->> 'quantity')::integer) AS quantity
+        FROM jsonb_array_elements(held) h
+        GROUP BY 1, 2
+    ), stocked AS (
+        UPDATE product_stock s SET reserved = s.reserved + m.quantity
+        FROM moves m
+        WHERE s.product_id = m.product_id AND s.location_id = m.location_id
+        RETURNING s.product_id, m.quantity
+    ), sums AS (
+        SELECT x.product_id, sum(x.quantity) AS quantity FROM stocked x GROUP BY x.product_id
+    ), before AS (
+        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        WHERE t.quantity <> 0
+    ), totals AS (
+        UPDATE products p SET reserved = p.reserved + t.quantity
+        FROM sums t, before b
+        WHERE p.id = t.product_id AND b.id = p.id
+        RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
+    )
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY t.id),
+           'product.updated', t.id, t.product, t.changed
+    FROM totals t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reservation_allocations_held() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    PERFORM reservations_apply((
+        SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
+                                            'location_id', a.location_id,
+                                            'quantity', a.quantity))
+        FROM new_rows a JOIN reservations r ON r.id = a.reservation_id
+        WHERE r.status = 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reservations_ended() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    PERFORM reservations_apply((
+        SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
+                                            'location_id', a.location_id,
+                                            'quantity', -a.quantity))
+        FROM old_rows o JOIN new_rows n ON n.id = o.id
+        JOIN reservation_allocations a ON a.reservation_id = o.id
+        WHERE o.status = 'active' AND n.status <> 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER reservation_allocations_held
+    AFTER INSERT ON reservation_allocations REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reservation_allocations_held();
+CREATE OR REPLACE TRIGGER reservations_ended
+    AFTER UPDATE ON reservations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reservations_ended();
+CREATE OR REPLACE TRIGGER reservations_touch_updated_at
+    BEFORE UPDATE ON reservations
+    FOR EACH ROW EXECUTE FUNCTION products_touch_updated_at();
+
+-- What was held stays as it was held; a reservation only ends (never becomes active again).
+CREATE OR REPLACE FUNCTION reservations_keep() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_TABLE_NAME = 'reservations' THEN
+        RAISE EXCEPTION 'reservation % is %: it cannot become %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'integrity_constraint_violation', TABLE = 'reservations',
+                  CONSTRAINT = 'reservations_end_once';
+    END IF;
+    RAISE EXCEPTION 'what a reservation held cannot change: % of % is refused', TG_OP,
+                    TG_TABLE_NAME
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = TG_TABLE_NAME,
+              CONSTRAINT = 'reservations_keep';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER reservations_end_once
+    BEFORE UPDATE OF status ON reservations
+    FOR EACH ROW WHEN (OLD.status <> 'active' AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION reservations_keep();
+CREATE OR REPLACE TRIGGER reservation_allocations_keep
+    BEFORE UPDATE OR DELETE ON reservation_allocations
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION reservations_keep();
+CREATE OR REPLACE TRIGGER reservation_lines_keep
+    BEFORE UPDATE OR DELETE ON reservation_lines
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION reservations_keep();
+-- A reservation that held something goes only once it has ended.
+CREATE OR REPLACE FUNCTION reservations_refuse_delete() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'reservation % is active: release it first', OLD.id
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = 'reservations',
+              CONSTRAINT = 'reservations_keep';
+END
+$$;
+CREATE OR REPLACE TRIGGER reservations_refuse_delete
+    BEFORE DELETE ON reservations
+    FOR EACH ROW WHEN (OLD.status = 'active')
+    EXECUTE FUNCTION reservations_refuse_delete();
+
+-- A product goes only once nothing is held for it (DELETE /products/{sku}: 409 product_in_use).
+CREATE OR REPLACE FUNCTION products_in_use() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'product % has active reservations', OLD.sku
+        USING ERRCODE = 'restrict_violation', TABLE = 'products', CONSTRAINT = 'products_in_use',
+              HINT = 'Release or fulfil them first.';
+END
+$$;
+CREATE OR REPLACE TRIGGER products_in_use
+    BEFORE DELETE ON products
+    FOR EACH ROW WHEN (OLD.reserved > 0)
+    EXECUTE FUNCTION products_in_use();
+
+-- Ends the active reservations past their expiry among `ids` (NULL: any), at most max_rows,
+-- skipping those another transaction is ending (SKIP LOCKED: any number of processes share
+-- the sweep, none waits). Returns how many it expired.
+CREATE OR REPLACE FUNCTION reservations_expire(max_rows integer, ids bigint[] DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    WITH due AS (
+        SELECT r.id FROM reservations r
+        WHERE r.status = 'active' AND r.expires_at <= now()
+          AND (ids IS NULL OR r.id = ANY (ids))
+        ORDER BY r.expires_at
+        LIMIT max_rows
+        FOR UPDATE SKIP LOCKED
+    ), ended AS (
+        UPDATE reservations r SET status = 'expired' FROM due WHERE r.id = due.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM ended
+$$;
+
+-- Before a request takes units of these products: the reservations holding them that are
+-- past their expiry end now, in the request's transaction, so no request is refused for
+-- units only an expired reservation held. Waits for (never skips) one being ended elsewhere.
+CREATE OR REPLACE FUNCTION reservations_expire_for(product_ids bigint[]) RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    UPDATE reservations r SET status = 'expired'
+    WHERE r.status = 'active' AND r.expires_at <= now()
+      AND r.id IN (SELECT l.reservation_id FROM reservation_lines l
+                   WHERE l.product_id = ANY (product_ids))
+$$;
+
+-- POST /reservations: holds every line or nothing. `lines`: a JSON array of {sku, quantity,
+-- location?}, already added together per (sku, location) in first-appearance order. Lines
+-- with a location are held there; the others where units are available, the location with
+-- the most available first (ties: code order), over as few locations as it takes, from what
+-- the located lines left. The stock rows are locked in (product id, location id) order, so
+-- concurrent reservations cannot deadlock. Short lines raise check_violation of
+-- product_stock_reserved_check with DETAIL the JSON array of {sku, location, requested,
+-- available}; an unknown product or location no_data_found naming the table (and the line's
+-- position in DETAIL).
+CREATE OR REPLACE FUNCTION reserve_stock(reference text, expires_in integer, lines jsonb)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    wanted record;
+    level record;
+    made reservations;
+    -- The lines (w_*) and what each takes where (t_*), in arrays: no table per request.
+    w_product bigint[] := '{}';
+    w_sku text[] := '{}';
+    w_quantity integer[] := '{}';
+    w_location_id bigint[] := '{}';
+    w_location text[] := '{}';
+    t_line integer[] := '{}';
+    t_product bigint[] := '{}';
+    t_location_id bigint[] := '{}';
+    t_location text[] := '{}';
+    t_quantity integer[] := '{}';
+    found_id bigint;
+    found_sku text;
+    place locations;
+    short jsonb := '[]';
+    left_over integer;
+    take integer;
+    i integer;
+BEGIN
+    FOR wanted IN
+        SELECT x.value ->> 'sku' AS sku, (x.value ->> 'quantity')::integer AS quantity,
+               x.value ->> 'location' AS location
+        FROM jsonb_array_elements(lines) WITH ORDINALITY x ORDER BY x.ordinality
+    LOOP
+        SELECT p.id, p.sku INTO found_id, found_sku FROM products p
+        WHERE lower(p.sku) = lower(wanted.sku) FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'product % does not exist', wanted.sku
+                USING ERRCODE = 'no_data_found', TABLE = 'products', DETAIL = wanted.sku;
+        END IF;
+        place := NULL;
+        IF wanted.location IS NOT NULL THEN
+            SELECT l.* INTO place FROM locations l
+            WHERE lower(l.code) = lower(wanted.location) FOR KEY SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'location % does not exist', wanted.location
+                    USING ERRCODE = 'no_data_found', TABLE = 'locations',
+                          DETAIL = wanted.location;
+            END IF;
+        END IF;
+        w_product := array_append(w_product, found_id);
+        w_sku := array_append(w_sku, found_sku);
+        w_quantity := array_append(w_quantity, wanted.quantity);
+        w_location_id := array_append(w_location_id, place.id);
+        w_location := array_append(w_location, place.code);
+    END LOOP;
+
+    -- Every stock row of these products, locked in one global order; then the reservations
+    -- past their expiry that hold any of them end.
+    PERFORM FROM product_stock s WHERE s.product_id = ANY (w_product)
+    ORDER BY s.product_id, s.location_id FOR UPDATE;
+    PERFORM reservations_expire_for(w_product);
+
+    -- Lines with a location first, then the others, each in its order.
+    FOR i IN
+        SELECT g.i FROM generate_subscripts(w_product, 1) g(i)
+        ORDER BY (w_location_id[g.i] IS NULL), g.i
+    LOOP
+        left_over := w_quantity[i];
+        FOR level IN
+            SELECT s.location_id, l.code,
+                   s.available - coalesce((SELECT sum(t.q) FROM unnest(t_product, t_location_id,
+                                                                         t_quantity) t(p, li, q)
+                                           WHERE t.p = s.product_id AND t.li = s.location_id),
+                                          0) AS available
+            FROM product_stock s JOIN locations l ON l.id = s.location_id
+            WHERE s.product_id = w_product[i]
+              AND (w_location_id[i] IS NULL OR s.location_id = w_location_id[i])
+            ORDER BY 3 DESC, lower(l.code)
+        LOOP
+            EXIT WHEN left_over = 0 OR level.available <= 0;
+            take := least(left_over, level.available);
+            t_line := array_append(t_line, i);
+            t_product := array_append(t_product, w_product[i]);
+            t_location_id := array_append(t_location_id, level.location_id);
+            t_location := array_append(t_location, level.code);
+            t_quantity := array_append(t_quantity, take);
+            left_over := left_over - take;
+        END LOOP;
+        IF left_over > 0 THEN
+            short := short || jsonb_build_object(
+                'sku', w_sku[i], 'location', w_location[i], 'requested', w_quantity[i],
+                'available', w_quantity[i] - left_over);
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(short) > 0 THEN
+        RAISE EXCEPTION 'not enough stock to hold every line'
+            USING ERRCODE = 'check_violation', TABLE = 'product_stock',
+                  CONSTRAINT = 'product_stock_reserved_check', DETAIL = short::text;
+    END IF;
+
+    INSERT INTO reservations (reference, expires_at)
+    VALUES (reserve_stock.reference, now() + make_interval(secs => expires_in))
+    RETURNING * INTO made;
+    INSERT INTO reservation_lines (reservation_id, line, product_id, sku, quantity)
+    SELECT made.id, w.n, w.p, w.s, w.q
+    FROM unnest(w_product, w_sku, w_quantity) WITH ORDINALITY w(p, s, q, n);
+    INSERT INTO reservation_allocations (reservation_id, line, product_id, location_id,
+                                         location, quantity)
+    SELECT made.id, t.n, t.p, t.li, t.l, t.q
+    FROM unnest(t_line, t_product, t_location_id, t_location, t_quantity) t(n, p, li, l, q);
+    RETURN reservation_json(made);
+END
+$$;
+
+-- Ending a reservation (fulfil, release) or moving its expiry: the reservation locked, an
+-- expired one ended first; one that is not active raises check_violation of
+-- reservations_active with DETAIL its status.
+CREATE OR REPLACE FUNCTION reservation_change(reservation_id bigint, action text,
+                                              expires_in integer DEFAULT NULL)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    held reservations;
+    stock_row product_stock;
+    alloc record;
+BEGIN
+    SELECT r.* INTO held FROM reservations r WHERE r.id = reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % does not exist', reservation_id
+            USING ERRCODE = 'no_data_found', TABLE = 'reservations';
+    END IF;
+    IF held.status = 'active' AND held.expires_at <= now() THEN
+        UPDATE reservations r SET status = 'expired' WHERE r.id = held.id RETURNING * INTO held;
+    END IF;
+    IF held.status <> 'active' THEN
+        RAISE EXCEPTION 'reservation % is %', held.id, held.status
+            USING ERRCODE = 'check_violation', TABLE = 'reservations',
+                  CONSTRAINT = 'reservations_active', DETAIL = held.status;
+    END IF;
+    IF action = 'extend' THEN
+        UPDATE reservations r SET expires_at = now() + make_interval(secs => expires_in)
+        WHERE r.id = held.id RETURNING * INTO held;
+    ELSIF action = 'release' THEN
+        UPDATE reservations r SET status = 'released' WHERE r.id = held.id RETURNING * INTO held;
+    ELSIF action = 'fulfil' THEN
+        -- The stock rows in the global order, then the hold ends, then the units leave.
+        PERFORM FROM product_stock s JOIN reservation_allocations a
+            ON a.product_id = s.product_id AND a.location_id = s.location_id
+        WHERE a.reservation_id = held.id
+        ORDER BY s.product_id, s.location_id FOR UPDATE OF s;
+        UPDATE reservations r SET status = 'fulfilled' WHERE r.id = held.id RETURNING * INTO held;
+        INSERT INTO stock_movements (product_id, location, delta, reason, note, quantity_after)
+        SELECT a.product_id, a.location, -a.quantity, 'sold', 'reservation ' || held.id,
+               s.quantity - sum(a.quantity) OVER (PARTITION BY a.product_id, a.location_id
+                                                  ORDER BY a.line)
+        FROM reservation_allocations a
+        JOIN product_stock s ON s.product_id = a.product_id AND s.location_id = a.location_id
+        WHERE a.reservation_id = held.id
+        ORDER BY a.product_id, a.location_id, a.line;
+    ELSE
+        RAISE EXCEPTION 'unknown action %', action USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN reservation_json(held);
+END
+$$;
+
+COMMENT ON TABLE reservations IS
+    'Units held for an order (POST /reservations) until fulfilled, released or expired.';
+COMMENT ON COLUMN reservations.status IS
+    'active (holding), fulfilled (the units left stock), released or expired (given back).';
+COMMENT ON COLUMN reservations.expires_at IS
+    'From then on it holds nothing; the sweep marks it expired within seconds.';
+COMMENT ON TABLE reservation_lines IS 'What a reservation asked for, one row per SKU (and location).';
+COMMENT ON TABLE reservation_allocations IS
+    'Where each line is held: units per location. While the reservation is active, '
+    'product_stock.reserved is their sum at each location.';
+COMMENT ON CONSTRAINT reservations_pkey ON reservations IS 'One row per reservation.';
+COMMENT ON INDEX reservations_pkey IS 'The index of reservations_pkey: a reservation by id.';
+COMMENT ON CONSTRAINT reservations_reference_check ON reservations IS
+    'Reference: 1-200 characters (NULL: none).';
+COMMENT ON CONSTRAINT reservations_status_check ON reservations IS
+    'Status: active, fulfilled, released or expired.';
+COMMENT ON INDEX reservations_expires_at_idx IS
+    'The expiry sweep: active reservations by expiry, soonest first.';
+COMMENT ON INDEX reservations_reference_idx IS 'GET /reservations?reference=: by reference.';
+COMMENT ON CONSTRAINT reservation_lines_pkey ON reservation_lines IS
+    'One row per line of a reservation, in request order.';
+COMMENT ON INDEX reservation_lines_pkey IS 'The index of reservation_lines_pkey.';
+COMMENT ON CONSTRAINT reservation_lines_reservation_id_fkey ON reservation_lines IS
+    'A line belongs to its reservation.';
+COMMENT ON CONSTRAINT reservation_lines_quantity_check ON reservation_lines IS
+    'A line holds at least one unit.';
+COMMENT ON INDEX reservation_lines_product_id_idx IS
+    'A product''s reservations: GET /reservations?sku= and expiring those holding its units.';
+COMMENT ON CONSTRAINT reservation_allocations_pkey ON reservation_allocations IS
+    'One row per line and location.';
+COMMENT ON INDEX reservation_allocations_pkey IS 'The index of reservation_allocations_pkey.';
+COMMENT ON CONSTRAINT reservation_allocations_line_fkey ON reservation_allocations IS
+    'An allocation belongs to its line.';
+COMMENT ON CONSTRAINT reservation_allocations_quantity_check ON reservation_allocations IS
+    'An allocation holds at least one unit.';
+COMMENT ON FUNCTION reserve_stock(text, integer, jsonb) IS
+    'Holds every line or nothing, the way POST /reservations does; returns it as JSON.';
+COMMENT ON FUNCTION reservation_change(bigint, text, integer) IS
+    'fulfil, release or extend an active reservation; returns it as JSON.';
+COMMENT ON FUNCTION reservations_expire(integer, bigint[]) IS
+    'Marks due active reservations expired (SKIP LOCKED); returns how many.';
+
+GRANT SELECT, INSERT, UPDATE ON reservations TO inventory_rw;
+GRANT SELECT, INSERT ON reservation_lines, reservation_allocations TO inventory_rw;
+GRANT EXECUTE ON FUNCTION reserve_stock(text, integer, jsonb),
+    reservation_change(bigint, text, integer), reservations_expire(integer, bigint[]),
+    reservations_expire_for(bigint[]), reservation_json(reservations) TO inventory_rw;
+REVOKE EXECUTE ON FUNCTION reservations_apply(jsonb), reservation_allocations_held(),
+    reservations_ended() FROM PUBLIC;
 
 -- Upgrade from the release before locations: every product's quantity becomes its stock in
 -- MAIN, where every movement already is (the column's default). Run once, when the stock
@@ -1158,7 +1657,8 @@ COMMENT ON ROLE inventory_reader IS
 
 GRANT USAGE ON SCHEMA public TO inventory_reader;
 GRANT SELECT ON products, stock_movements, stock_summary, movement_daily, locations,
-    product_stock, stock_transfers TO inventory_reader;
+    product_stock, stock_transfers, reservations, reservation_lines, reservation_allocations
+    TO inventory_reader;
 GRANT EXECUTE ON FUNCTION product_json(products), product_etag(products),
     movement_json(stock_movements), movement_daily(timestamptz, timestamptz) TO inventory_reader;
 

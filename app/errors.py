@@ -100,6 +100,30 @@ class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
         )
 
 
+class LinesShort(ApiError, status=409, code="insufficient_stock"):
+    """A reservation that cannot hold every line: each short one, with what is available."""
+
+    def __init__(self, lines: Sequence[Mapping[str, Any]]) -> None:
+        skus = ", ".join(str(line["sku"]) for line in lines)
+        super().__init__(f"Not enough stock to hold every line ({skus}).", lines=list(lines))
+
+
+class ReservationNotFound(ApiError, status=404, code="reservation_not_found"):
+    def __init__(self, reservation_id: str | int) -> None:
+        super().__init__(f"No reservation has id '{reservation_id}'.")
+
+
+class ReservationNotActive(ApiError, status=409, code="reservation_not_active"):
+    def __init__(self, reservation_id: int, status: str) -> None:
+        # `status` is RFC 9457's member (the HTTP status): the reservation's goes beside it.
+        super().__init__(f"Reservation {reservation_id} is {status}.", reservation_status=status)
+
+
+class ProductInUse(ApiError, status=409, code="product_in_use"):
+    def __init__(self) -> None:
+        super().__init__("The product has active reservations: release or fulfil them first.")
+
+
 class StockLimitExceeded(ApiError, status=409, code="stock_limit_exceeded"):
     """The mirror of InsufficientStock: the sum would pass the quantity's upper bound.
 
@@ -258,6 +282,8 @@ def _restrict_violation(exc: psycopg.Error) -> ApiError | None:
     # schema.sql: locations_guard refuses to delete MAIN or a location holding anything.
     if exc.diag.constraint_name == "locations_in_use":
         return LocationInUse()
+    if exc.diag.constraint_name == "products_in_use":
+        return ProductInUse()
     return None
 
 

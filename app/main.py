@@ -22,6 +22,7 @@ from app.limits import BodyGuard, SendDeadline
 from app.observability import REQUEST_ID_KEY, Metrics, ObserveRequests, configure_logging
 from app.queries.reports import StockSummary
 from app.recent import Recent
+from app.reservations.expiry import Expiry
 from app.routes.reports import STOCK_REPORT_SECONDS
 from app.webhooks.delivery import Deliveries
 
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 supervisor.start("read replica probe", reads.replica.run)
             changes_upkeep.start(supervisor, upkeep, dsn, settings, feed=feed, wake=numbered)
             supervisor.start("webhook deliveries", deliveries.run)
+            supervisor.start("reservation expiry", Expiry(upkeep).run)
             metrics.pool.pool = database.pool
             metrics.replica.replica = reads.replica
             # POST /webhooks looks its URL's host up here (app.ssrf).

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -193,6 +194,65 @@ class StockTransfer(Base):
             "stock_transfers_note_length_check",
             "stock_transfers_locations_check",
         ),
+    )
+
+
+class Reservation(Base):
+    """Units held for an order until fulfilled, released or expired (schema.sql)."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    reference: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index(
+            "reservations_expires_at_idx", expires_at, postgresql_where=text("status = 'active'")
+        ),
+        Index("reservations_reference_idx", reference, id),
+        _checks("reservations_reference_check", "reservations_status_check"),
+    )
+
+
+class ReservationLine(Base):
+    __tablename__ = "reservation_lines"
+
+    reservation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("reservations.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("reservation_lines_product_id_idx", product_id, reservation_id),
+        _checks("reservation_lines_quantity_check"),
+    )
+
+
+class ReservationAllocation(Base):
+    __tablename__ = "reservation_allocations"
+
+    reservation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    location_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    location: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["reservation_id", "line"],
+            ["reservation_lines.reservation_id", "reservation_lines.line"],
+            name="reservation_allocations_line_fkey",
+            ondelete="CASCADE",
+        ),
+        _checks("reservation_allocations_quantity_check"),
     )
 
 

@@ -10,6 +10,7 @@ from app.changes import router as changes
 from app.deps import refuse_unknown_parameters, require_token
 from app.locations import router as locations
 from app.openapi import problems
+from app.reservations import router as reservations
 from app.routes import imports, operations, products, reports, stock
 from app.webhooks import router as webhooks
 
@@ -19,7 +20,16 @@ from app.webhooks import router as webhooks
 # tests/test_access.py walks all routes and fails for any protected route that answers
 # without a token. In this order: the hot routes first, as a request is matched against the
 # routes one by one.
-GUARDED_ROUTERS = (products, stock, locations, imports, reports, changes, webhooks)
+GUARDED_ROUTERS = (
+    products,
+    stock,
+    locations,
+    reservations,
+    imports,
+    reports,
+    changes,
+    webhooks,
+)
 OPEN_ROUTERS = (operations,)
 
 # What a route carries from its routers once they are merged in (prefix, tags, dependencies,
