@@ -252,3 +252,30 @@ async def test_concurrent_transfers_both_ways_never_deadlock_or_lose_a_unit(
     assert stock["quantity"] == 110
     assert sum(loc["quantity"] for loc in stock["locations"]) == 110
     assert broken_ledgers(db) == []
+
+
+async def test_the_stock_report_at_a_location_counts_what_is_there(client: AsyncClient) -> None:
+    await _location(client, "WH-1")
+    await client.post("/products", json=product("A-1", price="2.50", quantity=4, reorder_point=1))
+    await client.post("/products", json=product("B-1", price="1.00", reorder_point=0))
+    await adjust(client, "A-1", 3, location="WH-1")
+    await adjust(client, "B-1", 5, location="WH-1")
+    assert (
+        await client.post(
+            "/reservations", json={"lines": [{"sku": "B-1", "quantity": 5, "location": "WH-1"}]}
+        )
+    ).status_code == 201
+
+    at_wh = (await client.get("/reports/stock?location=wh-1")).json()
+    at_main = (await client.get("/reports/stock?location=MAIN")).json()
+
+    # Every product counts; units, reserved and value are what is there.
+    assert {k: v for k, v in at_wh.items() if k != "as_of"} == {
+        "products": 2, "units": 8, "reserved": 5, "value": "12.50", "out_of_stock": 0,
+        "low_stock": 1,
+    }  # fmt: skip
+    assert {k: v for k, v in at_main.items() if k != "as_of"} == {
+        "products": 2, "units": 4, "reserved": 0, "value": "10.00", "out_of_stock": 1,
+        "low_stock": 1,
+    }  # fmt: skip
+    assert_problem(await client.get("/reports/stock?location=NOPE"), 404, "location_not_found")
