@@ -7,7 +7,18 @@ location_stock_json, transfer_json); a transfer's rules are schema.sql's transfe
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Text, bindparam, cast, delete, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 
 from app.database import Connection, compile_once
 from app.models import Location, Product, ProductStock
@@ -48,20 +59,25 @@ _PRODUCT_STOCK = compile_once(
 )
 _LOCATION_ID = compile_once(select(Location.id).where(code_is()))
 # A location's stock by SKU, case-insensitively: every product holding units or holds there.
+# Ordered by lower(sku) in byte order (~<~, text_pattern_ops' own order), so that a page walks
+# products_sku_lower_key and probes each product's stock row, or, at a location holding few
+# products, reads them by product_stock's location index and sorts them: either way a page
+# costs its rows, not the location's size.
+_key = func.lower(Product.sku)
 _location_stock = (
     select(
         cast(func.location_stock_json(PRODUCT_ROW, STOCK_ROW), Text).label("json"),
-        func.lower(Product.sku).label("key"),
+        _key.label("key"),
     )
     .join_from(ProductStock, Product, Product.id == ProductStock.product_id)
     .where(
         ProductStock.location_id == bindparam("location_id"),
         (ProductStock.quantity != 0) | (ProductStock.reserved != 0),
     )
-    .order_by(func.lower(Product.sku))
+    .order_by(literal_column("lower(products.sku) USING ~<~"))
 )
 _LOCATION_STOCK_PAGE = compile_once(
-    _location_stock.where(func.lower(Product.sku) > bindparam("after")).limit(bindparam("limit"))
+    _location_stock.where(_key.op("~>~")(bindparam("after", type_=Text))).limit(bindparam("limit"))
 )
 _LOCATION_STOCK_ALL = compile_once(_location_stock)
 _TRANSFER = compile_once(
