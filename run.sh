@@ -9,7 +9,8 @@
 #   ./run.sh psql [args]     psql as the superuser on the database
 #   ./run.sh bench [args]    the benchmark (bench/bench.py; bench/run.sh also installs wrk);
 #                            ./run.sh bench scale [args]: bench/scale.py;
-#                            ./run.sh bench changelog [args]: bench/changelog.py
+#                            ./run.sh bench changelog [args]: bench/changelog.py;
+#                            ./run.sh bench hotsku [args]: bench/hotsku.py
 #   ./run.sh scale [stop|status]  the scale topology on this machine (db/scale.sh): primary and
 #                            replica clusters, PgBouncer, two API instances, HAProxy on :8080
 #   ./run.sh status          what runs: the API (pid, URL), the database, the data dir
@@ -54,6 +55,7 @@ usage: ./run.sh [serve]        start the API (http://127.0.0.1:8000, docs at /do
        ./run.sh bench [args]   the benchmark against its ceilings (bench/bench.py -h)
        ./run.sh bench scale    two instances behind HAProxy and PgBouncer vs one direct
        ./run.sh bench changelog  the change log's cost: log on vs off (bench/changelog.py -h)
+       ./run.sh bench hotsku   one hot SKU: reservations vs adjustments (bench/hotsku.py -h)
        ./run.sh scale [stop|status]  primary + replica, PgBouncer, two APIs, HAProxy (:8080)
        ./run.sh status         what runs: the API (pid, URL), the database, the data dir
        ./run.sh stop           stop the API and the database (and the scale topology)
@@ -376,6 +378,11 @@ cmd_bench() {
     # The change log's cost: log on against log off, side by side (docs/changelog.md).
     shift
     exec "$VENV/bin/python" bench/changelog.py "$@"
+  fi
+  if [[ ${1:-} == hotsku ]]; then
+    # One hot SKU: reservations against adjustments, side by side (docs/locations.md).
+    shift
+    exec "$VENV/bin/python" bench/hotsku.py "$@"
   fi
   exec "$VENV/bin/python" bench/bench.py "$@"
 }

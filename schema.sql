@@ -69,6 +69,25 @@ BEGIN
 END
 $$;
 
+-- Stock in many locations came with the third release. quantity is the sum over every
+-- location, reserved the units held by active reservations, available what can still be
+-- taken: stored totals, kept equal to the sums by the ledger's trigger (below) in the same
+-- transaction, so a lookup or a page never sums anything. available is generated so that
+-- low_stock can be answered from an index.
+ALTER TABLE products ADD COLUMN IF NOT EXISTS reserved integer NOT NULL DEFAULT 0;
+ALTER TABLE products ADD COLUMN IF NOT EXISTS available integer
+    GENERATED ALWAYS AS (quantity - reserved) STORED;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint
+                   WHERE conrelid = 'products'::regclass
+                     AND conname = 'products_reserved_check') THEN
+        ALTER TABLE products ADD CONSTRAINT products_reserved_check
+            CHECK (reserved >= 0 AND reserved <= quantity);
+    END IF;
+END
+$$;
+
 -- Search (GET /products?q=): a literal, case-insensitive substring of the name or the SKU,
 -- asked as `lower(name) LIKE '%' || lower(:pattern) || '%'` (with %, _ and \ escaped), which
 -- these trigram indexes answer by bitmap scan; the two are ORed. pg_trgm is a trusted
@@ -89,8 +108,16 @@ CREATE INDEX IF NOT EXISTS products_quantity_idx
 
 -- low_stock: only the products at or below their reorder point, already in list order. A
 -- partial index is as small as the shortage; a NULL reorder point is never low, so never in it.
+-- (Before reservations, low meant quantity <= reorder_point: that index is replaced.)
+DO $$
+BEGIN
+    IF pg_get_indexdef(to_regclass('products_low_stock_idx')) NOT LIKE '%available%' THEN
+        DROP INDEX products_low_stock_idx;
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS products_low_stock_idx
-    ON products (created_at, id) WHERE quantity <= reorder_point;
+    ON products (created_at, id) WHERE available <= reorder_point;
 
 -- updated_at moves on every change, whoever makes it (API, psql, a migration).
 CREATE OR REPLACE FUNCTION products_touch_updated_at() RETURNS trigger
@@ -123,7 +150,8 @@ DO $$
 DECLARE
     wanted CONSTANT text :=
         'id bigint, sku text, name text, description text, price text, quantity integer, '
-        'reorder_point integer, created_at text, updated_at text';
+        'reserved integer, available integer, reorder_point integer, created_at text, '
+        'updated_at text';
     stored text;
 BEGIN
     SELECT string_agg(format('%s %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
@@ -152,6 +180,8 @@ $$
         p.description,
         to_char(p.price, 'FM9999999990.00'),
         p.quantity,
+        p.reserved,
+        p.available,
         p.reorder_point,
         to_char(p.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
         to_char(p.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -176,9 +206,14 @@ COMMENT ON COLUMN products.name IS 'Display name: 1-200 characters, not blank.';
 COMMENT ON COLUMN products.description IS 'Optional free text, at most 2000 characters.';
 COMMENT ON COLUMN products.price IS
     'Unit price, 0 to 9999999999.99 with at most 2 decimals; more decimals are refused, not rounded.';
-COMMENT ON COLUMN products.quantity IS 'Units in stock, never negative.';
+COMMENT ON COLUMN products.quantity IS
+    'Units on hand over every location (the sum of product_stock.quantity), never negative; '
+    'changed only by the ledger (stock_movements).';
+COMMENT ON COLUMN products.reserved IS
+    'Units held by active reservations over every location (the sum of product_stock.reserved).';
+COMMENT ON COLUMN products.available IS 'quantity - reserved: what can still be taken.';
 COMMENT ON COLUMN products.reorder_point IS
-    'Optional: the product is low on stock when quantity <= reorder_point; NULL = never low.';
+    'Optional: the product is low on stock when available <= reorder_point; NULL = never low.';
 COMMENT ON COLUMN products.created_at IS 'When the row was inserted (set by the database).';
 COMMENT ON COLUMN products.updated_at IS
     'When the row last changed (maintained by trigger products_touch_updated_at).';
@@ -202,6 +237,8 @@ COMMENT ON CONSTRAINT products_price_check ON products IS
     'Price: 0 to 9999999999.99 with at most 2 decimals; a value with more is refused, never rounded.';
 COMMENT ON CONSTRAINT products_quantity_check ON products IS
     'Stock on hand is never negative, whoever writes the row (the API answers 409 insufficient_stock first).';
+COMMENT ON CONSTRAINT products_reserved_check ON products IS
+    'Reserved units are never negative and never more than the units on hand: nothing is oversold.';
 COMMENT ON CONSTRAINT products_reorder_point_check ON products IS
     'Reorder point: not negative (NULL: the product is never low on stock).';
 COMMENT ON INDEX products_pkey IS 'The index of products_pkey: a product by id.';
@@ -217,7 +254,8 @@ COMMENT ON INDEX products_sku_trgm_idx IS
 COMMENT ON INDEX products_quantity_idx IS
     'GET /products?quantity_max=: the products with at most that many in stock, without a scan.';
 COMMENT ON INDEX products_low_stock_idx IS
-    'GET /products?low_stock=true: only the products at or below their reorder point, in list order.';
+    'GET /products?low_stock=true: only the products whose available units are at or below their '
+    'reorder point, in list order.';
 
 -- The service reads and writes rows; it never changes the schema.
 GRANT USAGE ON SCHEMA public TO inventory_rw;
@@ -246,9 +284,10 @@ $$;
 COMMENT ON FUNCTION product_etag(products) IS
     'The strong ETag of a product: a quoted md5 of product_json(p); changes with every change.';
 
--- The ledger: one row per stock adjustment, written by the same statement that changes
--- products.quantity. For any product, quantity = initial quantity + sum(delta), and
--- quantity_after is the quantity that adjustment left. Append-only for the service.
+-- The ledger: one row per stock movement, and the only way stock moves. The writer inserts
+-- movements; their trigger (stock_movements_apply, below) applies them to the stock, so for
+-- every product and location, quantity = starting quantity + sum(delta), and quantity_after
+-- is the quantity the movement left there. Insert-only.
 CREATE TABLE IF NOT EXISTS stock_movements (
     id             bigint      GENERATED ALWAYS AS IDENTITY
                                CONSTRAINT stock_movements_pkey PRIMARY KEY,
@@ -262,7 +301,7 @@ CREATE TABLE IF NOT EXISTS stock_movements (
     reason         text        NOT NULL
                                CONSTRAINT stock_movements_reason_check
                                CHECK (reason IN ('received', 'sold', 'returned', 'damaged',
-                                                 'correction')),
+                                                 'correction', 'transfer')),
     note           text
                                CONSTRAINT stock_movements_note_length_check
                                CHECK (char_length(note) <= 500),
@@ -310,17 +349,48 @@ CREATE OR REPLACE TRIGGER stock_movements_product_exists
     AFTER INSERT OR UPDATE OF product_id ON stock_movements
     FOR EACH ROW EXECUTE FUNCTION stock_movements_product_exists();
 
+-- Locations came with the third release: a movement names where it happened by the code the
+-- location had (kept when the location is deleted: the stock really moved there). A constant
+-- default, so adding it to a large ledger rewrites nothing; every older movement was in MAIN.
+ALTER TABLE stock_movements ADD COLUMN IF NOT EXISTS location text NOT NULL DEFAULT 'MAIN';
 DO $$
 BEGIN
-    IF to_regtype('movement_api') IS NULL THEN
-        CREATE TYPE movement_api AS (
-            id             bigint,
-            delta          integer,
-            reason         text,
-            note           text,
-            quantity_after integer,
-            created_at     text
-        );
+    IF pg_get_constraintdef((SELECT oid FROM pg_constraint
+                             WHERE conrelid = 'stock_movements'::regclass
+                               AND conname = 'stock_movements_reason_check'))
+       NOT LIKE '%transfer%' THEN
+        ALTER TABLE stock_movements DROP CONSTRAINT stock_movements_reason_check,
+            ADD CONSTRAINT stock_movements_reason_check
+            CHECK (reason IN ('received', 'sold', 'returned', 'damaged', 'correction',
+                              'transfer'));
+    END IF;
+END
+$$;
+
+-- The movement's fields in API order; recreated (with the function returning it, and the
+-- change log's view that calls it, both created again below) when a release changes them.
+BEGIN;
+
+DO $$
+DECLARE
+    wanted CONSTANT text :=
+        'id bigint, delta integer, reason text, note text, location text, '
+        'quantity_after integer, created_at text';
+    stored text;
+BEGIN
+    SELECT string_agg(format('%s %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                      ORDER BY a.attnum)
+      INTO stored
+      FROM pg_type t
+      JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE t.oid = to_regtype('movement_api');
+    IF stored IS DISTINCT FROM wanted THEN
+        IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('product_changes')) = 'v' THEN
+            DROP VIEW product_changes;
+        END IF;
+        DROP FUNCTION IF EXISTS movement_json(stock_movements);
+        DROP TYPE IF EXISTS movement_api;
+        EXECUTE format('CREATE TYPE movement_api AS (%s)', wanted);
     END IF;
 END
 $$;
@@ -333,22 +403,30 @@ $$
         m.delta,
         m.reason,
         m.note,
+        m.location,
         m.quantity_after,
         to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
     )::movement_api)
 $$;
 
+COMMIT;
+
 COMMENT ON TABLE stock_movements IS
-    'Stock ledger: one row per adjustment; quantity = initial quantity + sum(delta) per product.';
+    'Stock ledger, the only way stock moves: per product and location, quantity = starting '
+    'quantity + sum(delta). Insert-only; use adjust_stock() from psql.';
 COMMENT ON COLUMN stock_movements.id IS
     'Identity; per product, id order is commit order (assigned under the product''s row lock).';
 COMMENT ON COLUMN stock_movements.product_id IS
     'The product moved (checked on insert); stays when the product is deleted: the stock moved.';
 COMMENT ON COLUMN stock_movements.delta IS 'Units added (positive) or removed (negative); never 0.';
 COMMENT ON COLUMN stock_movements.reason IS
-    'Why: received, sold, returned, damaged or correction.';
+    'Why: received, sold, returned, damaged, correction or transfer.';
 COMMENT ON COLUMN stock_movements.note IS 'Optional free text, at most 500 characters.';
-COMMENT ON COLUMN stock_movements.quantity_after IS 'The product''s quantity right after this movement.';
+COMMENT ON COLUMN stock_movements.quantity_after IS
+    'The quantity at the movement''s location right after it: per product and location, a '
+    'running sum in id order (checked by stock_movements_apply).';
+COMMENT ON COLUMN stock_movements.location IS
+    'The code of the location the stock moved at, as it was then (kept when the location goes).';
 COMMENT ON COLUMN stock_movements.created_at IS 'When the movement was recorded (set by the database).';
 COMMENT ON TYPE movement_api IS 'The fields of a movement as the API returns them (see movement_json).';
 COMMENT ON FUNCTION movement_json(stock_movements) IS
@@ -358,7 +436,7 @@ COMMENT ON CONSTRAINT stock_movements_pkey ON stock_movements IS
 COMMENT ON CONSTRAINT stock_movements_delta_check ON stock_movements IS
     'A movement moves stock: delta is never 0.';
 COMMENT ON CONSTRAINT stock_movements_reason_check ON stock_movements IS
-    'Reason: received, sold, returned, damaged or correction.';
+    'Reason: received, sold, returned, damaged, correction or transfer.';
 COMMENT ON CONSTRAINT stock_movements_note_length_check ON stock_movements IS
     'Note: at most 500 characters (NULL: none).';
 COMMENT ON CONSTRAINT stock_movements_quantity_after_check ON stock_movements IS
@@ -366,6 +444,1057 @@ COMMENT ON CONSTRAINT stock_movements_quantity_after_check ON stock_movements IS
 COMMENT ON INDEX stock_movements_pkey IS 'The index of stock_movements_pkey: a movement by id.';
 COMMENT ON INDEX stock_movements_product_id_id_idx IS
     'A product''s movements in id order: GET /products/{sku}/movements and the keyset of its pages.';
+
+-- ---------------------------------------------------------------------------------------
+-- Locations, the stock at each, and the ledger's trigger, which alone moves it.
+-- ---------------------------------------------------------------------------------------
+--
+-- The rules, for every client (the API, psql, a migration):
+--   * product_stock holds the units on hand and reserved per (product, location), with
+--     0 <= reserved <= quantity (product_stock_reserved_check): nothing is ever oversold.
+--   * products.quantity and products.reserved are the sums over the locations, kept by the
+--     same triggers in the same transaction: a lookup reads them, never sums.
+--   * Stored quantities change only through the ledger: inserting movements into
+--     stock_movements (adjust_stock() does it from psql) is the one way; a statement that
+--     writes a quantity or reserved total itself is refused by a trigger naming the rule. The
+--     ledger's own statements run inside its trigger, which is how the guards tell them
+--     apart (pg_trigger_depth() > 0).
+--   * A writer gives each movement its quantity_after, read from the stock row it locked;
+--     the trigger applies a statement's movements set-wise and refuses the statement unless
+--     every quantity_after is the running sum from the stored quantity. So the ledger adds
+--     up whoever writes, at the cost of one UPDATE per statement rather than one per row.
+
+CREATE TABLE IF NOT EXISTS locations (
+    id         bigint      GENERATED ALWAYS AS IDENTITY
+                           CONSTRAINT locations_pkey PRIMARY KEY,
+    code       text        NOT NULL
+                           CONSTRAINT locations_code_format_check
+                           CHECK (char_length(code) BETWEEN 1 AND 64
+                                  AND code ~ '^[A-Za-z0-9][A-Za-z0-9._-]*$'),
+    name       text        NOT NULL
+                           CONSTRAINT locations_name_check
+                           CHECK (char_length(name) BETWEEN 1 AND 200
+                                  AND name ~ '[^[:space:]]'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Codes are unique ignoring case, like SKUs.
+CREATE UNIQUE INDEX IF NOT EXISTS locations_code_lower_key
+    ON locations (lower(code) text_pattern_ops);
+CREATE INDEX IF NOT EXISTS locations_created_at_id_idx
+    ON locations (created_at, id);
+
+-- MAIN is location 0 in every database: where stock is when nobody names a location.
+INSERT INTO locations (id, code, name) OVERRIDING SYSTEM VALUE
+VALUES (0, 'MAIN', 'Main') ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE TRIGGER locations_touch_updated_at
+    BEFORE UPDATE ON locations
+    FOR EACH ROW EXECUTE FUNCTION products_touch_updated_at();
+
+CREATE TABLE IF NOT EXISTS product_stock (
+    product_id  bigint  NOT NULL
+                        CONSTRAINT product_stock_product_id_fkey
+                        REFERENCES products (id) ON DELETE CASCADE,
+    location_id bigint  NOT NULL
+                        CONSTRAINT product_stock_location_id_fkey
+                        REFERENCES locations (id) ON DELETE CASCADE,
+    quantity    integer NOT NULL DEFAULT 0,
+    reserved    integer NOT NULL DEFAULT 0,
+    available   integer GENERATED ALWAYS AS (quantity - reserved) STORED,
+    CONSTRAINT product_stock_reserved_check CHECK (0 <= reserved AND reserved <= quantity),
+    CONSTRAINT product_stock_pkey PRIMARY KEY (product_id, location_id)
+);
+
+-- The stock at a location (GET /locations/{code}/stock) and whether a location is in use.
+CREATE INDEX IF NOT EXISTS product_stock_location_id_product_id_idx
+    ON product_stock (location_id, product_id);
+
+-- A location goes only when nothing is there; MAIN never goes, and a code never changes
+-- (the ledger keeps the codes movements were made at).
+CREATE OR REPLACE FUNCTION locations_guard() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'a location''s code cannot change (%)', OLD.code
+            USING ERRCODE = 'integrity_constraint_violation', TABLE = 'locations',
+                  CONSTRAINT = 'locations_code_fixed';
+    END IF;
+    IF OLD.id = 0 OR EXISTS (SELECT FROM product_stock s
+                             WHERE s.location_id = OLD.id
+                               AND (s.quantity <> 0 OR s.reserved <> 0)) THEN
+        RAISE EXCEPTION 'location % is in use', OLD.code
+            USING ERRCODE = 'restrict_violation', TABLE = 'locations',
+                  CONSTRAINT = 'locations_in_use',
+                  DETAIL = 'MAIN always stays; another location goes once it holds no units '
+                           'and no reservations.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER locations_guard
+    BEFORE DELETE OR UPDATE OF code ON locations
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION locations_guard();
+
+-- The guard of the stored quantities: refuses a statement a client runs that writes them.
+CREATE OR REPLACE FUNCTION stock_through_ledger() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'stock moves only through the ledger: % cannot write quantity or reserved',
+                    TG_TABLE_NAME
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = TG_TABLE_NAME,
+              CONSTRAINT = 'stock_through_ledger',
+              HINT = 'Insert the movement into stock_movements, or call adjust_stock(sku, delta, '
+                     'reason, note, location).';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER products_stock_through_ledger
+    BEFORE UPDATE OF quantity, reserved ON products
+    FOR EACH ROW
+    WHEN ((OLD.quantity, OLD.reserved) IS DISTINCT FROM (NEW.quantity, NEW.reserved)
+          AND pg_trigger_depth() = 0)
+    EXECUTE FUNCTION stock_through_ledger();
+-- A new product may bring its starting quantity (it lands in MAIN), never reservations.
+CREATE OR REPLACE TRIGGER products_reserved_through_ledger
+    BEFORE INSERT ON products
+    FOR EACH ROW WHEN (NEW.reserved <> 0)
+    EXECUTE FUNCTION stock_through_ledger();
+CREATE OR REPLACE TRIGGER product_stock_through_ledger
+    BEFORE UPDATE OF quantity, reserved ON product_stock
+    FOR EACH ROW
+    WHEN ((OLD.quantity, OLD.reserved) IS DISTINCT FROM (NEW.quantity, NEW.reserved)
+          AND pg_trigger_depth() = 0)
+    EXECUTE FUNCTION stock_through_ledger();
+CREATE OR REPLACE TRIGGER product_stock_insert_through_ledger
+    BEFORE INSERT ON product_stock
+    FOR EACH ROW WHEN ((NEW.quantity <> 0 OR NEW.reserved <> 0) AND pg_trigger_depth() = 0)
+    EXECUTE FUNCTION stock_through_ledger();
+CREATE OR REPLACE TRIGGER product_stock_delete_through_ledger
+    BEFORE DELETE ON product_stock
+    FOR EACH ROW WHEN ((OLD.quantity <> 0 OR OLD.reserved <> 0) AND pg_trigger_depth() = 0)
+    EXECUTE FUNCTION stock_through_ledger();
+
+-- What a movement moved stays as it was: a movement changed or removed would leave the stock
+-- it explains. (Its reason, note and time are descriptions; an owner may correct those.)
+CREATE OR REPLACE FUNCTION stock_movements_keep() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'the stock ledger keeps what moved: % of stock_movements is refused', TG_OP
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = 'stock_movements',
+              CONSTRAINT = 'stock_movements_keep',
+              HINT = 'Correct stock with a new movement (reason correction).';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER stock_movements_keep
+    BEFORE UPDATE OF product_id, location, delta, quantity_after OR DELETE OR TRUNCATE
+    ON stock_movements
+    FOR EACH STATEMENT EXECUTE FUNCTION stock_movements_keep();
+CREATE OR REPLACE TRIGGER product_stock_refuse_truncate
+    BEFORE TRUNCATE ON product_stock
+    FOR EACH STATEMENT EXECUTE FUNCTION stock_through_ledger();
+
+-- A product's starting quantity is its stock in MAIN. Row by row for the API's one-row
+-- inserts (the WHEN is evaluated without a call, so a product created with none costs
+-- nothing), set-wise for the import's bulk statements, as the change log does.
+CREATE OR REPLACE FUNCTION products_stock_created() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        INSERT INTO product_stock (product_id, location_id, quantity)
+        VALUES (NEW.id, 0, NEW.quantity);
+    ELSE
+        INSERT INTO product_stock (product_id, location_id, quantity)
+        SELECT n.id, 0, n.quantity FROM new_rows n WHERE n.quantity <> 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER products_stock_created
+    AFTER INSERT ON products FOR EACH ROW
+    WHEN (NEW.quantity <> 0
+          AND current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    EXECUTE FUNCTION products_stock_created();
+CREATE OR REPLACE TRIGGER products_stock_created_bulk
+    AFTER INSERT ON products REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    EXECUTE FUNCTION products_stock_created();
+
+-- The ledger's trigger: applies a statement's movements to the stock and the totals, checks
+-- that they follow the stock, and writes one change-log event per movement.
+--   runs    per (product, location), quantity_after - (running sum of delta in id order) is
+--           the quantity the movements started from: the same for every movement of the
+--           group, and the stored quantity, or the writer did not follow the stock.
+--   stocked one UPDATE of the groups' stock rows, matched only where that holds (a row
+--           changed meanwhile is re-read under its lock and no longer matches); fewer rows
+--           than groups (or no stock row: a location never stocked, or none of that code)
+--           refuses the statement. Integer overflow (22003) and the CHECKs stay the last
+--           guards: a location below what it has reserved violates product_stock_reserved_check.
+--   totals  products.quantity moves by each product's sum; a transfer's sum is 0, so the
+--           product row, its updated_at and its ETag stay.
+CREATE OR REPLACE FUNCTION stock_movements_apply() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+DECLARE
+    groups bigint;
+    applied bigint;
+BEGIN
+    -- One statement: every part reads the rows as they were before it (the products' old
+    -- states for `changed` included), and the events carry the states the UPDATE returns.
+    WITH runs AS (
+        SELECT m.product_id, lower(m.location) AS location, m.delta,
+               m.quantity_after::bigint - sum(m.delta) OVER (
+                   PARTITION BY m.product_id, lower(m.location) ORDER BY m.id) AS base
+        FROM new_rows m
+    ), moved AS (
+        SELECT r.product_id, l.id AS location_id, min(r.base) AS base, max(r.base) AS top,
+               sum(r.delta) AS delta
+        FROM runs r LEFT JOIN locations l ON lower(l.code) = r.location
+        GROUP BY r.product_id, r.location, l.id
+    ), stocked AS (
+        UPDATE product_stock s SET quantity = s.quantity + g.delta
+        FROM moved g
+        WHERE s.product_id = g.product_id AND s.location_id = g.location_id
+          AND s.quantity = g.base AND g.top = g.base
+        RETURNING s.product_id, g.delta
+    ), sums AS (
+        SELECT x.product_id, sum(x.delta) AS delta FROM stocked x GROUP BY x.product_id
+    ), before AS (
+        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        WHERE t.delta <> 0
+    ), totals AS (
+        UPDATE products p SET quantity = p.quantity + t.delta
+        FROM sums t, before b
+        WHERE p.id = t.product_id AND b.id = p.id
+        RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
+    ), logged AS (
+        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
+                                           movement_id)
+        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
+               'product.updated', m.product_id,
+               coalesce(t.product, (SELECT product_json(p) FROM products p
+                                    WHERE p.id = m.product_id)),
+               coalesce(t.changed, '{}'), m.id
+        FROM new_rows m LEFT JOIN totals t ON t.id = m.product_id
+    )
+    SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked) INTO groups, applied;
+    IF applied <> groups THEN
+        RAISE EXCEPTION 'stock movements that do not follow the stock they move'
+            USING ERRCODE = 'integrity_constraint_violation', TABLE = 'stock_movements',
+                  CONSTRAINT = 'stock_movements_follow_stock',
+                  DETAIL = 'At each location, quantity_after must be the quantity there plus '
+                           'the delta (a running sum in id order), at a location that exists '
+                           'and where the product has a stock row.',
+                  HINT = 'adjust_stock(sku, delta, reason, note, location) writes movements '
+                         'that do.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER stock_movements_apply
+    AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION stock_movements_apply();
+
+-- The psql way to move stock, with exactly the rules of POST /products/{sku}/adjustments
+-- (which calls it): the product and the location by any letter case, the stock row locked,
+-- the location never left with fewer units than it has reserved. Returns the product as the
+-- API shows it. Errors a client can tell apart: no_data_found naming the table (products or
+-- locations); check_violation of product_stock_reserved_check with DETAIL 'available=N';
+-- numeric_value_out_of_range when a quantity would pass 2147483647.
+CREATE OR REPLACE FUNCTION adjust_stock(sku text, delta integer, reason text,
+                                        note text DEFAULT NULL, location text DEFAULT 'MAIN')
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    found_id bigint;
+    place locations;
+    stock product_stock;
+    result products;
+BEGIN
+    -- KEY SHARE: a concurrent DELETE of the product waits for this adjustment.
+    SELECT p.id INTO found_id FROM products p
+    WHERE lower(p.sku) = lower(adjust_stock.sku) FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'product % does not exist', adjust_stock.sku
+            USING ERRCODE = 'no_data_found', TABLE = 'products';
+    END IF;
+    SELECT l.* INTO place FROM locations l WHERE lower(l.code) = lower(adjust_stock.location)
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'location % does not exist', adjust_stock.location
+            USING ERRCODE = 'no_data_found', TABLE = 'locations';
+    END IF;
+    INSERT INTO product_stock AS s (product_id, location_id) VALUES (found_id, place.id)
+    ON CONFLICT DO NOTHING;
+    SELECT s.* INTO stock FROM product_stock s
+    WHERE s.product_id = found_id AND s.location_id = place.id FOR UPDATE;
+    IF adjust_stock.delta < 0 AND stock.reserved > 0 THEN
+        -- Units held only by expired reservations are not held: they end first.
+        PERFORM reservations_expire_for(ARRAY[found_id]);
+        SELECT s.* INTO stock FROM product_stock s
+        WHERE s.product_id = found_id AND s.location_id = place.id;
+    END IF;
+    IF stock.quantity::bigint + adjust_stock.delta < stock.reserved THEN
+        RAISE EXCEPTION 'not enough stock of % at %', adjust_stock.sku, place.code
+            USING ERRCODE = 'check_violation', TABLE = 'product_stock',
+                  CONSTRAINT = 'product_stock_reserved_check',
+                  DETAIL = format('available=%s', stock.available);
+    END IF;
+    INSERT INTO stock_movements (product_id, location, delta, reason, note, quantity_after)
+    VALUES (found_id, place.code, adjust_stock.delta, adjust_stock.reason, adjust_stock.note,
+            stock.quantity + adjust_stock.delta);
+    SELECT p.* INTO result FROM products p WHERE p.id = found_id;
+    RETURN product_json(result);
+END
+$$;
+
+-- Moving stock between locations: two movements (reason transfer) in one statement, so the
+-- product's totals, its updated_at and its ETag stay; the transfer itself is recorded with
+-- the SKU and codes as they were.
+CREATE TABLE IF NOT EXISTS stock_transfers (
+    id            bigint      GENERATED ALWAYS AS IDENTITY
+                              CONSTRAINT stock_transfers_pkey PRIMARY KEY,
+    -- No foreign keys, as for movements: a transfer stays when its product or a location goes.
+    product_id    bigint      NOT NULL,
+    sku           text        NOT NULL,
+    from_location text        NOT NULL,
+    to_location   text        NOT NULL,
+    quantity      integer     NOT NULL
+                              CONSTRAINT stock_transfers_quantity_check CHECK (quantity >= 1),
+    note          text
+                              CONSTRAINT stock_transfers_note_length_check
+                              CHECK (char_length(note) <= 500),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT stock_transfers_locations_check CHECK (lower(from_location) <> lower(to_location))
+);
+
+DO $$
+BEGIN
+    IF to_regtype('location_api') IS NULL THEN
+        CREATE TYPE location_api AS (code text, name text, created_at text, updated_at text);
+    END IF;
+    IF to_regtype('stock_level_api') IS NULL THEN
+        CREATE TYPE stock_level_api AS (
+            location text, quantity integer, reserved integer, available integer);
+    END IF;
+    IF to_regtype('product_stock_api') IS NULL THEN
+        CREATE TYPE product_stock_api AS (
+            sku text, quantity integer, reserved integer, available integer, locations json);
+    END IF;
+    IF to_regtype('location_stock_api') IS NULL THEN
+        CREATE TYPE location_stock_api AS (
+            sku text, quantity integer, reserved integer, available integer);
+    END IF;
+    IF to_regtype('transfer_api') IS NULL THEN
+        CREATE TYPE transfer_api AS (
+            id bigint, sku text, "from" text, "to" text, quantity integer, note text,
+            created_at text);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION location_json(l locations) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        l.code,
+        l.name,
+        to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        to_char(l.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::location_api)
+$$;
+
+-- GET /products/{sku}/stock: the totals and every location holding units or reservations,
+-- by code (array_to_json: compact, as every other representation).
+CREATE OR REPLACE FUNCTION product_stock_json(p products) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        p.sku, p.quantity, p.reserved, p.available,
+        coalesce((SELECT array_to_json(array_agg(
+                             ROW(l.code, s.quantity, s.reserved, s.available)::stock_level_api
+                             ORDER BY lower(l.code)))
+                  FROM product_stock s JOIN locations l ON l.id = s.location_id
+                  WHERE s.product_id = p.id AND (s.quantity <> 0 OR s.reserved <> 0)),
+                 '[]')
+    )::product_stock_api)
+$$;
+
+-- A row of GET /locations/{code}/stock.
+CREATE OR REPLACE FUNCTION location_stock_json(p products, s product_stock) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(p.sku, s.quantity, s.reserved, s.available)::location_stock_api)
+$$;
+
+CREATE OR REPLACE FUNCTION transfer_json(t stock_transfers) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        t.id, t.sku, t.from_location, t.to_location, t.quantity, t.note,
+        to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    )::transfer_api)
+$$;
+
+-- POST /transfers, and the psql way: n units of a product from one location to another.
+-- The two stock rows are locked in location id order, so concurrent transfers between the
+-- same two locations in opposite directions cannot deadlock. Errors as adjust_stock's;
+-- the same location twice is invalid_parameter_value.
+CREATE OR REPLACE FUNCTION transfer_stock(sku text, from_location text, to_location text,
+                                          quantity integer, note text DEFAULT NULL)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    item products;
+    source locations;
+    target locations;
+    taken product_stock;
+    given product_stock;
+    made stock_transfers;
+BEGIN
+    SELECT p.* INTO item FROM products p
+    WHERE lower(p.sku) = lower(transfer_stock.sku) FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'product % does not exist', transfer_stock.sku
+            USING ERRCODE = 'no_data_found', TABLE = 'products';
+    END IF;
+    SELECT l.* INTO source FROM locations l WHERE lower(l.code) = lower(from_location)
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'location % does not exist', from_location
+            USING ERRCODE = 'no_data_found', TABLE = 'locations', COLUMN = 'from';
+    END IF;
+    SELECT l.* INTO target FROM locations l WHERE lower(l.code) = lower(to_location)
+    FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'location % does not exist', to_location
+            USING ERRCODE = 'no_data_found', TABLE = 'locations', COLUMN = 'to';
+    END IF;
+    IF source.id = target.id THEN
+        RAISE EXCEPTION 'a transfer needs two different locations'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'to';
+    END IF;
+    INSERT INTO product_stock (product_id, location_id)
+    VALUES (item.id, source.id), (item.id, target.id) ON CONFLICT DO NOTHING;
+    PERFORM FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id IN (source.id, target.id)
+    ORDER BY s.location_id FOR UPDATE;
+    SELECT s.* INTO taken FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id = source.id;
+    IF taken.reserved > 0 THEN
+        PERFORM reservations_expire_for(ARRAY[item.id]);
+        SELECT s.* INTO taken FROM product_stock s
+        WHERE s.product_id = item.id AND s.location_id = source.id;
+    END IF;
+    SELECT s.* INTO given FROM product_stock s
+    WHERE s.product_id = item.id AND s.location_id = target.id;
+    IF taken.available < transfer_stock.quantity THEN
+        RAISE EXCEPTION 'not enough stock of % at %', item.sku, source.code
+            USING ERRCODE = 'check_violation', TABLE = 'product_stock',
+                  CONSTRAINT = 'product_stock_reserved_check',
+                  DETAIL = format('available=%s', taken.available);
+    END IF;
+    INSERT INTO stock_movements (product_id, location, delta, reason, note, quantity_after)
+    VALUES (item.id, source.code, -transfer_stock.quantity, 'transfer', transfer_stock.note,
+            taken.quantity - transfer_stock.quantity),
+           (item.id, target.code, transfer_stock.quantity, 'transfer', transfer_stock.note,
+            given.quantity + transfer_stock.quantity);
+    INSERT INTO stock_transfers (product_id, sku, from_location, to_location, quantity, note)
+    VALUES (item.id, item.sku, source.code, target.code, transfer_stock.quantity,
+            transfer_stock.note)
+    RETURNING * INTO made;
+    RETURN transfer_json(made);
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Reservations: units held for an order, never more than a location has.
+-- ---------------------------------------------------------------------------------------
+--
+-- product_stock.reserved is, at every location, the sum of the allocations of the active
+-- reservations there: the triggers below add an allocation when it is written (for an active
+-- reservation) and take all of a reservation's away when it stops being active, in the same
+-- statement, set-wise, and write the products' change events (changed: reserved,
+-- available). Fulfilling first releases, then takes the units out with movements (sold), so
+-- the CHECK 0 <= reserved <= quantity holds at every step.
+CREATE TABLE IF NOT EXISTS reservations (
+    id         bigint      GENERATED ALWAYS AS IDENTITY
+                           CONSTRAINT reservations_pkey PRIMARY KEY,
+    reference  text
+                           CONSTRAINT reservations_reference_check
+                           CHECK (char_length(reference) BETWEEN 1 AND 200),
+    status     text        NOT NULL DEFAULT 'active'
+                           CONSTRAINT reservations_status_check
+                           CHECK (status IN ('active', 'fulfilled', 'released', 'expired')),
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The sweep: the active reservations due, soonest first.
+CREATE INDEX IF NOT EXISTS reservations_expires_at_idx
+    ON reservations (expires_at) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS reservations_reference_idx
+    ON reservations (reference, id);
+
+CREATE TABLE IF NOT EXISTS reservation_lines (
+    reservation_id bigint  NOT NULL
+                           CONSTRAINT reservation_lines_reservation_id_fkey
+                           REFERENCES reservations (id) ON DELETE CASCADE,
+    line           integer NOT NULL,
+    -- No foreign key: a reservation keeps what it held after its product goes (a product with
+    -- active reservations cannot go: products_in_use).
+    product_id     bigint  NOT NULL,
+    sku            text    NOT NULL,
+    quantity       integer NOT NULL
+                           CONSTRAINT reservation_lines_quantity_check CHECK (quantity >= 1),
+    CONSTRAINT reservation_lines_pkey PRIMARY KEY (reservation_id, line)
+);
+
+CREATE INDEX IF NOT EXISTS reservation_lines_product_id_idx
+    ON reservation_lines (product_id, reservation_id);
+
+CREATE TABLE IF NOT EXISTS reservation_allocations (
+    reservation_id bigint  NOT NULL,
+    line           integer NOT NULL,
+    product_id     bigint  NOT NULL,
+    location_id    bigint  NOT NULL,
+    location       text    NOT NULL,
+    quantity       integer NOT NULL
+                           CONSTRAINT reservation_allocations_quantity_check
+                           CHECK (quantity >= 1),
+    CONSTRAINT reservation_allocations_pkey PRIMARY KEY (reservation_id, line, location_id),
+    CONSTRAINT reservation_allocations_line_fkey FOREIGN KEY (reservation_id, line)
+        REFERENCES reservation_lines (reservation_id, line) ON DELETE CASCADE
+);
+
+DO $$
+BEGIN
+    IF to_regtype('reservation_api') IS NULL THEN
+        CREATE TYPE allocation_api AS (location text, quantity integer);
+        CREATE TYPE reservation_line_api AS (sku text, quantity integer, allocations json);
+        CREATE TYPE reservation_api AS (
+            id bigint, reference text, status text, expires_at text, created_at text,
+            lines json);
+    END IF;
+END
+$$;
+
+-- A reservation as the API shows it. An active one past its expiry holds nothing already (the
+-- sweep commits that within seconds): it is shown expired.
+CREATE OR REPLACE FUNCTION reservation_json(r reservations) RETURNS json
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT row_to_json(ROW(
+        r.id,
+        r.reference,
+        CASE WHEN r.status = 'active' AND r.expires_at <= now() THEN 'expired' ELSE r.status END,
+        to_char(r.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        (SELECT array_to_json(array_agg(ROW(
+                    l.sku, l.quantity,
+                    (SELECT array_to_json(array_agg(ROW(a.location, a.quantity)::allocation_api
+                                                    ORDER BY a.quantity DESC, lower(a.location)))
+                     FROM reservation_allocations a
+                     WHERE a.reservation_id = l.reservation_id AND a.line = l.line)
+                )::reservation_line_api ORDER BY l.line))
+         FROM reservation_lines l WHERE l.reservation_id = r.id)
+    )::reservation_api)
+$$;
+
+-- Holds change reserved at the stock rows and the products' totals, and log one event per
+-- product. `sign` +1 adds allocations (new rows), -1 takes them away.
+CREATE OR REPLACE FUNCTION reservations_apply(held jsonb) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    WITH moves AS (
+        SELECT (h ->> 'product_id')::bigint AS product_id,
+               (h ->> 'location_id')::bigint AS location_id,
+               sum((h ->> 'quantity')::integer) AS quantity
+        FROM jsonb_array_elements(held) h
+        GROUP BY 1, 2
+    ), stocked AS (
+        UPDATE product_stock s SET reserved = s.reserved + m.quantity
+        FROM moves m
+        WHERE s.product_id = m.product_id AND s.location_id = m.location_id
+        RETURNING s.product_id, m.quantity
+    ), sums AS (
+        SELECT x.product_id, sum(x.quantity) AS quantity FROM stocked x GROUP BY x.product_id
+    ), before AS (
+        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        WHERE t.quantity <> 0
+    ), totals AS (
+        UPDATE products p SET reserved = p.reserved + t.quantity
+        FROM sums t, before b
+        WHERE p.id = t.product_id AND b.id = p.id
+        RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
+    )
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY t.id),
+           'product.updated', t.id, t.product, t.changed
+    FROM totals t;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reservation_allocations_held() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    PERFORM reservations_apply((
+        SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
+                                            'location_id', a.location_id,
+                                            'quantity', a.quantity))
+        FROM new_rows a JOIN reservations r ON r.id = a.reservation_id
+        WHERE r.status = 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION reservations_ended() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$$
+BEGIN
+    PERFORM reservations_apply((
+        SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
+                                            'location_id', a.location_id,
+                                            'quantity', -a.quantity))
+        FROM old_rows o JOIN new_rows n ON n.id = o.id
+        JOIN reservation_allocations a ON a.reservation_id = o.id
+        WHERE o.status = 'active' AND n.status <> 'active'));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER reservation_allocations_held
+    AFTER INSERT ON reservation_allocations REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reservation_allocations_held();
+CREATE OR REPLACE TRIGGER reservations_ended
+    AFTER UPDATE ON reservations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION reservations_ended();
+CREATE OR REPLACE TRIGGER reservations_touch_updated_at
+    BEFORE UPDATE ON reservations
+    FOR EACH ROW EXECUTE FUNCTION products_touch_updated_at();
+
+-- What was held stays as it was held; a reservation only ends (never becomes active again).
+CREATE OR REPLACE FUNCTION reservations_keep() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_TABLE_NAME = 'reservations' THEN
+        RAISE EXCEPTION 'reservation % is %: it cannot become %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'integrity_constraint_violation', TABLE = 'reservations',
+                  CONSTRAINT = 'reservations_end_once';
+    END IF;
+    RAISE EXCEPTION 'what a reservation held cannot change: % of % is refused', TG_OP,
+                    TG_TABLE_NAME
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = TG_TABLE_NAME,
+              CONSTRAINT = 'reservations_keep';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER reservations_end_once
+    BEFORE UPDATE OF status ON reservations
+    FOR EACH ROW WHEN (OLD.status <> 'active' AND NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION reservations_keep();
+CREATE OR REPLACE TRIGGER reservation_allocations_keep
+    BEFORE UPDATE OR DELETE ON reservation_allocations
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION reservations_keep();
+CREATE OR REPLACE TRIGGER reservation_lines_keep
+    BEFORE UPDATE OR DELETE ON reservation_lines
+    FOR EACH ROW WHEN (pg_trigger_depth() = 0)
+    EXECUTE FUNCTION reservations_keep();
+-- A reservation that held something goes only once it has ended.
+CREATE OR REPLACE FUNCTION reservations_refuse_delete() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'reservation % is active: release it first', OLD.id
+        USING ERRCODE = 'integrity_constraint_violation', TABLE = 'reservations',
+              CONSTRAINT = 'reservations_keep';
+END
+$$;
+CREATE OR REPLACE TRIGGER reservations_refuse_delete
+    BEFORE DELETE ON reservations
+    FOR EACH ROW WHEN (OLD.status = 'active')
+    EXECUTE FUNCTION reservations_refuse_delete();
+
+-- A product goes only once nothing is held for it (DELETE /products/{sku}: 409 product_in_use).
+CREATE OR REPLACE FUNCTION products_in_use() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'product % has active reservations', OLD.sku
+        USING ERRCODE = 'restrict_violation', TABLE = 'products', CONSTRAINT = 'products_in_use',
+              HINT = 'Release or fulfil them first.';
+END
+$$;
+CREATE OR REPLACE TRIGGER products_in_use
+    BEFORE DELETE ON products
+    FOR EACH ROW WHEN (OLD.reserved > 0)
+    EXECUTE FUNCTION products_in_use();
+
+-- Ends the active reservations past their expiry among `ids` (NULL: any), at most max_rows,
+-- skipping those another transaction is ending (SKIP LOCKED: any number of processes share
+-- the sweep, none waits). Returns how many it expired.
+CREATE OR REPLACE FUNCTION reservations_expire(max_rows integer, ids bigint[] DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    WITH due AS (
+        SELECT r.id FROM reservations r
+        WHERE r.status = 'active' AND r.expires_at <= now()
+          AND (ids IS NULL OR r.id = ANY (ids))
+        ORDER BY r.expires_at
+        LIMIT max_rows
+        FOR UPDATE SKIP LOCKED
+    ), ended AS (
+        UPDATE reservations r SET status = 'expired' FROM due WHERE r.id = due.id RETURNING 1
+    )
+    SELECT count(*)::integer FROM ended
+$$;
+
+-- Before a request takes units of these products: the reservations holding them that are
+-- past their expiry end now, in the request's transaction, so no request is refused for
+-- units only an expired reservation held. Waits for (never skips) one being ended elsewhere.
+CREATE OR REPLACE FUNCTION reservations_expire_for(product_ids bigint[]) RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, public, pg_temp AS
+$$
+    UPDATE reservations r SET status = 'expired'
+    WHERE r.status = 'active' AND r.expires_at <= now()
+      AND r.id IN (SELECT l.reservation_id FROM reservation_lines l
+                   WHERE l.product_id = ANY (product_ids))
+$$;
+
+-- POST /reservations: holds every line or nothing. `lines`: a JSON array of {sku, quantity,
+-- location?}, already added together per (sku, location) in first-appearance order. Lines
+-- with a location are held there; the others where units are available, the location with
+-- the most available first (ties: code order), over as few locations as it takes, from what
+-- the located lines left. The stock rows are locked in (product id, location id) order, so
+-- concurrent reservations cannot deadlock. Short lines raise check_violation of
+-- product_stock_reserved_check with DETAIL the JSON array of {sku, location, requested,
+-- available}; an unknown product or location no_data_found naming the table (and the line's
+-- position in DETAIL).
+CREATE OR REPLACE FUNCTION reserve_stock(reference text, expires_in integer, lines jsonb)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    wanted record;
+    level record;
+    made reservations;
+    -- The lines (w_*) and what each takes where (t_*), in arrays: no table per request.
+    w_product bigint[] := '{}';
+    w_sku text[] := '{}';
+    w_quantity integer[] := '{}';
+    w_location_id bigint[] := '{}';
+    w_location text[] := '{}';
+    t_line integer[] := '{}';
+    t_product bigint[] := '{}';
+    t_location_id bigint[] := '{}';
+    t_location text[] := '{}';
+    t_quantity integer[] := '{}';
+    found_id bigint;
+    found_sku text;
+    place locations;
+    short jsonb := '[]';
+    left_over integer;
+    take integer;
+    i integer;
+BEGIN
+    FOR wanted IN
+        SELECT x.value ->> 'sku' AS sku, (x.value ->> 'quantity')::integer AS quantity,
+               x.value ->> 'location' AS location
+        FROM jsonb_array_elements(lines) WITH ORDINALITY x ORDER BY x.ordinality
+    LOOP
+        SELECT p.id, p.sku INTO found_id, found_sku FROM products p
+        WHERE lower(p.sku) = lower(wanted.sku) FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'product % does not exist', wanted.sku
+                USING ERRCODE = 'no_data_found', TABLE = 'products', DETAIL = wanted.sku;
+        END IF;
+        place := NULL;
+        IF wanted.location IS NOT NULL THEN
+            SELECT l.* INTO place FROM locations l
+            WHERE lower(l.code) = lower(wanted.location) FOR KEY SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'location % does not exist', wanted.location
+                    USING ERRCODE = 'no_data_found', TABLE = 'locations',
+                          DETAIL = wanted.location;
+            END IF;
+        END IF;
+        w_product := array_append(w_product, found_id);
+        w_sku := array_append(w_sku, found_sku);
+        w_quantity := array_append(w_quantity, wanted.quantity);
+        w_location_id := array_append(w_location_id, place.id);
+        w_location := array_append(w_location, place.code);
+    END LOOP;
+
+    -- Every stock row of these products, locked in one global order; then the reservations
+    -- past their expiry that hold any of them end.
+    PERFORM FROM product_stock s WHERE s.product_id = ANY (w_product)
+    ORDER BY s.product_id, s.location_id FOR UPDATE;
+    PERFORM reservations_expire_for(w_product);
+
+    -- Lines with a location first, then the others, each in its order.
+    FOR i IN
+        SELECT g.i FROM generate_subscripts(w_product, 1) g(i)
+        ORDER BY (w_location_id[g.i] IS NULL), g.i
+    LOOP
+        left_over := w_quantity[i];
+        FOR level IN
+            SELECT s.location_id, l.code,
+                   s.available - coalesce((SELECT sum(t.q) FROM unnest(t_product, t_location_id,
+                                                                         t_quantity) t(p, li, q)
+                                           WHERE t.p = s.product_id AND t.li = s.location_id),
+                                          0) AS available
+            FROM product_stock s JOIN locations l ON l.id = s.location_id
+            WHERE s.product_id = w_product[i]
+              AND (w_location_id[i] IS NULL OR s.location_id = w_location_id[i])
+            ORDER BY 3 DESC, lower(l.code)
+        LOOP
+            EXIT WHEN left_over = 0 OR level.available <= 0;
+            take := least(left_over, level.available);
+            t_line := array_append(t_line, i);
+            t_product := array_append(t_product, w_product[i]);
+            t_location_id := array_append(t_location_id, level.location_id);
+            t_location := array_append(t_location, level.code);
+            t_quantity := array_append(t_quantity, take);
+            left_over := left_over - take;
+        END LOOP;
+        IF left_over > 0 THEN
+            short := short || jsonb_build_object(
+                'sku', w_sku[i], 'location', w_location[i], 'requested', w_quantity[i],
+                'available', w_quantity[i] - left_over);
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(short) > 0 THEN
+        RAISE EXCEPTION 'not enough stock to hold every line'
+            USING ERRCODE = 'check_violation', TABLE = 'product_stock',
+                  CONSTRAINT = 'product_stock_reserved_check', DETAIL = short::text;
+    END IF;
+
+    INSERT INTO reservations (reference, expires_at)
+    VALUES (reserve_stock.reference, now() + make_interval(secs => expires_in))
+    RETURNING * INTO made;
+    INSERT INTO reservation_lines (reservation_id, line, product_id, sku, quantity)
+    SELECT made.id, w.n, w.p, w.s, w.q
+    FROM unnest(w_product, w_sku, w_quantity) WITH ORDINALITY w(p, s, q, n);
+    INSERT INTO reservation_allocations (reservation_id, line, product_id, location_id,
+                                         location, quantity)
+    SELECT made.id, t.n, t.p, t.li, t.l, t.q
+    FROM unnest(t_line, t_product, t_location_id, t_location, t_quantity) t(n, p, li, l, q);
+    RETURN reservation_json(made);
+END
+$$;
+
+-- Ending a reservation (fulfil, release) or moving its expiry: the reservation locked, an
+-- expired one ended first; one that is not active raises check_violation of
+-- reservations_active with DETAIL its status.
+CREATE OR REPLACE FUNCTION reservation_change(reservation_id bigint, action text,
+                                              expires_in integer DEFAULT NULL)
+    RETURNS json
+    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
+$$
+DECLARE
+    held reservations;
+    stock_row product_stock;
+    alloc record;
+BEGIN
+    SELECT r.* INTO held FROM reservations r WHERE r.id = reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % does not exist', reservation_id
+            USING ERRCODE = 'no_data_found', TABLE = 'reservations';
+    END IF;
+    IF held.status = 'active' AND held.expires_at <= now() THEN
+        UPDATE reservations r SET status = 'expired' WHERE r.id = held.id RETURNING * INTO held;
+    END IF;
+    IF held.status <> 'active' THEN
+        RAISE EXCEPTION 'reservation % is %', held.id, held.status
+            USING ERRCODE = 'check_violation', TABLE = 'reservations',
+                  CONSTRAINT = 'reservations_active', DETAIL = held.status;
+    END IF;
+    IF action = 'extend' THEN
+        UPDATE reservations r SET expires_at = now() + make_interval(secs => expires_in)
+        WHERE r.id = held.id RETURNING * INTO held;
+    ELSIF action = 'release' THEN
+        UPDATE reservations r SET status = 'released' WHERE r.id = held.id RETURNING * INTO held;
+    ELSIF action = 'fulfil' THEN
+        -- The stock rows in the global order, then the hold ends, then the units leave.
+        PERFORM FROM product_stock s JOIN reservation_allocations a
+            ON a.product_id = s.product_id AND a.location_id = s.location_id
+        WHERE a.reservation_id = held.id
+        ORDER BY s.product_id, s.location_id FOR UPDATE OF s;
+        UPDATE reservations r SET status = 'fulfilled' WHERE r.id = held.id RETURNING * INTO held;
+        INSERT INTO stock_movements (product_id, location, delta, reason, note, quantity_after)
+        SELECT a.product_id, a.location, -a.quantity, 'sold', 'reservation ' || held.id,
+               s.quantity - sum(a.quantity) OVER (PARTITION BY a.product_id, a.location_id
+                                                  ORDER BY a.line)
+        FROM reservation_allocations a
+        JOIN product_stock s ON s.product_id = a.product_id AND s.location_id = a.location_id
+        WHERE a.reservation_id = held.id
+        ORDER BY a.product_id, a.location_id, a.line;
+    ELSE
+        RAISE EXCEPTION 'unknown action %', action USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN reservation_json(held);
+END
+$$;
+
+COMMENT ON TABLE reservations IS
+    'Units held for an order (POST /reservations) until fulfilled, released or expired.';
+COMMENT ON COLUMN reservations.status IS
+    'active (holding), fulfilled (the units left stock), released or expired (given back).';
+COMMENT ON COLUMN reservations.expires_at IS
+    'From then on it holds nothing; the sweep marks it expired within seconds.';
+COMMENT ON TABLE reservation_lines IS 'What a reservation asked for, one row per SKU (and location).';
+COMMENT ON TABLE reservation_allocations IS
+    'Where each line is held: units per location. While the reservation is active, '
+    'product_stock.reserved is their sum at each location.';
+COMMENT ON CONSTRAINT reservations_pkey ON reservations IS 'One row per reservation.';
+COMMENT ON INDEX reservations_pkey IS 'The index of reservations_pkey: a reservation by id.';
+COMMENT ON CONSTRAINT reservations_reference_check ON reservations IS
+    'Reference: 1-200 characters (NULL: none).';
+COMMENT ON CONSTRAINT reservations_status_check ON reservations IS
+    'Status: active, fulfilled, released or expired.';
+COMMENT ON INDEX reservations_expires_at_idx IS
+    'The expiry sweep: active reservations by expiry, soonest first.';
+COMMENT ON INDEX reservations_reference_idx IS 'GET /reservations?reference=: by reference.';
+COMMENT ON CONSTRAINT reservation_lines_pkey ON reservation_lines IS
+    'One row per line of a reservation, in request order.';
+COMMENT ON INDEX reservation_lines_pkey IS 'The index of reservation_lines_pkey.';
+COMMENT ON CONSTRAINT reservation_lines_reservation_id_fkey ON reservation_lines IS
+    'A line belongs to its reservation.';
+COMMENT ON CONSTRAINT reservation_lines_quantity_check ON reservation_lines IS
+    'A line holds at least one unit.';
+COMMENT ON INDEX reservation_lines_product_id_idx IS
+    'A product''s reservations: GET /reservations?sku= and expiring those holding its units.';
+COMMENT ON CONSTRAINT reservation_allocations_pkey ON reservation_allocations IS
+    'One row per line and location.';
+COMMENT ON INDEX reservation_allocations_pkey IS 'The index of reservation_allocations_pkey.';
+COMMENT ON CONSTRAINT reservation_allocations_line_fkey ON reservation_allocations IS
+    'An allocation belongs to its line.';
+COMMENT ON CONSTRAINT reservation_allocations_quantity_check ON reservation_allocations IS
+    'An allocation holds at least one unit.';
+COMMENT ON FUNCTION reserve_stock(text, integer, jsonb) IS
+    'Holds every line or nothing, the way POST /reservations does; returns it as JSON.';
+COMMENT ON FUNCTION reservation_change(bigint, text, integer) IS
+    'fulfil, release or extend an active reservation; returns it as JSON.';
+COMMENT ON FUNCTION reservations_expire(integer, bigint[]) IS
+    'Marks due active reservations expired (SKIP LOCKED); returns how many.';
+
+GRANT SELECT, INSERT, UPDATE ON reservations TO inventory_rw;
+GRANT SELECT, INSERT ON reservation_lines, reservation_allocations TO inventory_rw;
+GRANT EXECUTE ON FUNCTION reserve_stock(text, integer, jsonb),
+    reservation_change(bigint, text, integer), reservations_expire(integer, bigint[]),
+    reservations_expire_for(bigint[]), reservation_json(reservations) TO inventory_rw;
+REVOKE EXECUTE ON FUNCTION reservations_apply(jsonb), reservation_allocations_held(),
+    reservations_ended() FROM PUBLIC;
+
+-- Upgrade from the release before locations: every product's quantity becomes its stock in
+-- MAIN, where every movement already is (the column's default). Run once, when the stock
+-- table is new; replica mode skips the guards, which would refuse a quantity written without
+-- its movement: these quantities were already explained by the ledger.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM product_stock) THEN
+        PERFORM set_config('session_replication_role', 'replica', true);
+        INSERT INTO product_stock (product_id, location_id, quantity)
+        SELECT p.id, 0, p.quantity FROM products p WHERE p.quantity <> 0;
+        PERFORM set_config('session_replication_role', 'origin', true);
+    END IF;
+END
+$$;
+
+COMMENT ON TABLE locations IS
+    'Places that hold stock (a warehouse, a store, a van). MAIN (id 0) always exists.';
+COMMENT ON COLUMN locations.id IS 'Identity; MAIN is 0.';
+COMMENT ON COLUMN locations.code IS
+    'Code: 1-64 of [A-Za-z0-9._-], starting alphanumeric; unique ignoring case; never changes.';
+COMMENT ON COLUMN locations.name IS 'Display name: 1-200 characters, not blank.';
+COMMENT ON COLUMN locations.created_at IS 'When the row was inserted (set by the database).';
+COMMENT ON COLUMN locations.updated_at IS 'When the row last changed (set by the database).';
+COMMENT ON CONSTRAINT locations_pkey ON locations IS 'One row per id; MAIN is 0.';
+COMMENT ON CONSTRAINT locations_code_format_check ON locations IS
+    'Code: 1-64 characters, a letter or digit first, then letters, digits, ".", "_" or "-".';
+COMMENT ON CONSTRAINT locations_name_check ON locations IS
+    'Name: 1-200 characters, not blank or whitespace only.';
+COMMENT ON INDEX locations_pkey IS 'The index of locations_pkey: a location by id.';
+COMMENT ON INDEX locations_code_lower_key IS
+    'Codes are unique ignoring case (409 duplicate_location); also a location by code.';
+COMMENT ON INDEX locations_created_at_id_idx IS
+    'The list order of GET /locations (oldest first) and the keyset of its pages.';
+COMMENT ON TABLE product_stock IS
+    'Units on hand and reserved per product and location; written only by the ledger''s '
+    'triggers. A product with no row at a location has nothing there.';
+COMMENT ON COLUMN product_stock.product_id IS 'The product (its stock goes when it goes).';
+COMMENT ON COLUMN product_stock.location_id IS 'The location (locations.id).';
+COMMENT ON COLUMN product_stock.quantity IS 'Units on hand at the location.';
+COMMENT ON COLUMN product_stock.reserved IS 'Units held there by active reservations.';
+COMMENT ON COLUMN product_stock.available IS 'quantity - reserved: what can still be taken there.';
+COMMENT ON CONSTRAINT product_stock_reserved_check ON product_stock IS
+    'Never oversold: 0 <= reserved <= quantity at every location (409 insufficient_stock).';
+COMMENT ON CONSTRAINT product_stock_pkey ON product_stock IS 'One row per product and location.';
+COMMENT ON CONSTRAINT product_stock_product_id_fkey ON product_stock IS
+    'Stock belongs to a product and goes with it (its movements stay).';
+COMMENT ON CONSTRAINT product_stock_location_id_fkey ON product_stock IS
+    'Stock is at a location; a location goes only once its rows hold nothing (locations_guard).';
+COMMENT ON INDEX product_stock_pkey IS 'The index of product_stock_pkey: a product''s stock by location.';
+COMMENT ON INDEX product_stock_location_id_product_id_idx IS
+    'The stock at a location, and whether a location is in use.';
+COMMENT ON FUNCTION adjust_stock(text, integer, text, text, text) IS
+    'Moves stock the way POST /products/{sku}/adjustments does: adjust_stock(sku, delta, reason, '
+    'note, location); returns the product as JSON.';
+COMMENT ON FUNCTION stock_movements_apply() IS
+    'The ledger''s trigger: applies a statement''s movements, checks them, logs their events.';
+COMMENT ON FUNCTION stock_through_ledger() IS
+    'Refuses a write of stored quantities that does not come from the ledger.';
+
+COMMENT ON TABLE stock_transfers IS
+    'Stock moved between locations (POST /transfers): each is two movements, reason transfer.';
+COMMENT ON COLUMN stock_transfers.sku IS 'The product''s SKU as it was.';
+COMMENT ON COLUMN stock_transfers.from_location IS 'The code stock left, as it was.';
+COMMENT ON COLUMN stock_transfers.to_location IS 'The code stock arrived at, as it was.';
+COMMENT ON CONSTRAINT stock_transfers_pkey ON stock_transfers IS 'One row per transfer.';
+COMMENT ON INDEX stock_transfers_pkey IS 'The index of stock_transfers_pkey: a transfer by id.';
+COMMENT ON CONSTRAINT stock_transfers_quantity_check ON stock_transfers IS
+    'A transfer moves at least one unit.';
+COMMENT ON CONSTRAINT stock_transfers_note_length_check ON stock_transfers IS
+    'Note: at most 500 characters (NULL: none).';
+COMMENT ON CONSTRAINT stock_transfers_locations_check ON stock_transfers IS
+    'A transfer is between two different locations.';
+COMMENT ON FUNCTION transfer_stock(text, text, text, integer, text) IS
+    'Moves stock the way POST /transfers does: transfer_stock(sku, from, to, quantity, note); '
+    'returns the transfer as JSON.';
+COMMENT ON FUNCTION product_stock_json(products) IS
+    'GET /products/{sku}/stock: the totals and the stock at every location holding some.';
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON locations TO inventory_rw;
+GRANT SELECT, INSERT ON stock_transfers TO inventory_rw;
+GRANT EXECUTE ON FUNCTION transfer_stock(text, text, text, integer, text) TO inventory_rw;
+-- Writers lock stock rows (FOR UPDATE needs UPDATE) and create them empty; the guards keep
+-- every quantity to the ledger.
+GRANT SELECT, INSERT, UPDATE ON product_stock TO inventory_rw;
+GRANT EXECUTE ON FUNCTION adjust_stock(text, integer, text, text, text) TO inventory_rw;
+REVOKE EXECUTE ON FUNCTION stock_movements_apply(), products_stock_created() FROM PUBLIC;
 
 -- Idempotency-Key: the first response to a (scope, key), written in the same transaction as
 -- the work it describes, so a key is stored exactly when its effect is. Rows older than the
@@ -437,23 +1566,57 @@ CREATE INDEX IF NOT EXISTS stock_movements_created_at_idx
 -- Exact numbers: units is summed as bigint (sum() of bigint is numeric, so no overflow at any
 -- row count), value is numeric times integer summed as numeric (never a float), shown with
 -- exactly 2 decimals (every price has at most 2, so round() only sets the scale).
+-- (The release before reservations had no reserved column: its view is replaced.)
+DO $$
+BEGIN
+    IF to_regclass('stock_summary') IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_attribute
+                       WHERE attrelid = to_regclass('stock_summary')
+                         AND attname = 'reserved') THEN
+        DROP VIEW stock_summary;
+    END IF;
+END
+$$;
 CREATE OR REPLACE VIEW stock_summary AS
-SELECT count(*)                                          AS products,
-       coalesce(sum(quantity::bigint), 0)                AS units,
-       round(coalesce(sum(price * quantity), 0), 2)      AS value,
-       count(*) FILTER (WHERE quantity = 0)              AS out_of_stock,
-       count(*) FILTER (WHERE quantity <= reorder_point) AS low_stock,
-       statement_timestamp()                             AS as_of
+SELECT count(*)                                           AS products,
+       coalesce(sum(quantity::bigint), 0)                 AS units,
+       coalesce(sum(reserved::bigint), 0)                 AS reserved,
+       round(coalesce(sum(price * quantity), 0), 2)       AS value,
+       count(*) FILTER (WHERE quantity = 0)               AS out_of_stock,
+       count(*) FILTER (WHERE available <= reorder_point) AS low_stock,
+       statement_timestamp()                              AS as_of
 FROM products;
+
+-- The same summary from each product's units at one location (none there counts as 0):
+-- products still counts every product. NULL rows when no location has the code.
+CREATE OR REPLACE FUNCTION stock_summary_at(location_code text)
+    RETURNS TABLE (products bigint, units numeric, reserved numeric, value numeric,
+                   out_of_stock bigint, low_stock bigint, as_of timestamptz)
+    LANGUAGE sql STABLE AS
+$$
+    SELECT count(p.id),
+           coalesce(sum(coalesce(s.quantity, 0)::bigint), 0),
+           coalesce(sum(coalesce(s.reserved, 0)::bigint), 0),
+           round(coalesce(sum(p.price * coalesce(s.quantity, 0)), 0), 2),
+           count(p.id) FILTER (WHERE coalesce(s.quantity, 0) = 0),
+           count(p.id) FILTER (WHERE coalesce(s.available, 0) <= p.reorder_point),
+           statement_timestamp()
+    FROM locations l
+    LEFT JOIN products p ON true
+    LEFT JOIN product_stock s ON s.product_id = p.id AND s.location_id = l.id
+    WHERE lower(l.code) = lower(location_code)
+    GROUP BY l.id
+$$;
 
 COMMENT ON VIEW stock_summary IS
     'The stock at a glance, one row from one snapshot (GET /reports/stock).';
 COMMENT ON COLUMN stock_summary.products IS 'Number of products.';
 COMMENT ON COLUMN stock_summary.units IS 'Sum of quantities.';
+COMMENT ON COLUMN stock_summary.reserved IS 'Sum of reserved units.';
 COMMENT ON COLUMN stock_summary.value IS 'Sum of price * quantity, exact, 2 decimals.';
 COMMENT ON COLUMN stock_summary.out_of_stock IS 'Products with quantity 0.';
 COMMENT ON COLUMN stock_summary.low_stock IS
-    'Products with quantity <= reorder_point (a NULL reorder point is never low).';
+    'Products with available <= reorder_point (a NULL reorder point is never low).';
 COMMENT ON COLUMN stock_summary.as_of IS
     'When the statement started: under READ COMMITTED, the moment the numbers describe.';
 
@@ -490,6 +1653,9 @@ COMMENT ON INDEX stock_movements_created_at_idx IS
     '/reports/movements read a range of the ledger from the index alone.';
 
 GRANT SELECT ON stock_summary, movement_daily TO inventory_rw;
+COMMENT ON FUNCTION stock_summary_at(text) IS
+    'stock_summary from the units at one location (GET /reports/stock?location=); no row when '
+    'no location has the code.';
 GRANT EXECUTE ON FUNCTION movement_daily(timestamptz, timestamptz) TO inventory_rw;
 
 -- Analysts and BI tools: a read-only group role. Nobody logs in as it; give it to a person:
@@ -514,7 +1680,9 @@ COMMENT ON ROLE inventory_reader IS
     'movement_daily) for psql users and BI tools: GRANT inventory_reader TO <login role>.';
 
 GRANT USAGE ON SCHEMA public TO inventory_reader;
-GRANT SELECT ON products, stock_movements, stock_summary, movement_daily TO inventory_reader;
+GRANT SELECT ON products, stock_movements, stock_summary, movement_daily, locations,
+    product_stock, stock_transfers, reservations, reservation_lines, reservation_allocations
+    TO inventory_reader;
 GRANT EXECUTE ON FUNCTION product_json(products), product_etag(products),
     movement_json(stock_movements), movement_daily(timestamptz, timestamptz) TO inventory_reader;
 
@@ -864,102 +2032,44 @@ $$;
 --     statement, not a million calls.
 --
 -- plan_cache_mode = force_generic_plan: PL/pgSQL plans a query with parameters anew on every
--- call for as long as the planner thinks the generic plan the costlier, which it did for the
--- movement probe below (a plan per adjustment: most of the trigger's time); the generic
--- plans here are as good. The set-wise SQL is written so that every plan PL/pgSQL may keep
--- is linear whatever the number of rows (the plan made for a session's first, one-row
--- statement also runs its million-row one): old and new rows meet in a FULL JOIN (hash or
--- merge, never a nested loop over two tuplestores), tables are read through scalar
--- subqueries (an index probe per row, never a scan).
+-- call for as long as the planner thinks the generic plan the costlier; the generic plans here
+-- are as good. The set-wise SQL is written so that every plan PL/pgSQL may keep is linear
+-- whatever the number of rows (the plan made for a session's first, one-row statement also
+-- runs its million-row one): old and new rows meet in a FULL JOIN (hash or merge, never a
+-- nested loop over two tuplestores), tables are read through joins that hash or index probes.
 --
--- A stock movement and the product row change of the same statement (the API writes both in
--- one) are one event: the product's event carries the movement. They are matched by
--- identity, not by value: the same statement of the same (sub)transaction wrote both row
--- versions (equal xmin and cmin); a statement writing several movements of one product has
--- the last carried. A movement written by a statement of its own (psql) is an event of its
--- own, with the product as it is then; so will be a transfer's.
---
--- inventory.movements (set by the BEFORE trigger of every INSERT into stock_movements): the
--- movement ids handed out before that statement, and the transaction's count of inserted
--- movements then; the product triggers look only at movements after it.
--- inventory.movements_attached: how many movements of that statement product events carry;
--- when it is all of them, the movement trigger has nothing to write.
-CREATE OR REPLACE FUNCTION product_changes_movements_begin() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-DECLARE
-    ignored text;
-BEGIN
-    -- Not SECURITY DEFINER (it writes no table), so only qualified names.
-    ignored := pg_catalog.set_config('inventory.movements',
-        coalesce(pg_catalog.pg_sequence_last_value(
-                     'public.stock_movements_id_seq'::pg_catalog.regclass), 0)::text
-        || ',' || pg_catalog.pg_stat_get_xact_tuples_inserted(
-                      'public.stock_movements'::pg_catalog.regclass)::text,
-        true);
-    ignored := pg_catalog.set_config('inventory.movements_attached', '0', true);
-    RETURN NULL;
-END
-$$;
-
--- Row by row. The movement a row's event carries: the last one the row's own statement
--- wrote for the product (after_id: none before that statement).
+-- Stock movements are not logged here: the ledger's trigger (stock_movements_apply, below)
+-- writes one event per movement, with the movement and the product as the statement left it,
+-- and the totals it keeps on products change in a statement of that trigger. So these
+-- triggers look only at statements run by clients (pg_trigger_depth() = 0): a product's
+-- fields, its creation and its deletion.
 CREATE OR REPLACE FUNCTION product_changes_log_created() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
 $$
-DECLARE
-    after_id bigint :=
-        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
-    movement bigint;
-    ignored text;
 BEGIN
-    IF after_id IS NOT NULL THEN
-        SELECT m.id INTO movement FROM products p, stock_movements m
-        WHERE p.id = NEW.id AND m.product_id = NEW.id AND m.id > after_id
-          AND m.xmin = p.xmin AND m.cmin = p.cmin
-        ORDER BY m.product_id DESC, m.id DESC LIMIT 1;
-    END IF;
-    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
     VALUES (nextval('product_change_statements'), 1, 'product.created', NEW.id,
-            product_json(NEW), '{}', movement);
-    IF movement IS NOT NULL THEN
-        ignored := set_config('inventory.movements_attached',
-            (current_setting('inventory.movements_attached')::bigint + 1)::text, true);
-    END IF;
+            product_json(NEW), '{}');
     RETURN NULL;
 END
 $$;
 
 -- An update that changes no field (possible within one transaction, where updated_at stays)
--- and carries no movement logs nothing.
+-- logs nothing.
 CREATE OR REPLACE FUNCTION product_changes_log_updated() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
 $$
 DECLARE
-    after_id bigint :=
-        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
     changed text[] := product_changed_fields(OLD, NEW);
-    movement bigint;
-    ignored text;
 BEGIN
-    IF after_id IS NOT NULL THEN
-        SELECT m.id INTO movement FROM products p, stock_movements m
-        WHERE p.id = NEW.id AND m.product_id = NEW.id AND m.id > after_id
-          AND m.xmin = p.xmin AND m.cmin = p.cmin
-        ORDER BY m.product_id DESC, m.id DESC LIMIT 1;
-    END IF;
-    IF cardinality(changed) = 0 AND movement IS NULL THEN
+    IF cardinality(changed) = 0 THEN
         RETURN NULL;
     END IF;
-    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
     VALUES (nextval('product_change_statements'), 1, 'product.updated', NEW.id,
-            product_json(NEW), changed, movement);
-    IF movement IS NOT NULL THEN
-        ignored := set_config('inventory.movements_attached',
-            (current_setting('inventory.movements_attached')::bigint + 1)::text, true);
-    END IF;
+            product_json(NEW), changed);
     RETURN NULL;
 END
 $$;
@@ -981,31 +2091,11 @@ CREATE OR REPLACE FUNCTION product_changes_log_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
 $$
-DECLARE
-    after_id bigint :=
-        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
-    attached bigint;
-    ignored text;
 BEGIN
-    WITH logged AS (
-        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
-                                           movement_id)
-        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
-               'product.created', n.id, product_json(n), '{}',
-               CASE WHEN after_id IS NOT NULL THEN
-                   (SELECT m.id FROM products p, stock_movements m
-                    WHERE p.id = n.id AND m.product_id = n.id AND m.id > after_id
-                      AND m.xmin = p.xmin AND m.cmin = p.cmin
-                    ORDER BY m.product_id DESC, m.id DESC LIMIT 1)
-               END
-        FROM new_rows n
-        RETURNING movement_id
-    )
-    SELECT count(movement_id) INTO attached FROM logged;
-    IF attached > 0 THEN
-        ignored := set_config('inventory.movements_attached',
-            (current_setting('inventory.movements_attached')::bigint + attached)::text, true);
-    END IF;
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
+           'product.created', n.id, product_json(n), '{}'
+    FROM new_rows n;
     RETURN NULL;
 END
 $$;
@@ -1014,35 +2104,15 @@ CREATE OR REPLACE FUNCTION product_changes_log_update() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
 $$
-DECLARE
-    after_id bigint :=
-        (string_to_array(current_setting('inventory.movements', true), ','))[1]::bigint;
-    attached bigint;
-    ignored text;
 BEGIN
-    WITH logged AS (
-        INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
-                                           movement_id)
-        SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
-               'product.updated', d.id, d.product, d.changed, d.movement_id
-        -- OFFSET 0: each expression once per row, not once more in the WHERE.
-        FROM (SELECT n.id, product_json(n) AS product, product_changed_fields(o, n) AS changed,
-                     CASE WHEN after_id IS NOT NULL THEN
-                         (SELECT m.id FROM products p, stock_movements m
-                          WHERE p.id = n.id AND m.product_id = n.id AND m.id > after_id
-                            AND m.xmin = p.xmin AND m.cmin = p.cmin
-                          ORDER BY m.product_id DESC, m.id DESC LIMIT 1)
-                     END AS movement_id
-              FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
-              OFFSET 0) d
-        WHERE cardinality(d.changed) > 0 OR d.movement_id IS NOT NULL
-        RETURNING movement_id
-    )
-    SELECT count(movement_id) INTO attached FROM logged;
-    IF attached > 0 THEN
-        ignored := set_config('inventory.movements_attached',
-            (current_setting('inventory.movements_attached')::bigint + attached)::text, true);
-    END IF;
+    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
+    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (),
+           'product.updated', d.id, d.product, d.changed
+    -- OFFSET 0: each expression once per row, not once more in the WHERE.
+    FROM (SELECT n.id, product_json(n) AS product, product_changed_fields(o, n) AS changed
+          FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
+          OFFSET 0) d
+    WHERE cardinality(d.changed) > 0;
     RETURN NULL;
 END
 $$;
@@ -1060,77 +2130,40 @@ BEGIN
 END
 $$;
 
--- The movements of a statement that no product event carries: each an event of its own,
--- with the product as it is. The same rule as the product triggers', from the other side: a
--- movement is carried when its product's row was written by the same statement and it is
--- the last movement of that product the statement wrote.
-CREATE OR REPLACE FUNCTION product_changes_log_movement() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
-$$
-DECLARE
-    moving text[] := string_to_array(current_setting('inventory.movements', true), ',');
-    after_id bigint := moving[1]::bigint;
-    attached bigint := current_setting('inventory.movements_attached', true)::bigint;
-BEGIN
-    -- Every movement this statement inserted is carried. (Never taken when the statistics
-    -- counter does not count: it would say 0.)
-    IF attached > 0 AND pg_stat_get_xact_tuples_inserted('stock_movements'::regclass)
-                        - moving[2]::bigint = attached THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO product_change_events (stmt, k, type, product_id, product, changed, movement_id)
-    SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY d.id),
-           'product.updated', d.product_id, d.product, '{}', d.id
-    FROM (SELECT m.id, m.product_id,
-                 (SELECT CASE WHEN m.id > after_id AND p.xmin = w.xmin AND p.cmin = w.cmin
-                                   AND m.id = (SELECT x.id FROM stock_movements x
-                                               WHERE x.product_id = m.product_id
-                                                 AND x.id > after_id
-                                                 AND x.xmin = w.xmin AND x.cmin = w.cmin
-                                               ORDER BY x.product_id DESC, x.id DESC LIMIT 1)
-                              THEN NULL
-                              ELSE product_json(p) END
-                  FROM products p, stock_movements w
-                  WHERE p.id = m.product_id AND w.id = m.id) AS product
-          FROM new_rows m
-          OFFSET 0) d
-    WHERE d.product IS NOT NULL;
-    RETURN NULL;
-END
-$$;
+-- The releases before locations matched a product's row change with the movement of the
+-- same statement; the ledger's trigger now writes movement events itself.
+DROP TRIGGER IF EXISTS product_changes_movements_begin ON stock_movements;
+DROP TRIGGER IF EXISTS product_changes_log_movement ON stock_movements;
+DROP FUNCTION IF EXISTS product_changes_movements_begin(), product_changes_log_movement();
 
 CREATE OR REPLACE TRIGGER product_changes_log_created
     AFTER INSERT ON products FOR EACH ROW
-    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk'
+          AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_created();
 CREATE OR REPLACE TRIGGER product_changes_log_updated
     AFTER UPDATE ON products FOR EACH ROW
-    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk'
+          AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_updated();
 CREATE OR REPLACE TRIGGER product_changes_log_deleted
     AFTER DELETE ON products FOR EACH ROW
-    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk')
+    WHEN (current_setting('inventory.change_log', true) IS DISTINCT FROM 'bulk'
+          AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_deleted();
 CREATE OR REPLACE TRIGGER product_changes_log_insert
     AFTER INSERT ON products REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    WHEN (current_setting('inventory.change_log', true) = 'bulk' AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_insert();
 CREATE OR REPLACE TRIGGER product_changes_log_update
     AFTER UPDATE ON products REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT
-    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    WHEN (current_setting('inventory.change_log', true) = 'bulk' AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_update();
 CREATE OR REPLACE TRIGGER product_changes_log_delete
     AFTER DELETE ON products REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
-    WHEN (current_setting('inventory.change_log', true) = 'bulk')
+    WHEN (current_setting('inventory.change_log', true) = 'bulk' AND pg_trigger_depth() = 0)
     EXECUTE FUNCTION product_changes_log_delete();
-CREATE OR REPLACE TRIGGER product_changes_movements_begin
-    BEFORE INSERT ON stock_movements
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_movements_begin();
-CREATE OR REPLACE TRIGGER product_changes_log_movement
-    AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION product_changes_log_movement();
 
 -- TRUNCATE fires no DELETE trigger: it would take products out of the log's sight.
 CREATE OR REPLACE FUNCTION products_refuse_truncate() RETURNS trigger
@@ -1691,8 +2724,6 @@ COMMENT ON PROCEDURE product_changes_await(double precision, double precision, i
     'Numbers committed statements as they come for wait_seconds, looking every poll_seconds.';
 COMMENT ON FUNCTION product_changes_sequencer_role() IS
     'Waits for, then holds for the session, the role of the process that runs the sequencer.';
-COMMENT ON FUNCTION product_changes_movements_begin() IS
-    'Before an INSERT into stock_movements: where the movements of this statement start.';
 COMMENT ON TABLE webhooks IS 'Webhook subscriptions (POST /webhooks), each with its cursor and lease.';
 COMMENT ON COLUMN webhooks.secret IS 'whsec_ + base64 signing key; the API shows it only when created.';
 COMMENT ON COLUMN webhooks.events IS 'Event types delivered, or {*} for all.';
@@ -1774,8 +2805,7 @@ REVOKE EXECUTE ON FUNCTION
     product_changes_log_deleted(),
     product_changes_log_insert(),
     product_changes_log_update(),
-    product_changes_log_delete(),
-    product_changes_log_movement()
+    product_changes_log_delete()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     product_changes_sequence(integer, boolean),
@@ -1786,9 +2816,8 @@ REVOKE EXECUTE ON PROCEDURE
     product_changes_await(double precision, double precision, integer, bigint) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE
     product_changes_await(double precision, double precision, integer, bigint) TO inventory_rw;
--- Whoever inserts movements runs product_changes_movements_begin, which reads where the
--- movement ids stand (not a secret: it is how many movements were ever made).
-GRANT SELECT ON SEQUENCE stock_movements_id_seq TO PUBLIC;
+-- Releases before locations let everyone read where the movement ids stood; nothing needs it now.
+REVOKE SELECT ON SEQUENCE stock_movements_id_seq FROM PUBLIC;
 GRANT SELECT, INSERT, DELETE ON webhooks TO inventory_rw;
 GRANT UPDATE (after, lease_token, lease_until, served_at) ON webhooks TO inventory_rw;
 GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_retries TO inventory_rw;

@@ -24,6 +24,7 @@ from app.embedded import start_embedded
 from app.idempotency.runner import Idempotency
 from app.reports.queries import StockSummary
 from app.reports.router import STOCK_REPORT_SECONDS
+from app.reservations.expiry import Expiry
 from app.webhooks import ssrf
 from app.webhooks.delivery import Deliveries
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                     supervisor.start("read replica probe", reads.replica.run)
                 changes_upkeep.start(supervisor, upkeep, dsn, settings, feed=feed, wake=numbered)
                 supervisor.start("webhook deliveries", deliveries.run)
+                supervisor.start("reservation expiry", Expiry(upkeep).run)
             metrics.pool.pool = database.pool
             metrics.replica.replica = reads.replica
             # POST /webhooks looks its URL's host up here (app.webhooks.ssrf).

@@ -9,9 +9,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Date,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -55,8 +57,11 @@ class Product(Base):
     quantity: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Last: added by a guarded ALTER (schema.sql), so it follows the columns of the first release.
+    # Last: added by guarded ALTERs (schema.sql), so they follow the columns of the first release.
     reorder_point: Mapped[int | None] = mapped_column(Integer)
+    # Totals over the locations, written only by the ledger's triggers (schema.sql).
+    reserved: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    available: Mapped[int] = mapped_column(Integer, Computed("quantity - reserved", persisted=True))
 
     __table_args__ = (
         Index(
@@ -83,7 +88,7 @@ class Product(Base):
             "products_low_stock_idx",
             created_at,
             id,
-            postgresql_where=text("quantity <= reorder_point"),
+            postgresql_where=text("available <= reorder_point"),
         ),
         _checks(
             "products_sku_format_check",
@@ -92,6 +97,7 @@ class Product(Base):
             "products_price_check",
             "products_quantity_check",
             "products_reorder_point_check",
+            "products_reserved_check",
         ),
     )
 
@@ -107,6 +113,8 @@ class StockMovement(Base):
     note: Mapped[str | None] = mapped_column(Text)
     quantity_after: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The code of the location, as it was (added by a guarded ALTER, so last).
+    location: Mapped[str] = mapped_column(Text, server_default=text("'MAIN'"))
 
     __table_args__ = (
         Index("stock_movements_product_id_id_idx", product_id, id),
@@ -117,6 +125,134 @@ class StockMovement(Base):
             "stock_movements_note_length_check",
             "stock_movements_quantity_after_check",
         ),
+    )
+
+
+class Location(Base):
+    __tablename__ = "locations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    code: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index(
+            "locations_code_lower_key",
+            func.lower(code),
+            unique=True,
+            postgresql_ops={"lower(code)": "text_pattern_ops"},
+        ),
+        Index("locations_created_at_id_idx", created_at, id),
+        _checks("locations_code_format_check", "locations_name_check"),
+    )
+
+
+# MAIN, created by schema.sql in every database: where stock is when nobody names a location.
+MAIN_LOCATION_ID, MAIN_LOCATION = 0, "MAIN"
+
+
+class ProductStock(Base):
+    """Units on hand and reserved per product and location, written only by the ledger."""
+
+    __tablename__ = "product_stock"
+
+    product_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("products.id", ondelete="CASCADE"), primary_key=True
+    )
+    location_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("locations.id", ondelete="CASCADE"), primary_key=True
+    )
+    quantity: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    reserved: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    available: Mapped[int] = mapped_column(Integer, Computed("quantity - reserved", persisted=True))
+
+    __table_args__ = (
+        Index("product_stock_location_id_product_id_idx", location_id, product_id),
+        _checks("product_stock_reserved_check"),
+    )
+
+
+class StockTransfer(Base):
+    """POST /transfers: stock moved between two locations (two movements, reason transfer)."""
+
+    __tablename__ = "stock_transfers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(Text)
+    from_location: Mapped[str] = mapped_column(Text)
+    to_location: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        _checks(
+            "stock_transfers_quantity_check",
+            "stock_transfers_note_length_check",
+            "stock_transfers_locations_check",
+        ),
+    )
+
+
+class Reservation(Base):
+    """Units held for an order until fulfilled, released or expired (schema.sql)."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    reference: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'active'"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index(
+            "reservations_expires_at_idx", expires_at, postgresql_where=text("status = 'active'")
+        ),
+        Index("reservations_reference_idx", reference, id),
+        _checks("reservations_reference_check", "reservations_status_check"),
+    )
+
+
+class ReservationLine(Base):
+    __tablename__ = "reservation_lines"
+
+    reservation_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("reservations.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    sku: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("reservation_lines_product_id_idx", product_id, reservation_id),
+        _checks("reservation_lines_quantity_check"),
+    )
+
+
+class ReservationAllocation(Base):
+    __tablename__ = "reservation_allocations"
+
+    reservation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product_id: Mapped[int] = mapped_column(BigInteger)
+    location_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    location: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["reservation_id", "line"],
+            ["reservation_lines.reservation_id", "reservation_lines.line"],
+            name="reservation_allocations_line_fkey",
+            ondelete="CASCADE",
+        ),
+        _checks("reservation_allocations_quantity_check"),
     )
 
 
@@ -307,6 +443,7 @@ stock_summary = Table(
     views,
     Column("products", BigInteger),
     Column("units", Numeric),
+    Column("reserved", Numeric),
     Column("value", Numeric),
     Column("out_of_stock", BigInteger),
     Column("low_stock", BigInteger),

@@ -11,18 +11,31 @@ from app.core.openapi import problems
 from app.deps import refuse_unknown_parameters, require_token
 from app.imports import router as imports
 from app.listing import router as listing
+from app.locations import router as locations
 from app.operations import router as operations
 from app.products import router as products
 from app.products import stock_router as stock
 from app.reports import router as reports
+from app.reservations import router as reservations
 from app.webhooks import router as webhooks
 
-# Everything under /products, /reports, /changes and /webhooks (app.core.access.PROTECTED, by
+# Everything under /products, /locations, /transfers, /reservations, /reports, /changes and
+# /webhooks (app.core.access.PROTECTED, by
 # path) needs a bearer token when tokens are configured: add every such router here.
 # tests/test_access.py walks all routes and fails for any protected route that answers
 # without a token. In this order: the hot routes first, as a request is matched against the
 # routes one by one.
-GUARDED_ROUTERS = (products, listing, stock, imports, reports, changes, webhooks)
+GUARDED_ROUTERS = (
+    products,
+    listing,
+    stock,
+    locations,
+    reservations,
+    imports,
+    reports,
+    changes,
+    webhooks,
+)
 OPEN_ROUTERS = (operations,)
 
 # What a route carries from its routers once they are merged in (prefix, tags, dependencies,

@@ -143,7 +143,9 @@ class Databases:
         seeded = _rows_by_table(conn, tables)
         # DELETE, not TRUNCATE: a test leaves a few rows, and TRUNCATE's new files cost 10 ms
         # a table. Triggers and foreign keys are off for this session (replica role): a
-        # change-log trigger must not log the clean-up, and the order of tables is free.
+        # change-log trigger must not log the clean-up, and the order of tables is free. The
+        # rows schema.sql itself writes (the location MAIN, the retention floor) are put back
+        # as they were.
         statements = [
             "SET session_replication_role = replica",
             *(f"DELETE FROM {table}" for table in tables),  # regclass text: quoted already

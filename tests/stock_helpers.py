@@ -94,24 +94,60 @@ class Overlap:
         self._thread.join()
 
 
-# Every product's ledger chains: each quantity_after is the previous one plus its delta, and
-# the last one is the product's quantity now. Lists the SKUs where that does not hold.
+# Every ledger chains: per product and location, each quantity_after is the previous one plus
+# its delta, and the last one is the stock there now; a product's totals are the sums of its
+# stock rows. Lists the SKUs where that does not hold.
 _BROKEN_LEDGERS = """
     SELECT p.sku
     FROM products p
     JOIN LATERAL (
-        SELECT s.delta, s.quantity_after,
-               lag(s.quantity_after) OVER (ORDER BY s.id) AS previous,
-               row_number() OVER (ORDER BY s.id DESC) AS from_last
-        FROM stock_movements s WHERE s.product_id = p.id
+        SELECT m.delta, m.quantity_after,
+               lag(m.quantity_after) OVER w AS previous,
+               row_number() OVER (PARTITION BY lower(m.location) ORDER BY m.id DESC) AS from_last,
+               (SELECT s.quantity FROM product_stock s JOIN locations l ON l.id = s.location_id
+                WHERE s.product_id = p.id AND lower(l.code) = lower(m.location)) AS stored
+        FROM stock_movements m WHERE m.product_id = p.id
+        WINDOW w AS (PARTITION BY lower(m.location) ORDER BY m.id)
     ) m ON true
     WHERE (m.previous IS NOT NULL AND m.quantity_after <> m.previous + m.delta)
-       OR (m.from_last = 1 AND m.quantity_after <> p.quantity)
+       OR (m.from_last = 1 AND m.quantity_after <> coalesce(m.stored, 0))
+    UNION
+    SELECT p.sku
+    FROM products p
+    LEFT JOIN (SELECT product_id, sum(quantity) AS quantity, sum(reserved) AS reserved
+               FROM product_stock GROUP BY product_id) s ON s.product_id = p.id
+    WHERE (p.quantity, p.reserved) <> (coalesce(s.quantity, 0), coalesce(s.reserved, 0))
 """
 
 
 def broken_ledgers(db: Connection[Any]) -> list[Any]:
     """The SKUs whose ledger does not add up to their quantity (see _BROKEN_LEDGERS)."""
-    if db.execute("SELECT to_regclass('stock_movements') IS NOT NULL").fetchone() != (True,):
+    tables = (
+        "SELECT to_regclass('product_stock') IS NOT NULL"
+        " AND to_regclass('stock_movements') IS NOT NULL"
+    )
+    if db.execute(tables).fetchone() != (True,):
         return []
     return db.execute(_BROKEN_LEDGERS).fetchall()
+
+
+def record_movements(
+    db: Connection[Any], product_id: int, movements: list[tuple[int, str, Any]]
+) -> None:
+    """(delta, reason, created_at) rows into the ledger as a psql user writes them: in MAIN,
+    each with the quantity it leaves there, in one statement."""
+    db.execute(
+        "INSERT INTO product_stock (product_id, location_id) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+        (product_id,),
+    )
+    deltas, reasons, times = zip(*movements, strict=True) if movements else ((), (), ())
+    db.execute(
+        "INSERT INTO stock_movements (product_id, delta, reason, created_at, quantity_after) "
+        "SELECT s.product_id, m.delta, m.reason, coalesce(m.at, now()), "
+        "       s.quantity + sum(m.delta) OVER (ORDER BY m.n) "
+        "FROM unnest(%s::int[], %s::text[], %s::timestamptz[]) WITH ORDINALITY "
+        "     m(delta, reason, at, n) "
+        "JOIN product_stock s ON s.product_id = %s AND s.location_id = 0 "
+        "ORDER BY m.n",
+        (list(deltas), list(reasons), list(times), product_id),
+    )

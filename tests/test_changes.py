@@ -53,7 +53,7 @@ async def test_every_api_change_is_one_event_with_the_state_after_it(client: Asy
     assert created["product"]["quantity"] == 5 and created["changed"] == []
     assert patched["changed"] == ["name", "description", "updated_at"]
     assert patched["product"]["name"] == "Red mug" and patched["movement"] is None
-    assert adjusted["changed"] == ["quantity", "updated_at"]
+    assert adjusted["changed"] == ["quantity", "available", "updated_at"]
     assert adjusted["product"]["quantity"] == 3
     assert adjusted["movement"]["delta"] == -2 and adjusted["movement"]["reason"] == "sold"
     assert adjusted["movement"]["quantity_after"] == 3
@@ -228,13 +228,7 @@ async def test_concurrent_writers_each_change_is_seen_once_and_per_product_in_or
                 # A psql transaction that holds its change while others commit and are read.
                 def late_adjustment(sku: str = sku) -> None:
                     with psycopg.connect(dsn) as conn:
-                        conn.execute(
-                            "WITH p AS (UPDATE products SET quantity = quantity + 1 "
-                            "WHERE sku = %s RETURNING id, quantity) "
-                            "INSERT INTO stock_movements (product_id, delta, reason, "
-                            "quantity_after) SELECT id, 1, 'received', quantity FROM p",
-                            (sku,),
-                        )
+                        conn.execute("SELECT adjust_stock(%s, 1, 'received')", (sku,))
                         time.sleep(0.05)
 
                 await asyncio.to_thread(late_adjustment)

@@ -21,18 +21,10 @@ from tests.cluster import REPO, Cluster
 from tests.conftest import SCHEMA
 from tests.helpers import RFC3339_UTC, age_changes
 
-# What the API runs for an adjustment: the guarded increment and its ledger row, one statement.
-ADJUST = """
-    WITH moved AS (
-        UPDATE products p SET quantity = p.quantity + %(delta)s
-        WHERE lower(p.sku) = lower(%(sku)s) AND p.quantity + %(delta)s >= 0
-        RETURNING p.id, p.quantity
-    ), logged AS (
-        INSERT INTO stock_movements (product_id, delta, reason, quantity_after)
-        SELECT id, %(delta)s, 'received', quantity FROM moved
-    )
-    SELECT quantity FROM moved
-"""
+# What the API runs for an adjustment, and psql users too.
+ADJUST = "SELECT adjust_stock(%(sku)s, %(delta)s, 'received')"
+# The fields an adjustment changes (updated_at only once per transaction: it is now()).
+MOVED = ["quantity", "available", "updated_at"]
 PAGE = "SELECT event FROM product_changes_page(%s, %s)"
 BULK = "SET LOCAL inventory.change_log = bulk"
 
@@ -113,7 +105,7 @@ def test_psql_insert_update_delete_each_log_one_event_with_the_state_after(
         ("name = 'Cup'", ["name", "updated_at"]),
         ("price = 1.50", ["updated_at"]),  # the same price: "1.50" either way
         ("price = 2, description = 'd'", ["description", "price", "updated_at"]),
-        ("quantity = 7", ["quantity", "updated_at"]),
+        ("reorder_point = 7", ["reorder_point", "updated_at"]),
         ("sku = 'B-1'", ["sku", "updated_at"]),
         ("name = name", ["updated_at"]),
     ],
@@ -183,36 +175,35 @@ def test_an_adjustment_logs_one_event_carrying_its_movement_as_the_ledger_shows_
     created, adjusted = events(db)
     (movement,) = db.execute("SELECT movement_json(s) FROM stock_movements s").fetchone() or ()
     assert adjusted["type"] == "product.updated"
-    assert adjusted["changed"] == ["quantity", "updated_at"]
+    assert adjusted["changed"] == MOVED
     assert adjusted["product"]["quantity"] == 3
     assert adjusted["movement"] == movement
     assert movement["delta"] == -2 and movement["quantity_after"] == 3
     assert created["movement"] is None
 
 
-def test_a_movement_and_an_update_by_separate_statements_are_two_events(
+def test_an_edit_and_an_adjustment_in_one_transaction_are_two_events(
     db: Connection[Any], connect: Any
 ) -> None:
-    # Matched by the statement that wrote both, never guessed from values: written apart,
-    # the movement is an event of its own (the product as it was then), the update another.
     db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
     tx = connect()
-    tx.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-        "SELECT id, 4, 'correction', 9 FROM products"
-    )
-    tx.execute("UPDATE products SET quantity = 9")
+    tx.execute("UPDATE products SET name = 'Cup'")
+    tx.execute(ADJUST, {"sku": "A-1", "delta": 4})
     tx.commit()
 
     sequence(db)
-    _, moved, updated = events(db)
-    assert (moved["changed"], moved["product"]["quantity"], moved["movement"]["delta"]) == (
-        [],
+    _, edited, moved = events(db)
+    assert (edited["changed"], edited["product"]["quantity"], edited["movement"]) == (
+        ["name", "updated_at"],
         5,
+        None,
+    )
+    # updated_at is the transaction's time: the edit moved it already.
+    assert (moved["changed"], moved["product"]["quantity"], moved["movement"]["delta"]) == (
+        ["quantity", "available"],
+        9,
         4,
     )
-    assert (updated["changed"], updated["product"]["quantity"]) == (["quantity", "updated_at"], 9)
-    assert updated["movement"] is None
 
 
 def test_two_movements_of_one_product_in_one_statement_are_two_events_in_order(
@@ -221,19 +212,19 @@ def test_two_movements_of_one_product_in_one_statement_are_two_events_in_order(
     db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
 
     db.execute(
-        "WITH p AS (UPDATE products SET quantity = quantity + 3 RETURNING id, quantity) "
         "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-        "SELECT id, 1, 'received', quantity - 2 FROM p "
-        "UNION ALL SELECT id, 2, 'received', quantity FROM p"
+        "SELECT id, 1, 'received', 6 FROM products "
+        "UNION ALL SELECT id, 2, 'received', 8 FROM products"
     )
 
     sequence(db)
-    movements = [e["movement"] for e in events(db)[1:]]
-    assert sorted(m["delta"] for m in movements) == [1, 2]
-    carried = [e for e in events(db)[1:] if e["changed"]]
-    assert [(e["changed"], e["movement"]["delta"]) for e in carried] == [
-        (["quantity", "updated_at"], 2)  # the statement's last movement of the product
+    moved = events(db)[1:]
+    assert [(e["movement"]["delta"], e["movement"]["quantity_after"]) for e in moved] == [
+        (1, 6),
+        (2, 8),
     ]
+    # Each carries the product as the statement left it.
+    assert [(e["changed"], e["product"]["quantity"]) for e in moved] == [(MOVED, 8)] * 2
 
 
 def test_an_adjustment_in_a_savepoint_carries_its_movement(
@@ -249,7 +240,7 @@ def test_an_adjustment_in_a_savepoint_carries_its_movement(
 
     sequence(db)
     adjusted = events(db)[1]
-    assert (adjusted["changed"], adjusted["movement"]["delta"]) == (["quantity", "updated_at"], 2)
+    assert (adjusted["changed"], adjusted["movement"]["delta"]) == (MOVED, 2)
     assert len(events(db)) == 2
 
 
@@ -268,9 +259,7 @@ def test_two_adjustments_in_one_transaction_are_two_events_each_with_its_movemen
     assert (second["product"]["quantity"], second["movement"]["delta"]) == (3, -3)
 
 
-def test_a_movement_without_an_update_is_logged_with_the_product_as_it_is(
-    db: Connection[Any],
-) -> None:
+def test_a_movement_inserted_by_psql_is_logged_like_an_adjustment(db: Connection[Any]) -> None:
     db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
 
     db.execute(
@@ -281,8 +270,8 @@ def test_a_movement_without_an_update_is_logged_with_the_product_as_it_is(
     sequence(db)
     _, logged = events(db)
     assert logged["type"] == "product.updated"
-    assert logged["changed"] == []
-    assert logged["product"]["quantity"] == 5
+    assert logged["changed"] == MOVED
+    assert logged["product"]["quantity"] == 6
     assert logged["movement"]["quantity_after"] == 6
 
 
@@ -322,22 +311,25 @@ def test_a_stock_count_logs_each_product_once_with_its_movement(
     tx = connect()
     if bulk:
         tx.execute(BULK)
-    # The import's shape: the new quantities and their movements in one statement.
+    # The import's shape: the edits and the count's movements in one statement.
     tx.execute(
-        "WITH counted AS (UPDATE products SET quantity = quantity + 10, name = 'counted' "
-        "RETURNING id, quantity) "
+        "WITH counted AS (UPDATE products SET name = 'counted' RETURNING id) "
         "INSERT INTO stock_movements (product_id, delta, reason, note, quantity_after) "
-        "SELECT id, 10, 'correction', 'import', quantity FROM counted"
+        "SELECT s.product_id, 10, 'correction', 'import', s.quantity + 10 "
+        "FROM product_stock s JOIN counted c ON c.id = s.product_id"
     )
     tx.commit()
 
     sequence(db)
     counted = events(db)[50:]
-    assert len(counted) == 50
-    for event in counted:
-        assert event["changed"] == ["name", "quantity", "updated_at"]
+    # Every movement is an event of its own, after the product's edit.
+    assert len(counted) == 100
+    edits, movements = counted[:50], counted[50:]
+    assert all(e["changed"] == ["name", "updated_at"] and e["movement"] is None for e in edits)
+    for event in movements:
+        assert event["changed"] == ["quantity", "available"]
         assert event["movement"]["quantity_after"] == event["product"]["quantity"]
-    assert len({e["movement"]["id"] for e in counted}) == 50
+    assert len({e["movement"]["id"] for e in movements}) == 50
 
 
 def test_an_upsert_logs_created_and_updated_rows(db: Connection[Any]) -> None:
@@ -522,8 +514,12 @@ def test_movements_outlive_their_product_and_keep_its_id(db: Connection[Any]) ->
 def test_truncate_of_products_is_refused_because_it_would_bypass_the_log(
     db: Connection[Any],
 ) -> None:
-    with pytest.raises(errors.FeatureNotSupported, match="change log"):
-        db.execute("TRUNCATE products")
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A-1', 'Mug', 1, 5)")
+    # Plainly (the stock's foreign key refuses first), or with the stock: each trigger refuses.
+    for statement in ("TRUNCATE products", "TRUNCATE products CASCADE"):
+        with pytest.raises((errors.FeatureNotSupported, errors.IntegrityConstraintViolation)):
+            db.execute(statement)  # type: ignore[arg-type]
+    assert db.execute("SELECT count(*) FROM products").fetchone() == (1,)
 
 
 # --- Who may do what -----------------------------------------------------------------------
@@ -1066,11 +1062,17 @@ def test_upgrading_a_live_database_keeps_every_row_and_starts_the_log(
                 "SELECT 'U-' || g, 'n', 1, 10 FROM generate_series(1, 100) g"
             )
             old.execute(
+                "WITH p AS (UPDATE products SET quantity = 11 RETURNING id) "
                 "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-                "SELECT id, 1, 'received', 11 FROM products"
+                "SELECT id, 1, 'received', 11 FROM p"
             )
-            rows = "SELECT (SELECT array_agg(p ORDER BY id) FROM products p)::text, " \
-                   "(SELECT array_agg(m ORDER BY id) FROM stock_movements m)::text"  # fmt: skip
+            # The columns that release had (later ones are added, never change these).
+            rows = (
+                "SELECT (SELECT array_agg((p.id, p.sku, p.name, p.description, p.price, "
+                "p.quantity, p.created_at, p.updated_at) ORDER BY id) FROM products p)::text, "
+                "(SELECT array_agg((m.id, m.product_id, m.delta, m.reason, m.note, "
+                "m.quantity_after, m.created_at) ORDER BY id) FROM stock_movements m)::text"
+            )
             before = old.execute(rows).fetchone()
 
             old.execute(SCHEMA.read_text())  # type: ignore[arg-type]  # a file, not user input

@@ -340,7 +340,7 @@ def test_previous_release_schema_upgrades_with_every_row_intact(
         # The service still works on the upgraded rows.
         with psycopg.connect(pg_server.app_dsn(dbname)) as app:
             app.execute("INSERT INTO products (sku, name, price) VALUES ('UP-4', 'After', 1)")
-            app.execute("UPDATE products SET quantity = quantity - 1 WHERE sku = 'UP-3'")
+            app.execute("SELECT adjust_stock('UP-3', -1, 'sold')")
     finally:
         with psycopg.connect(pg_server.admin_dsn("postgres"), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")

@@ -356,12 +356,14 @@ async def test_a_stock_count_racing_a_sale_keeps_the_ledger_adding_up(
 ) -> None:
     await create(wide_client, "P-1", quantity=10)
     await create(wide_client, "P-2", quantity=10)
-    # Every UPDATE of a product now sleeps inside its row lock: the count holds P-1 for
-    # 0.3 s while the sale of P-2 commits, after the count's statement began and before it
-    # reaches P-2. The count's delta must be against the quantity it replaces (9), not the
-    # one its snapshot saw (10).
+    # Every UPDATE of a product now sleeps inside its row lock: the count, which renames P-1,
+    # holds P-1 for 0.3 s while the sale of P-2 commits, after the count's statement began
+    # and before it reaches P-2. The count's delta must be against the quantity it replaces
+    # (9), not the one its snapshot saw (10).
     widen_race(db, 0.3)
-    count = asyncio.create_task(post(wide_client, "sku,quantity\nP-1,4\nP-2,4\n", "update"))
+    count = asyncio.create_task(
+        post(wide_client, "sku,name,quantity\nP-1,renamed,4\nP-2,Blue mug,4\n", "update")
+    )
     for _ in range(200):
         running = db.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'WITH changed AS%%' "

@@ -37,10 +37,9 @@ def template_contents(databases: Databases) -> dict[str, Any]:
 def make_a_past(conn: Connection[Any]) -> None:
     """Rows in most tables, sequences moved, the template's own row changed."""
     conn.execute("INSERT INTO products (sku, name, price) VALUES ('ISO-1', 'Isolated', 1)")
-    conn.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-        "SELECT id, 5, 'received', 5 FROM products"
-    )
+    conn.execute("SELECT adjust_stock('ISO-1', 5, 'received')")
+    conn.execute("INSERT INTO locations (code, name) VALUES ('ISO-L', 'Isolated')")
+    conn.execute("UPDATE locations SET name = 'Renamed' WHERE code = 'MAIN'")
     conn.execute("UPDATE products SET name = 'Renamed'")
     conn.execute("SELECT product_changes_sequence(1000, true)")  # numbered: batches, sequencer
     conn.execute("UPDATE product_changes_purged SET retention_days = 99, through = 7")

@@ -20,6 +20,8 @@ FEATURES = (
     "reports",
     "idempotency",
     "operations",
+    "locations",
+    "reservations",
 )
 # The assembly: what puts core and the features together into one app.
 ASSEMBLY = ("app.main", "app.routes", "app.deps")

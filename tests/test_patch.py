@@ -55,7 +55,7 @@ async def test_etag_changes_when_psql_changes_the_stock(
 ) -> None:
     before = (await client.post("/products", json=product("ABC-1"))).headers["etag"]
 
-    db.execute("UPDATE products SET quantity = 7")
+    db.execute("SELECT adjust_stock('abc-1', 7, 'received')")
 
     response = await client.get("/products/ABC-1", headers={"If-None-Match": before})
     assert response.status_code == 200

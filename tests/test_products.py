@@ -22,17 +22,23 @@ async def test_create_returns_201_with_location_and_stored_product(
     assert response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {
-        "id", "sku", "name", "description", "price", "quantity", "reorder_point",
+        "id", "sku", "name", "description", "price", "quantity", "reserved", "available",
+        "reorder_point",
         "created_at", "updated_at",
     }  # fmt: skip
     assert isinstance(body["id"], int)
     assert body["reorder_point"] is None
     assert (body["sku"], body["name"], body["description"]) == ("Mug-1", "Blue mug", "Blue")
     assert body["price"] == "19.90"
-    assert body["quantity"] == 3
+    assert (body["quantity"], body["reserved"], body["available"]) == (3, 0, 3)
     assert RFC3339_UTC.match(body["created_at"]) and RFC3339_UTC.match(body["updated_at"])
     row = db.execute("SELECT sku, price, quantity FROM products WHERE id = %s", (body["id"],))
     assert row.fetchone() == ("Mug-1", Decimal("19.90"), 3)
+    # The starting quantity is the product's stock in MAIN.
+    stock = db.execute(
+        "SELECT location_id, quantity FROM product_stock WHERE product_id = %s", (body["id"],)
+    )
+    assert stock.fetchall() == [(0, 3)]
 
 
 async def test_quantity_defaults_to_zero_and_description_to_null(client: AsyncClient) -> None:

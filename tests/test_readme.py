@@ -1,12 +1,12 @@
-"""README.md's walk-through, then docs/api.md's examples, run as written against a live
-server, in order.
+"""README.md's walk-through, then docs/api.md's examples and docs/locations.md's day, run
+as written against a live server, in order.
 
-The blocks marked `<!-- walkthrough -->` in README.md, then in docs/api.md (which carries on
-from the README's state), are concatenated into one bash script and run in an empty
-directory, with the README's URL pointed at a live uvicorn on this test's database
-and `./run.sh psql` at that database. Every `curl` must answer the status its comment
-names, and the JSON object the comment shows after it, if any, must be in the body: the
-README cannot drift from what the service does.
+The blocks marked `<!-- walkthrough -->` in README.md, then in docs/api.md and
+docs/locations.md (each carrying on from the state before it), are concatenated into one
+bash script and run in an empty directory, with the README's URL pointed at a live
+uvicorn on this test's database and `./run.sh psql` at that database. Every `curl` must
+answer the status its comment names, and the JSON object the comment shows after it, if
+any, must be in the body: the README cannot drift from what the service does.
 """
 
 import asyncio
@@ -46,7 +46,7 @@ curl() {
 """
 
 
-PAGES = (REPO / "README.md", REPO / "docs" / "api.md")
+PAGES = (REPO / "README.md", REPO / "docs" / "api.md", REPO / "docs" / "locations.md")
 
 
 def walkthrough() -> list[str]:

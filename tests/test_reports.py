@@ -17,7 +17,7 @@ from psycopg import Connection
 
 from tests.cluster import psql
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust
+from tests.stock_helpers import adjust, record_movements
 
 MAX_PRICE = Decimal("9999999999.99")
 MAX_INT = 2**31 - 1
@@ -42,9 +42,12 @@ async def test_stock_report_of_nothing(client: AsyncClient) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert list(body) == ["products", "units", "value", "out_of_stock", "low_stock", "as_of"]
+    assert list(body) == [
+        "products", "units", "reserved", "value", "out_of_stock", "low_stock", "as_of",
+    ]  # fmt: skip
     assert {k: v for k, v in body.items() if k != "as_of"} == {
-        "products": 0, "units": 0, "value": "0.00", "out_of_stock": 0, "low_stock": 0,
+        "products": 0, "units": 0, "reserved": 0, "value": "0.00", "out_of_stock": 0,
+        "low_stock": 0,
     }  # fmt: skip
     assert RFC3339_UTC.match(body["as_of"])
 
@@ -105,9 +108,11 @@ async def test_stock_report_in_csv_equals_what_an_analyst_reads_with_psql(
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
     assert response.text.endswith("\r\n")
     api, view = _csv(response.text), _csv(from_psql)
-    assert api[0] == view[0] == ["products", "units", "value", "out_of_stock", "low_stock", "as_of"]
-    assert api[1][:5] == view[1][:5] == ["4", "12", "30.00", "2", "2"]
-    assert RFC3339_UTC.match(api[1][5])
+    assert api[0] == view[0] == [
+        "products", "units", "reserved", "value", "out_of_stock", "low_stock", "as_of",
+    ]  # fmt: skip
+    assert api[1][:6] == view[1][:6] == ["4", "12", "0", "30.00", "2", "2"]
+    assert RFC3339_UTC.match(api[1][6])
 
 
 async def test_stock_report_refuses_ndjson_and_unknown_parameters(client: AsyncClient) -> None:
@@ -310,12 +315,11 @@ async def test_an_empty_window_is_an_empty_report_in_both_formats(client: AsyncC
 async def test_units_are_exact_past_the_integer_range(
     client: AsyncClient, db: Connection[Any]
 ) -> None:
-    db.execute("INSERT INTO products (sku, name, price) VALUES ('X-1', 'n', 1)")
-    db.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after, created_at) "
-        "SELECT p.id, %s, 'received', 0, '2026-11-05Z' FROM products p, generate_series(1, 4)",
-        (MAX_INT,),
-    )
+    (product_id,) = db.execute(
+        "INSERT INTO products (sku, name, price) VALUES ('X-1', 'n', 1) RETURNING id"
+    ).fetchone() or (None,)
+    day = datetime(2026, 11, 5, tzinfo=UTC)
+    record_movements(db, product_id, [(MAX_INT, "received", day), (-MAX_INT, "sold", day)] * 4)
 
     body = (
         await client.get(
@@ -325,7 +329,8 @@ async def test_units_are_exact_past_the_integer_range(
     ).json()
 
     assert body == [
-        {"bucket": "2026-11-05", "reason": "received", "movements": 4, "units": 4 * MAX_INT}
+        {"bucket": "2026-11-05", "reason": "received", "movements": 4, "units": 4 * MAX_INT},
+        {"bucket": "2026-11-05", "reason": "sold", "movements": 4, "units": -4 * MAX_INT},
     ]
 
 

@@ -52,7 +52,7 @@ def test_every_rule_is_a_named_constraint(db: Connection[Any]) -> None:
         "WHERE table_name = 'products' AND is_nullable = 'NO'"
     ).fetchall()
     assert {c for (c,) in not_null} == {
-        "id", "sku", "name", "price", "quantity", "created_at", "updated_at",
+        "id", "sku", "name", "price", "quantity", "reserved", "created_at", "updated_at",
     }  # fmt: skip
 
 
@@ -71,7 +71,7 @@ def test_table_and_columns_are_documented(db: Connection[Any]) -> None:
         "SELECT objsubid FROM pg_description WHERE objoid = 'products'::regclass"
     ).fetchall()
 
-    assert len(described) == 1 + 9  # the table and each of its columns
+    assert len(described) == 1 + 11  # the table and each of its columns
 
 
 @pytest.mark.parametrize(
@@ -141,8 +141,8 @@ def test_product_json_has_the_api_fields_in_the_api_order(db: Connection[Any]) -
     (text,) = db.execute("SELECT product_json(p)::text FROM products p").fetchone() or ()
 
     assert list(json.loads(text)) == [
-        "id", "sku", "name", "description", "price", "quantity", "reorder_point",
-        "created_at", "updated_at",
+        "id", "sku", "name", "description", "price", "quantity", "reserved", "available",
+        "reorder_point", "created_at", "updated_at",
     ]  # fmt: skip
     assert json.loads(text)["reorder_point"] == 3
 
@@ -190,7 +190,8 @@ def test_service_role_can_write_rows_but_not_change_the_schema(
     dsn = pg_server.app_dsn(postgresql.info.dbname)
     with psycopg.connect(dsn, autocommit=True) as app_db:
         app_db.execute("INSERT INTO products (sku, name, price) VALUES ('A', 'n', 1)")
-        app_db.execute("UPDATE products SET quantity = 2")
+        app_db.execute("SELECT adjust_stock('A', 2, 'received')")
+        app_db.execute("UPDATE products SET name = 'm'")
         app_db.execute("DELETE FROM products")
         for ddl in (
             "ALTER TABLE products DROP CONSTRAINT products_price_check",

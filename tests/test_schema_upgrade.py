@@ -11,6 +11,7 @@ from psycopg import Connection
 
 from tests.cluster import REPO, Cluster, psql
 from tests.conftest import SCHEMA
+from tests.stock_helpers import broken_ledgers
 
 # Schemas live databases may run: the first release, and the rebuilt core (which added
 # product_fields, a function returning the type this release reshapes).
@@ -131,13 +132,72 @@ def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(
             db.execute("SELECT product_json(p) FROM products p WHERE sku = 'ABC-1'").fetchone()
             or ()
         )
+    added = {"reorder_point", "reserved", "available", "location"}  # columns of later releases
     for table, rows in before.items():
-        assert [{k: v for k, v in row.items() if k != "reorder_point"} for row in after[table]] == (
+        assert [{k: v for k, v in row.items() if k not in added} for row in after[table]] == (
             rows
         ), table
     assert [row["reorder_point"] for row in after["products"]] == [None, None, None]
     assert representation["reorder_point"] is None
     assert representation["quantity"] == 5
+    assert [row["location"] for row in after["stock_movements"]] == ["MAIN"]
+
+
+# The last release before locations: one quantity per product, the ledger without locations.
+BEFORE_LOCATIONS = "f121de7"
+
+
+def test_upgrade_from_before_locations_puts_every_quantity_and_movement_in_main(
+    new_database: Any,
+) -> None:
+    old_schema = subprocess.run(
+        ["git", "show", f"{BEFORE_LOCATIONS}:schema.sql"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    assert "product_stock" not in old_schema  # really the release before locations
+    upgraded, fresh = new_database(), new_database()
+    apply(upgraded, old_schema)
+    with psycopg.connect(upgraded, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO products (sku, name, price, quantity) "
+            "SELECT 'U-' || g, 'n', 1, g % 4 FROM generate_series(1, 20) g"
+        )
+        db.execute(
+            "WITH p AS (UPDATE products SET quantity = quantity + 5 WHERE sku IN ('U-1', 'U-4') "
+            "RETURNING id, quantity) "
+            "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
+            "SELECT id, 5, 'received', quantity FROM p"
+        )
+        before = _rows(db)
+        totals = db.execute("SELECT sku, quantity FROM products ORDER BY id").fetchall()
+
+    apply(upgraded, SCHEMA.read_text())
+    apply(upgraded, SCHEMA.read_text())
+    apply(fresh, SCHEMA.read_text())
+
+    with psycopg.connect(upgraded, autocommit=True) as db, psycopg.connect(fresh) as clean:
+        assert _structure(db) == _structure(clean)
+        after = _rows(db)
+        added = {"reserved", "available", "location"}
+        for table, rows in before.items():
+            assert [{k: v for k, v in r.items() if k not in added} for r in after[table]] == (
+                rows
+            ), table
+        # Every quantity is the product's stock in MAIN, every movement was made there.
+        stock = db.execute(
+            "SELECT p.sku, s.quantity FROM product_stock s JOIN products p ON p.id = s.product_id "
+            "WHERE s.location_id = 0 ORDER BY p.id"
+        ).fetchall()
+        assert stock == [(sku, quantity) for sku, quantity in totals if quantity != 0]
+        assert {r["location"] for r in after["stock_movements"]} == {"MAIN"}
+        assert broken_ledgers(db) == []
+        # And the ledger goes on from there.
+        db.execute("SELECT adjust_stock('u-1', -2, 'sold')")
+        assert db.execute("SELECT quantity FROM products WHERE sku = 'U-1'").fetchone() == (4,)
+        assert broken_ledgers(db) == []
 
 
 # The release whose change log was one table of events numbered by UPDATEs, with a delivery

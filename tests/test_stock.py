@@ -12,7 +12,7 @@ from app.config import Settings
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA, ClientFactory
 from tests.helpers import RFC3339_UTC, assert_problem, product
-from tests.stock_helpers import adjust, assert_ledger_consistent
+from tests.stock_helpers import adjust, assert_ledger_consistent, broken_ledgers
 
 MOVEMENT_CHECKS = {
     "stock_movements_delta_check",
@@ -84,6 +84,47 @@ async def test_removing_more_than_in_stock_is_409_with_available_and_changes_not
     after = await client.get("/products/ABC-1")
     assert after.json() == before.json()
     assert after.headers["etag"] == before.headers["etag"]
+    assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
+
+
+async def test_adjustments_at_a_location_move_its_stock_and_the_total(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=3)
+    db.execute("INSERT INTO locations (code, name) VALUES ('WH-East', 'East warehouse')")
+
+    moved = await adjust(client, "ABC-1", 5, "received", location="wh-east")
+    taken = await adjust(client, "ABC-1", -6, "sold", location="WH-EAST")
+    short = await adjust(client, "ABC-1", -4, "sold")  # MAIN still holds 3
+
+    assert moved.status_code == 200 and moved.json()["quantity"] == 8
+    assert assert_problem(taken, 409, "insufficient_stock")["available"] == 5
+    assert assert_problem(short, 409, "insufficient_stock")["available"] == 3
+    assert (await adjust(client, "ABC-1", -5, "sold", location="wh-east")).json()["quantity"] == 3
+    stock = db.execute(
+        "SELECT l.code, s.quantity FROM product_stock s JOIN locations l ON l.id = s.location_id "
+        "ORDER BY l.id"
+    ).fetchall()
+    assert stock == [("MAIN", 3), ("WH-East", 0)]
+    movements = (await client.get("/products/ABC-1/movements")).json()
+    # The code as stored, whatever case the request used.
+    assert [(m["location"], m["delta"], m["quantity_after"]) for m in movements] == [
+        ("WH-East", 5, 5),
+        ("WH-East", -5, 0),
+    ]
+    assert broken_ledgers(db) == []
+
+
+async def test_an_adjustment_at_an_unknown_location_is_404_and_changes_nothing(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _create(client, quantity=3)
+
+    response = await adjust(client, "ABC-1", 1, location="NOWHERE")
+
+    assert_problem(response, 404, "location_not_found")
+    assert_problem(await adjust(client, "NOPE", 1, location="NOWHERE"), 404, "product_not_found")
+    assert_problem(await adjust(client, "ABC-1", 1, location="not valid"), 422, "validation_failed")
     assert db.execute("SELECT count(*) FROM stock_movements").fetchone() == (0,)
 
 
@@ -185,12 +226,11 @@ async def test_movements_are_listed_oldest_first_with_their_fields(client: Async
     assert response.headers["content-type"] == "application/json"
     rows = response.json()
     assert [set(r) for r in rows] == [
-        {"id", "delta", "reason", "note", "quantity_after", "created_at"}
+        {"id", "delta", "reason", "note", "location", "quantity_after", "created_at"}
     ] * 2
-    assert [(r["delta"], r["reason"], r["note"], r["quantity_after"]) for r in rows] == [
-        (4, "received", "first", 5),
-        (-2, "sold", None, 3),
-    ]
+    assert [
+        (r["delta"], r["reason"], r["note"], r["location"], r["quantity_after"]) for r in rows
+    ] == [(4, "received", "first", "MAIN", 5), (-2, "sold", None, "MAIN", 3)]
     assert rows[0]["id"] < rows[1]["id"]
     assert all(RFC3339_UTC.match(r["created_at"]) for r in rows)
 
@@ -224,14 +264,8 @@ async def test_movement_pages_follow_link_next_to_the_whole_history(
     client: AsyncClient, db: Connection[Any]
 ) -> None:
     await _create(client)
-    product_id = db.execute("SELECT id FROM products").fetchone()
-    # 23 movements written directly: the API reads a ledger it did not write the same way.
-    db.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-        "SELECT %s, 1, 'received', i FROM generate_series(1, 23) i",
-        product_id,
-    )
-    db.execute("UPDATE products SET quantity = 23")
+    # 23 movements written by psql: the API reads a ledger it did not write the same way.
+    db.execute("SELECT adjust_stock('abc-1', 1, 'received') FROM generate_series(1, 23)")
     everything = (await client.get("/products/ABC-1/movements")).json()
 
     pages = []
@@ -339,15 +373,61 @@ async def test_conflicts_that_outlast_the_retries_are_503_conflict_retry(
 # --- The rules in the database -----------------------------------------------------------
 
 
-def test_a_direct_update_making_quantity_negative_fails_with_23514(db: Connection[Any]) -> None:
+def test_a_direct_update_of_a_quantity_is_refused_naming_the_rule(db: Connection[Any]) -> None:
+    db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A', 'n', 1, 2)")
+
+    for statement in (
+        "UPDATE products SET quantity = quantity - 1",
+        "UPDATE products SET reserved = 1",
+        "UPDATE product_stock SET quantity = 7",
+        "DELETE FROM product_stock",
+        "INSERT INTO products (sku, name, price, reserved) VALUES ('B', 'n', 1, 1)",
+    ):
+        with pytest.raises(errors.IntegrityConstraintViolation) as raised:
+            db.execute(statement)  # type: ignore[arg-type]
+        assert raised.value.diag.constraint_name == "stock_through_ledger", statement
+    assert db.execute("SELECT quantity, reserved FROM products").fetchone() == (2, 0)
+    assert db.execute("SELECT quantity FROM product_stock").fetchone() == (2,)
+
+
+def test_taking_more_than_a_location_has_fails_with_23514_and_what_is_available(
+    db: Connection[Any],
+) -> None:
     db.execute("INSERT INTO products (sku, name, price, quantity) VALUES ('A', 'n', 1, 2)")
 
     with pytest.raises(errors.CheckViolation) as raised:
-        db.execute("UPDATE products SET quantity = quantity - 3")
+        db.execute("SELECT adjust_stock('a', -3, 'sold')")
 
     assert raised.value.sqlstate == "23514"
-    assert raised.value.diag.constraint_name == "products_quantity_check"
+    assert raised.value.diag.constraint_name == "product_stock_reserved_check"
+    assert raised.value.diag.message_detail == "available=2"
     assert db.execute("SELECT quantity FROM products").fetchone() == (2,)
+
+
+def test_a_movement_that_does_not_follow_the_stock_is_refused(db: Connection[Any]) -> None:
+    (product_id,) = db.execute(
+        "INSERT INTO products (sku, name, price, quantity) VALUES ('A', 'n', 1, 2) RETURNING id"
+    ).fetchone() or (None,)
+    insert = (
+        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after, location) VALUES "
+    )
+
+    for values in (
+        "(%(p)s, 1, 'received', 9, 'MAIN')",  # not 2 + 1
+        "(%(p)s, 1, 'received', 3, 'MAIN'), (%(p)s, 1, 'received', 3, 'MAIN')",  # no running sum
+        "(%(p)s, 1, 'received', 1, 'NOWHERE')",  # no such location
+    ):
+        with pytest.raises(errors.IntegrityConstraintViolation) as raised:
+            db.execute(insert + values, {"p": product_id})  # type: ignore[operator]
+        assert raised.value.diag.constraint_name == "stock_movements_follow_stock", values
+
+    # Movements that do follow it, several in one statement, lower-case code included.
+    db.execute(
+        insert + "(%(p)s, 1, 'received', 3, 'main'), (%(p)s, -3, 'sold', 0, 'MAIN')",  # type: ignore[operator]
+        {"p": product_id},
+    )
+    assert db.execute("SELECT quantity FROM products").fetchone() == (0,)
+    assert broken_ledgers(db) == []
 
 
 @pytest.mark.parametrize(
@@ -423,7 +503,7 @@ def test_ledger_schema_is_named_indexed_documented_and_applies_twice(
     indexes = dict(before[1])
     assert indexes["stock_movements_product_id_id_idx"].endswith("(product_id, id)")
     assert indexes["idempotency_keys_created_at_idx"].endswith("(created_at)")
-    assert len([d for d in before[2] if d[0] == "stock_movements"]) == 1 + 7
+    assert len([d for d in before[2] if d[0] == "stock_movements"]) == 1 + 8
 
     db.execute(SCHEMA.read_text())  # type: ignore[arg-type]  # a file, not user input
 
@@ -435,11 +515,11 @@ def test_the_service_may_append_to_the_ledger_but_not_rewrite_it(
 ) -> None:
     with psycopg.connect(pg_server.app_dsn(postgresql.info.dbname), autocommit=True) as app_db:
         (product_id,) = app_db.execute(
-            "INSERT INTO products (sku, name, price) VALUES ('A', 'n', 1) RETURNING id"
+            "INSERT INTO products (sku, name, price, quantity) VALUES ('A', 'n', 1, 1) RETURNING id"
         ).fetchone() or (None,)
         app_db.execute(
             "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-            "VALUES (%s, 1, 'received', 1)",
+            "VALUES (%s, 1, 'received', 2)",
             (product_id,),
         )
         for statement in ("UPDATE stock_movements SET delta = 5", "DELETE FROM stock_movements"):

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from psycopg import Connection, errors
 
+from tests.stock_helpers import record_movements
+
 MAX_PRICE = Decimal("9999999999.99")
 MAX_INT = 2**31 - 1
 REASONS = ["received", "sold", "returned", "damaged", "correction"]
@@ -39,7 +41,8 @@ def test_stock_summary_of_no_products_is_zeros(db: Connection[Any]) -> None:
     summary = _summary(db)
 
     assert {k: v for k, v in summary.items() if k != "as_of"} == {
-        "products": 0, "units": 0, "value": Decimal("0.00"), "out_of_stock": 0, "low_stock": 0,
+        "products": 0, "units": 0, "reserved": 0, "value": Decimal("0.00"), "out_of_stock": 0,
+        "low_stock": 0,
     }  # fmt: skip
     assert str(summary["value"]) == "0.00"
     assert abs(summary["as_of"] - datetime.now(UTC)) < timedelta(minutes=1)
@@ -108,20 +111,16 @@ def test_low_and_out_of_stock_counts(
 
 
 def _add_movements(db: Connection[Any], movements: list[tuple[datetime, str, int]]) -> None:
-    """Ledger rows placed at the given times (backdated: the superuser may set created_at)."""
+    """Ledger rows placed at the given times (backdated: the superuser may set created_at),
+    on a product with stock enough for every one of them."""
     (product_id,) = (
         db.execute(
             "INSERT INTO products (sku, name, price, quantity) "
-            "VALUES ('M-1', 'n', 1, 0) RETURNING id"
+            "VALUES ('M-1', 'n', 1, 1000000) RETURNING id"
         ).fetchone()
         or ()
     )
-    with db.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO stock_movements (product_id, delta, reason, quantity_after, created_at) "
-            "VALUES (%s, %s, %s, 0, %s)",
-            [(product_id, delta, reason, at) for at, reason, delta in movements],
-        )
+    record_movements(db, product_id, [(delta, reason, at) for at, reason, delta in movements])
 
 
 def _expected(movements: list[tuple[datetime, str, int]]) -> list[tuple[date, str, int, int]]:
@@ -187,18 +186,20 @@ def test_movement_daily_over_a_range_takes_from_and_leaves_to(db: Connection[Any
 
 def test_movement_units_do_not_overflow(db: Connection[Any]) -> None:
     # Every delta at the largest integer: their sum leaves bigint's range for numeric's.
-    db.execute("INSERT INTO products (sku, name, price) VALUES ('M-1', 'n', 1)")
-    db.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after, created_at) "
-        "SELECT p.id, %s, 'received', 0, '2026-11-29Z' FROM products p, generate_series(1, 3)",
-        (MAX_INT,),
-    )
+    (product_id,) = db.execute(
+        "INSERT INTO products (sku, name, price) VALUES ('M-1', 'n', 1) RETURNING id"
+    ).fetchone() or (None,)
+    day = datetime(2026, 11, 29, tzinfo=UTC)
+    record_movements(db, product_id, [(MAX_INT, "received", day), (-MAX_INT, "sold", day)] * 3)
 
-    assert db.execute("SELECT units FROM movement_daily").fetchall() == [(3 * MAX_INT,)]
+    assert db.execute("SELECT reason, units FROM movement_daily ORDER BY 1").fetchall() == [
+        ("received", 3 * MAX_INT),
+        ("sold", -3 * MAX_INT),
+    ]
 
 
 def test_views_and_their_columns_are_documented(db: Connection[Any]) -> None:
-    for view, columns in [("stock_summary", 6), ("movement_daily", 4)]:
+    for view, columns in [("stock_summary", 7), ("movement_daily", 4)]:
         described = db.execute(
             "SELECT objsubid FROM pg_description WHERE objoid = %s::regclass", (view,)
         ).fetchall()
@@ -240,7 +241,7 @@ def test_reader_reads_products_ledger_and_reports(
     [
         "SELECT * FROM idempotency_keys",
         "INSERT INTO products (sku, name, price) VALUES ('X', 'n', 1)",
-        "UPDATE products SET quantity = 1",
+        "UPDATE products SET name = 'x'",
         "DELETE FROM stock_movements",
         "TRUNCATE products",
         "CREATE TABLE mine (x int)",

@@ -27,7 +27,15 @@ from app.core.errors import ApiError, Forbidden, Unauthorized
 logger = logging.getLogger("app.auth")
 
 # What a token guards when tokens are configured (docs/api.md "Access"); the rest is open.
-PROTECTED = ("/products", "/changes", "/reports", "/webhooks")
+PROTECTED = (
+    "/products",
+    "/locations",
+    "/transfers",
+    "/reservations",
+    "/changes",
+    "/reports",
+    "/webhooks",
+)
 # Methods a read-only token may use; everything else writes.
 READ_METHODS = frozenset({"GET", "HEAD"})
 # The credential of requests to an open API: they all share one idempotency namespace.

@@ -5,7 +5,9 @@ PostgreSQL and the frameworks raise, in exactly one place. No other module build
 problem body.
 """
 
+import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from app.core.http.matching import route_methods
+from app.models import MAIN_LOCATION
 from app.rules import QUANTITY_MAX, rule_for
 
 logger = logging.getLogger("app.errors")
@@ -92,11 +95,35 @@ class DuplicateSku(ApiError, status=409, code="duplicate_sku"):
 
 
 class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
-    def __init__(self, sku: str, *, available: int, delta: int) -> None:
+    def __init__(self, sku: str, *, available: int, delta: int, location: str) -> None:
         super().__init__(
-            f"Product '{sku}' has {available} in stock; cannot remove {-delta}.",
+            f"Product '{sku}' has {available} available at {location}; cannot take {abs(delta)}.",
             available=available,
         )
+
+
+class LinesShort(ApiError, status=409, code="insufficient_stock"):
+    """A reservation that cannot hold every line: each short one, with what is available."""
+
+    def __init__(self, lines: Sequence[Mapping[str, Any]]) -> None:
+        skus = ", ".join(str(line["sku"]) for line in lines)
+        super().__init__(f"Not enough stock to hold every line ({skus}).", lines=list(lines))
+
+
+class ReservationNotFound(ApiError, status=404, code="reservation_not_found"):
+    def __init__(self, reservation_id: str | int) -> None:
+        super().__init__(f"No reservation has id '{reservation_id}'.")
+
+
+class ReservationNotActive(ApiError, status=409, code="reservation_not_active"):
+    def __init__(self, reservation_id: int, status: str) -> None:
+        # `status` is RFC 9457's member (the HTTP status): the reservation's goes beside it.
+        super().__init__(f"Reservation {reservation_id} is {status}.", reservation_status=status)
+
+
+class ProductInUse(ApiError, status=409, code="product_in_use"):
+    def __init__(self) -> None:
+        super().__init__("The product has active reservations: release or fulfil them first.")
 
 
 class StockLimitExceeded(ApiError, status=409, code="stock_limit_exceeded"):
@@ -113,6 +140,24 @@ class StockLimitExceeded(ApiError, status=409, code="stock_limit_exceeded"):
 class ProductNotFound(ApiError, status=404, code="product_not_found"):
     def __init__(self, sku: str) -> None:
         super().__init__(f"No product has SKU '{sku}'.")
+
+
+class DuplicateLocation(ApiError, status=409, code="duplicate_location"):
+    def __init__(self) -> None:
+        super().__init__("A location with that code already exists (codes ignore letter case).")
+
+
+class LocationInUse(ApiError, status=409, code="location_in_use"):
+    def __init__(self) -> None:
+        super().__init__(
+            "The location is in use: MAIN always stays, and another location goes only once "
+            "it holds no units and no reservations."
+        )
+
+
+class LocationNotFound(ApiError, status=404, code="location_not_found"):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"No location has code '{code}'.")
 
 
 class WebhookNotFound(ApiError, status=404, code="webhook_not_found"):
@@ -234,6 +279,17 @@ RETRYABLE = frozenset({"40001", "40P01"})
 DUPLICATE_SKU = "products_sku_lower_key"
 # The trigger refusing a 101st subscription names this (schema.sql: webhooks_limit).
 WEBHOOKS_LIMIT = "webhooks_limit"
+# Locations' codes are unique ignoring case (schema.sql: locations_code_lower_key).
+DUPLICATE_LOCATION = "locations_code_lower_key"
+# 0 <= reserved <= quantity at every location. schema.sql's stock functions name it when they
+# refuse, with DETAIL `available=N` (one location) or the JSON list of a reservation's
+# short lines; the CHECK itself is the backstop.
+STOCK_RESERVED = "product_stock_reserved_check"
+# A reservation that is not active (DETAIL its status), raised by reservation_change().
+RESERVATION_ACTIVE = "reservations_active"
+# The guards refusing to delete a location or a product still in use.
+LOCATION_IN_USE, PRODUCT_IN_USE = "locations_in_use", "products_in_use"
+_AVAILABLE = re.compile(r"available=(\d+)")
 
 Context = Mapping[str, Any]
 Mapper = Callable[[psycopg.Error, Context], ApiError | None]
@@ -242,13 +298,50 @@ Mapper = Callable[[psycopg.Error, Context], ApiError | None]
 def _unique_violation(exc: psycopg.Error, context: Context) -> ApiError | None:
     if exc.diag.constraint_name == DUPLICATE_SKU:
         return DuplicateSku(context.get("sku"))
+    if exc.diag.constraint_name == DUPLICATE_LOCATION:
+        return DuplicateLocation()
     return None
 
 
 def _check_violation(exc: psycopg.Error, context: Context) -> ApiError:
-    if exc.diag.constraint_name == WEBHOOKS_LIMIT:
+    constraint, detail = exc.diag.constraint_name, exc.diag.message_detail or ""
+    if constraint == WEBHOOKS_LIMIT:
         return TooManyWebhooks()
+    if constraint == STOCK_RESERVED:
+        if detail.startswith("["):
+            return LinesShort(json.loads(detail))
+        found = _AVAILABLE.fullmatch(detail)
+        return InsufficientStock(
+            context.get("sku", ""),
+            available=int(found[1]) if found else 0,
+            delta=context.get("delta", 0),
+            location=context.get("short_at", MAIN_LOCATION),
+        )
+    if constraint == RESERVATION_ACTIVE:
+        return ReservationNotActive(context.get("reservation_id", 0), detail)
     return _invalid_value(exc, context)
+
+
+def _restrict_violation(exc: psycopg.Error, context: Context) -> ApiError | None:
+    if exc.diag.constraint_name == LOCATION_IN_USE:
+        return LocationInUse()
+    if exc.diag.constraint_name == PRODUCT_IN_USE:
+        return ProductInUse()
+    return None
+
+
+def _not_found(exc: psycopg.Error, context: Context) -> ApiError | None:
+    """What schema.sql's stock functions did not find: the table says which kind; the
+    column (a transfer's `from` or `to`) or the DETAIL which one."""
+    table, named = exc.diag.table_name, exc.diag.message_detail
+    if table == "products":
+        return ProductNotFound(named or context.get("sku", ""))
+    if table == "locations":
+        locations = context.get("locations", {})
+        return LocationNotFound(named or locations.get(exc.diag.column_name, ""))
+    if table == "reservations":
+        return ReservationNotFound(context.get("reservation_id", ""))
+    return None
 
 
 def _out_of_range(exc: psycopg.Error, context: Context) -> ApiError:
@@ -280,6 +373,8 @@ def _unavailable(exc: psycopg.Error, context: Context) -> ApiError:
 _BY_SQLSTATE: dict[str, Mapper] = {
     "23505": _unique_violation,
     "23514": _check_violation,
+    "23001": _restrict_violation,
+    "P0002": _not_found,  # no_data_found, raised by schema.sql's stock functions
     "23502": _invalid_value,  # not_null_violation
     "22003": _out_of_range,  # numeric_value_out_of_range
     "40001": _conflict_retry,  # serialization_failure, after the retries
@@ -327,7 +422,10 @@ def from_database(exc: BaseException, **context: Any) -> ApiError | None:
 
 def refused(exc: psycopg.Error, **context: Any) -> Exception:
     """What to raise for a statement the database refused: its problem, with what the
-    caller knows (see from_database), or the error itself when it maps to none."""
+    caller knows (see from_database), or the error itself when it maps to none, or when
+    running the work again may succeed (RETRYABLE: the write runner's retry loop takes it)."""
+    if exc.sqlstate in RETRYABLE:
+        return exc
     return from_database(exc, **context) or exc
 
 

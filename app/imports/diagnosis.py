@@ -97,9 +97,15 @@ def _type_problems(on_conflict: OnConflict, columns: list[str]) -> str:
     )
 
 
+# The rules on what a record gives, not those on totals only the ledger writes (reserved):
+# every column a CHECK names is a field a record may give.
 _CHECKS = """
-    SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint
-    WHERE conrelid = 'products'::regclass AND contype = 'c' ORDER BY conname
+    SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint c
+    WHERE conrelid = 'products'::regclass AND contype = 'c'
+      AND NOT EXISTS (SELECT FROM pg_attribute a
+                      WHERE a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+                        AND a.attname <> ALL (%s))
+    ORDER BY conname
 """
 
 
@@ -217,7 +223,7 @@ LineNumbers = Callable[[Connection, list[int]], Awaitable[dict[int, int]]]
 
 async def _check_violations(conn: Connection, on_conflict: OnConflict) -> str:
     """Records breaking a CHECK of products, evaluated with the catalog's own expressions."""
-    checks = await (await conn.execute(_CHECKS)).fetchall()
+    checks = await (await conn.execute(_CHECKS, (list(CREATE_FIELDS),))).fetchall()
     # The expressions are SQL the catalog printed (pg_get_expr): composed as SQL, the names
     # as literals.
     cases = sql.SQL(", ").join(

@@ -20,7 +20,7 @@ NDJSON = "application/x-ndjson"
 
 # Columns of an export that clients never set: accepted and ignored, so that what
 # GET /products exports (CSV or NDJSON) imports back as it is.
-IGNORED_FIELDS = ("id", "created_at", "updated_at")
+IGNORED_FIELDS = ("id", "reserved", "available", "created_at", "updated_at")
 
 
 _COPY_LINE = re.compile(r"\bline (\d+)")

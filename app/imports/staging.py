@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.schema import CreateTable
 
 from app.database import Connection, compile_once, savepoint
@@ -41,7 +42,7 @@ from app.imports.parsing import (
     then,
     unreadable,
 )
-from app.models import Product, StockMovement
+from app.models import MAIN_LOCATION, MAIN_LOCATION_ID, Product, ProductStock, StockMovement
 from app.products.queries import CREATE_FIELDS
 from app.rules import INT4_MAX, INT4_MIN
 
@@ -161,7 +162,7 @@ _COUNT = compile_once(select(func.count()).select_from(import_rows))
 
 # --- on_conflict=update: one statement, so a count's quantity and its movement go together.
 # The products to change, locked in id order (concurrent imports cannot deadlock), read as
-# they are once locked: the movement's delta is against the quantity the UPDATE replaces.
+# they are once locked: the movement's delta is against the total the count replaces.
 _changed = (
     select(
         Product.id,
@@ -175,13 +176,29 @@ _changed = (
     .with_for_update(of=Product)
     .cte("changed")
 )
+# A count without a location column is of the product's total: MAIN takes the difference.
+# Its stock rows, locked in the same order; a movement's quantity_after starts from them.
+_recounted = _changed.c.quantity.is_distinct_from(_changed.c.old_quantity)
+_main = (
+    select(ProductStock.product_id, ProductStock.quantity)
+    .join(_changed, _changed.c.id == ProductStock.product_id)
+    .where(ProductStock.location_id == MAIN_LOCATION_ID, _recounted)
+    .order_by(ProductStock.product_id)
+    .with_for_update(of=ProductStock)
+    .cte("main")
+)
+# The fields other than the quantity, which only the ledger moves.
+_EDITED = tuple(name for name in UPDATE_FIELDS if name != "quantity")
 
 
 _updated = (
     update(Product)
-    .where(Product.id == _changed.c.id)
-    .values({name: _changed.c[name] for name in UPDATE_FIELDS})
-    .returning(Product.id, _changed.c.old_quantity, Product.quantity)
+    .where(
+        Product.id == _changed.c.id,
+        or_(*(Product.__table__.c[n].is_distinct_from(_changed.c[n]) for n in _EDITED)),
+    )
+    .values({name: _changed.c[name] for name in _EDITED})
+    .returning(Product.id)
     .cte("updated")
 )
 
@@ -189,25 +206,51 @@ _updated = (
 _counted = (
     insert(StockMovement)
     .from_select(
-        ["product_id", "delta", "reason", "note", "quantity_after"],
+        ["product_id", "location", "delta", "reason", "note", "quantity_after"],
         select(
-            _updated.c.id,
-            _updated.c.quantity - _updated.c.old_quantity,
+            _changed.c.id,
+            literal(MAIN_LOCATION),
+            _changed.c.quantity - _changed.c.old_quantity,
             literal(COUNT_REASON),
             literal(COUNT_NOTE),
-            _updated.c.quantity,
-        ).where(_updated.c.quantity != _updated.c.old_quantity),
+            _main.c.quantity + _changed.c.quantity - _changed.c.old_quantity,
+        )
+        # Outer: a record that gives no quantity (NULL) fails on the movement's NOT NULL, so
+        # the diagnosis names it, as it does every other value a product cannot take.
+        .join_from(_changed, _main, _main.c.product_id == _changed.c.id, isouter=True)
+        .where(_recounted),
     )
     .cte("counted")
 )
-
-
-# (updated, matched): products changed, and records naming an existing product.
+# (edited, updated, matched): products whose fields changed, products changed at all, and
+# records naming an existing product. The edits are counted first, so each product is locked
+# as the statement reaches it, after the edits of those before it: what a count changes is
+# read once its lock is held, whatever committed since the statement began.
 _UPDATE = compile_once(
     select(
         select(func.count()).select_from(_updated).scalar_subquery(),
+        select(func.count()).select_from(_changed).scalar_subquery(),
         select(func.count()).select_from(import_rows).where(_exists).scalar_subquery(),
-    ).add_cte(_counted)
+    )
+    .add_cte(_updated)
+    .add_cte(_counted)
+)
+# Before the count: a MAIN stock row (empty) for each product whose total the file changes
+# and that never had stock there, so that the statement above finds one to lock.
+_typed_quantity = typed("quantity")
+_STOCK_MAIN = compile_once(
+    pg_insert(ProductStock)
+    .from_select(
+        ["product_id", "location_id"],
+        select(Product.id, literal(MAIN_LOCATION_ID))
+        .join_from(import_rows, Product, same_sku)
+        .where(
+            _given("quantity"),
+            _typed_quantity.is_not(None),
+            _typed_quantity != Product.quantity,
+        ),
+    )
+    .on_conflict_do_nothing()
 )
 
 
@@ -265,10 +308,11 @@ async def write(conn: Connection, on_conflict: OnConflict, columns: list[str]) -
         created = (await conn.execute(_INSERT_NEW.sql)).rowcount
         assert total is not None
         return Imported(created, 0, int(total[0]) - created)
+    await conn.execute(_STOCK_MAIN.sql, _STOCK_MAIN.params(columns=columns))
     cur = await conn.execute(_UPDATE.sql, _UPDATE.params(columns=columns))
     counts = await cur.fetchone()
     assert counts is not None
-    updated, matched = (int(c) for c in counts)
+    _, updated, matched = (int(c) for c in counts)
     created = (await conn.execute(_INSERT_NEW.sql)).rowcount
     return Imported(created, updated, matched - updated)
 

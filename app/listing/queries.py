@@ -217,7 +217,7 @@ def _filters(shape: _Shape, *, search: bool = True) -> list[ColumnElement[bool]]
         conditions.append(Product.quantity <= bindparam("quantity_max", type_=BigInteger))
     if shape.low_stock:
         # Exactly the predicate of the partial index products_low_stock_idx.
-        conditions.append(Product.quantity <= Product.reorder_point)
+        conditions.append(Product.available <= Product.reorder_point)
     if shape.after:
         conditions.append(tuple_(*_ORDER) > tuple_(bindparam("after_at"), bindparam("after_id")))
     return conditions

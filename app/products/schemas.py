@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from app.models import MAIN_LOCATION
 from app.rules import (
     DESCRIPTION_MAX,
     INT4_MAX,
@@ -83,6 +84,12 @@ Sku = Annotated[
     str,
     StringConstraints(min_length=1, max_length=SKU_MAX, pattern=SKU_PATTERN),
     Field(examples=["ABC-1"]),
+]
+# A location's code follows the SKU's rules.
+LocationCode = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=SKU_MAX, pattern=SKU_PATTERN),
+    Field(examples=["MAIN", "WH-EAST"]),
 ]
 Name = Annotated[
     str,
@@ -158,7 +165,9 @@ class ProductRead(BaseModel):
     name: str
     description: str | None
     price: Annotated[str, Field(examples=["19.99"], pattern=r"^\d{1,10}\.\d{2}$")]
-    quantity: int
+    quantity: Annotated[int, Field(description="Units on hand, summed over every location.")]
+    reserved: Annotated[int, Field(description="Units held by active reservations.")]
+    available: Annotated[int, Field(description="quantity - reserved.")]
     reorder_point: int | None
     created_at: datetime
     updated_at: datetime
@@ -239,6 +248,9 @@ class AdjustmentCreate(BaseModel):
     ]
     reason: Reason
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
+    location: Annotated[LocationCode, Field(description="Where (any case); default MAIN.")] = (
+        MAIN_LOCATION
+    )
 
 
 class MovementRead(BaseModel):
@@ -248,5 +260,6 @@ class MovementRead(BaseModel):
     delta: int
     reason: Reason
     note: str | None
-    quantity_after: int
+    location: str
+    quantity_after: Annotated[int, Field(description="The quantity at the location after it.")]
     created_at: datetime

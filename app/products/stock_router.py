@@ -1,6 +1,8 @@
 """/products/{sku}/adjustments and /movements: stock changes and their ledger."""
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from app.core.errors import ProductNotFound
 from app.core.http.limits import JsonRoute
@@ -17,6 +19,7 @@ from app.database import Connection
 from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
 from app.products import stock_queries as stock
 from app.products.schemas import AdjustmentCreate, MovementRead, ProductRead
+from app.rules import SKU_MAX, SKU_PATTERN
 
 router = APIRouter(
     prefix="/products", tags=["stock"], responses=problems(503), route_class=JsonRoute
@@ -60,7 +63,20 @@ async def adjust_stock(
     summary="The product's stock movements, oldest first",
 )
 async def list_movements(
-    sku: ProductSku, request: Request, db: DatabaseDep, limit: Limit = None, after: After = None
+    sku: ProductSku,
+    request: Request,
+    db: DatabaseDep,
+    limit: Limit = None,
+    after: After = None,
+    location: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=SKU_MAX,
+            pattern=SKU_PATTERN,
+            description="Only the movements made at this location (its code, any case)",
+        ),
+    ] = None,
 ) -> Response:
     start = decode_cursor(after, int)[0] if after is not None else 0
     if limit is None:
@@ -68,8 +84,10 @@ async def list_movements(
         product = await stock.product_id(db, sku=sku)
         if product is None:
             raise ProductNotFound(sku)
-        return JsonArrayStream(db, stock.all_movements(product=product, after=start))
-    page = await stock.movements_page(db, sku=sku, after=start, limit=limit)
+        return JsonArrayStream(
+            db, stock.all_movements(product=product, after=start, location=location)
+        )
+    page = await stock.movements_page(db, sku=sku, after=start, limit=limit, location=location)
     if page is None:
         raise ProductNotFound(sku)
     rows, last = page

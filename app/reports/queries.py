@@ -31,6 +31,7 @@ class StockSummary(NamedTuple):
 
     products: int
     units: Decimal  # numeric: a sum that no integer type bounds
+    reserved: Decimal
     value: Decimal  # exactly 2 decimals
     out_of_stock: int
     low_stock: int
@@ -46,6 +47,23 @@ async def stock_summary_now(db: Database) -> StockSummary:
         row = await (await conn.execute(_STOCK.sql)).fetchone()
     assert row is not None  # an aggregate without GROUP BY always has its row
     return StockSummary(*row)
+
+
+_at_location = (
+    func.stock_summary_at(bindparam("location", type_=Text))
+    .table_valued(*(column(c.name, c.type) for c in stock_summary.columns))
+    .alias("summary")
+)
+_STOCK_AT = compile_once(select(*_at_location.c))
+
+
+async def stock_summary_at(db: Database, location: str) -> StockSummary | None:
+    """The same summary from the units at one location; None when no location has the code."""
+    async with db.connection() as conn:
+        row = await (
+            await conn.execute(_STOCK_AT.sql, _STOCK_AT.params(location=location))
+        ).fetchone()
+    return None if row is None else StockSummary(*row)
 
 
 # movement_daily(from_at, to_at): the view over a range, planned with the created_at index.

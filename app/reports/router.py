@@ -6,12 +6,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 
+from app.core.errors import LocationNotFound
 from app.core.http.formats import FRAMINGS, Format, csv_field, negotiate
 from app.core.http.streaming import CopyStream
 from app.core.openapi import problems
 from app.deps import ReadsDep, StockReportDep
 from app.reports import queries as reports
 from app.reports.schemas import EARLIEST, Instant, MovementBucket, StockReport
+from app.rules import SKU_MAX, SKU_PATTERN
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
 
@@ -35,15 +37,35 @@ def _rfc3339(at: datetime) -> str:
     "/stock",
     operation_id="stockReport",
     response_model=StockReport,
-    responses={**problems(406, 422), **_CSV_RESPONSE},
+    responses={**problems(404, 406, 422), **_CSV_RESPONSE},
     summary="The stock at a glance: products, units, exact value, out of stock, low on stock",
 )
-async def stock_report(reads: ReadsDep, recent: StockReportDep, accept: Accept = None) -> Response:
+async def stock_report(
+    reads: ReadsDep,
+    recent: StockReportDep,
+    accept: Accept = None,
+    location: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=SKU_MAX,
+            pattern=SKU_PATTERN,
+            description="The same summary from the units at this location (its code, any case)",
+        ),
+    ] = None,
+) -> Response:
     fmt = negotiate(accept, _OFFERED)
-    summary = await recent.get(lambda: reads.run(reports.stock_summary_now))
+    if location is None:
+        summary = await recent.get(lambda: reads.run(reports.stock_summary_now))
+    else:
+        at = await reads.run(lambda db: reports.stock_summary_at(db, location))
+        if at is None:
+            raise LocationNotFound(location)
+        summary = at
     values = {
         "products": summary.products,
         "units": int(summary.units),
+        "reserved": int(summary.reserved),
         # The view's numeric has exactly 2 decimals; "f" keeps any size out of exponent form.
         "value": format(summary.value, "f"),
         "out_of_stock": summary.out_of_stock,

@@ -55,6 +55,7 @@ class StockReport(BaseModel):
 
     products: int
     units: int
+    reserved: int
     value: Annotated[str, Field(examples=["123456.78"], pattern=r"^\d+\.\d{2}$")]
     out_of_stock: int
     low_stock: int

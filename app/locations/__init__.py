@@ -1,0 +1,1 @@
+"""Locations, the stock at each, and transfers between them."""

@@ -1,0 +1,1 @@
+"""Reservations: stock held for an order, never more than a location has."""
