@@ -4,7 +4,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,7 +13,14 @@ from app.changes.feed import Feed
 from app.changes.stream import StreamShares
 from app.config import Settings
 from app.core.access import CALLER_KEY, Access, Caller
-from app.core.errors import ProductNotFound, ValidationFailed, WebhookNotFound, field_error
+from app.core.errors import (
+    LocationNotFound,
+    ProductNotFound,
+    ReservationNotFound,
+    ValidationFailed,
+    WebhookNotFound,
+    field_error,
+)
 from app.core.observability import Metrics
 from app.core.reads import Reads
 from app.core.recent import Recent
@@ -87,33 +94,62 @@ async def require_writer(request: Request, credentials: _Bearer) -> str:
 Credential = Annotated[str, Depends(require_token)]
 
 _SKU = re.compile(SKU_PATTERN)
+# bigint, as the id columns are.
+_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+def _named(value: str, missing: Callable[[str], Exception]) -> str:
+    # A path segment that cannot be a SKU or a code names nothing: 404 without a query.
+    if len(value) > SKU_MAX or not _SKU.match(value):
+        raise missing(value)
+    return value
+
+
+def _numbered(value: str, missing: Callable[[str], Exception]) -> int:
+    # A path segment that cannot be an id names nothing: 404 without a query.
+    if not _ID.match(value):
+        raise missing(value)
+    return int(value)
 
 
 async def _product_sku(
     sku: Annotated[str, Path(description="The product's SKU, in any letter case")],
 ) -> str:
-    # A path segment that cannot be a SKU names no product: 404 without a query.
-    if len(sku) > SKU_MAX or not _SKU.match(sku):
-        raise ProductNotFound(sku)
-    return sku
+    return _named(sku, ProductNotFound)
 
 
-ProductSku = Annotated[str, Depends(_product_sku)]
-
-# bigint, as the column is.
-_WEBHOOK_ID = re.compile(r"^[0-9]{1,18}$")
+async def _location_code(
+    code: Annotated[str, Path(description="The location's code, in any letter case")],
+) -> str:
+    return _named(code, LocationNotFound)
 
 
 async def _webhook_id(
     webhook_id: Annotated[str, Path(alias="id", description="The webhook's id")],
 ) -> int:
-    # A path segment that cannot be an id names no webhook: 404 without a query.
-    if not _WEBHOOK_ID.match(webhook_id):
-        raise WebhookNotFound(webhook_id)
-    return int(webhook_id)
+    return _numbered(webhook_id, WebhookNotFound)
 
 
+async def _reservation_id(
+    reservation_id: Annotated[str, Path(alias="id", description="The reservation's id")],
+) -> int:
+    return _numbered(reservation_id, ReservationNotFound)
+
+
+ProductSku = Annotated[str, Depends(_product_sku)]
+LocationCode = Annotated[str, Depends(_location_code)]
 WebhookId = Annotated[int, Depends(_webhook_id)]
+ReservationId = Annotated[int, Depends(_reservation_id)]
+# `?location=CODE` wherever a listing or a report narrows to one location.
+LocationFilter = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=SKU_MAX,
+        pattern=SKU_PATTERN,
+        description="Only what is at this location (its code, in any letter case)",
+    ),
+]
 
 IdempotencyKey = Annotated[
     str | None,

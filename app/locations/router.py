@@ -1,10 +1,9 @@
 """/locations, /products/{sku}/stock and /transfers: stock in many places."""
 
-import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 
 from app.core.errors import LocationNotFound, ProductNotFound, ValidationFailed
 from app.core.http.formats import Format, csv_field, json_array, negotiate
@@ -12,7 +11,15 @@ from app.core.http.limits import JsonRoute
 from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
 from app.core.openapi import problems
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku, ReadsDep
+from app.deps import (
+    Credential,
+    DatabaseDep,
+    IdempotencyDep,
+    IdempotencyKey,
+    LocationCode,
+    ProductSku,
+    ReadsDep,
+)
 from app.locations import queries as locations
 from app.locations.schemas import (
     LocationCreate,
@@ -23,24 +30,10 @@ from app.locations.schemas import (
     TransferCreate,
     TransferRead,
 )
-from app.rules import SKU_MAX, SKU_PATTERN
 
 router = APIRouter(tags=["locations"], responses=problems(503), route_class=JsonRoute)
 
-_CODE = re.compile(SKU_PATTERN)
 _STOCK_FIELDS = tuple(LocationStockRow.model_fields)
-
-
-async def _location_code(
-    code: Annotated[str, Path(description="The location's code, in any letter case")],
-) -> str:
-    # A path segment that cannot be a code names no location: 404 without a query.
-    if len(code) > SKU_MAX or not _CODE.match(code):
-        raise LocationNotFound(code)
-    return code
-
-
-LocationCodePath = Annotated[str, Depends(_location_code)]
 
 
 def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -104,7 +97,7 @@ async def list_locations(
     responses=problems(404),
     summary="One location, by code in any letter case",
 )
-async def get_location(code: LocationCodePath, db: DatabaseDep) -> Response:
+async def get_location(code: LocationCode, db: DatabaseDep) -> Response:
     found = await locations.location(db, code=code)
     if found is None:
         raise LocationNotFound(code)
@@ -118,7 +111,7 @@ async def get_location(code: LocationCodePath, db: DatabaseDep) -> Response:
     responses=problems(404, 422),
     summary="Rename a location (its code stays)",
 )
-async def rename_location(code: LocationCodePath, body: LocationPatch, db: DatabaseDep) -> Response:
+async def rename_location(code: LocationCode, body: LocationPatch, db: DatabaseDep) -> Response:
     async def operation(conn: Connection) -> Response:
         renamed = await locations.rename_location(conn, code=code, name=body.name)
         if renamed is None:
@@ -135,7 +128,7 @@ async def rename_location(code: LocationCodePath, body: LocationPatch, db: Datab
     responses=problems(404, 409),
     summary="Delete a location that holds nothing (never MAIN)",
 )
-async def delete_location(code: LocationCodePath, db: DatabaseDep) -> Response:
+async def delete_location(code: LocationCode, db: DatabaseDep) -> Response:
     async def operation(conn: Connection) -> Response:
         if not await locations.delete_location(conn, code=code):
             raise LocationNotFound(code)
@@ -155,7 +148,7 @@ async def delete_location(code: LocationCodePath, db: DatabaseDep) -> Response:
     summary="Every product with units or holds at a location, by SKU; JSON, CSV, NDJSON",
 )
 async def list_location_stock(
-    code: LocationCodePath,
+    code: LocationCode,
     request: Request,
     reads: ReadsDep,
     limit: Limit = None,

@@ -1,8 +1,6 @@
 """/products/{sku}/adjustments and /movements: stock changes and their ledger."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from app.core.errors import ProductNotFound
 from app.core.http.limits import JsonRoute
@@ -16,10 +14,16 @@ from app.core.http.pagination import (
 from app.core.http.streaming import JsonArrayStream
 from app.core.openapi import problems
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ProductSku
+from app.deps import (
+    Credential,
+    DatabaseDep,
+    IdempotencyDep,
+    IdempotencyKey,
+    LocationFilter,
+    ProductSku,
+)
 from app.products import stock_queries as stock
 from app.products.schemas import AdjustmentCreate, MovementRead, ProductRead
-from app.rules import SKU_MAX, SKU_PATTERN
 
 router = APIRouter(
     prefix="/products", tags=["stock"], responses=problems(503), route_class=JsonRoute
@@ -68,15 +72,7 @@ async def list_movements(
     db: DatabaseDep,
     limit: Limit = None,
     after: After = None,
-    location: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=SKU_MAX,
-            pattern=SKU_PATTERN,
-            description="Only the movements made at this location (its code, any case)",
-        ),
-    ] = None,
+    location: LocationFilter = None,
 ) -> Response:
     start = decode_cursor(after, int)[0] if after is not None else 0
     if limit is None:

@@ -10,10 +10,9 @@ from app.core.errors import LocationNotFound
 from app.core.http.formats import FRAMINGS, Format, csv_field, negotiate
 from app.core.http.streaming import CopyStream
 from app.core.openapi import problems
-from app.deps import ReadsDep, StockReportDep
+from app.deps import LocationFilter, ReadsDep, StockReportDep
 from app.reports import queries as reports
 from app.reports.schemas import EARLIEST, Instant, MovementBucket, StockReport
-from app.rules import SKU_MAX, SKU_PATTERN
 
 router = APIRouter(prefix="/reports", tags=["reports"], responses=problems(503))
 
@@ -44,15 +43,7 @@ async def stock_report(
     reads: ReadsDep,
     recent: StockReportDep,
     accept: Accept = None,
-    location: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=SKU_MAX,
-            pattern=SKU_PATTERN,
-            description="The same summary from the units at this location (its code, any case)",
-        ),
-    ] = None,
+    location: LocationFilter = None,
 ) -> Response:
     fmt = negotiate(accept, _OFFERED)
     if location is None:

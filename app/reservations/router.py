@@ -1,10 +1,9 @@
 """/reservations: hold stock for an order, then fulfil, release or let it expire."""
 
 import json
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.core.errors import ReservationNotFound, ValidationFailed
 from app.core.http.formats import json_array
@@ -12,7 +11,14 @@ from app.core.http.limits import JsonRoute
 from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
 from app.core.openapi import problems
 from app.database import Connection
-from app.deps import Credential, DatabaseDep, IdempotencyDep, IdempotencyKey, ReadsDep
+from app.deps import (
+    Credential,
+    DatabaseDep,
+    IdempotencyDep,
+    IdempotencyKey,
+    ReadsDep,
+    ReservationId,
+)
 from app.reservations import queries as reservations
 from app.reservations.schemas import (
     ReservationCreate,
@@ -27,21 +33,8 @@ router = APIRouter(
     prefix="/reservations", tags=["reservations"], responses=problems(503), route_class=JsonRoute
 )
 
-_ID = re.compile(r"^[0-9]{1,18}$")
 # Every reservation id is below this: the first page starts under it.
 _NO_ID = 2**63 - 1
-
-
-async def _reservation_id(
-    reservation_id: Annotated[str, Path(alias="id", description="The reservation's id")],
-) -> int:
-    # A path segment that cannot be an id names no reservation: 404 without a query.
-    if not _ID.match(reservation_id):
-        raise ReservationNotFound(reservation_id)
-    return int(reservation_id)
-
-
-ReservationId = Annotated[int, Depends(_reservation_id)]
 
 
 def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
