@@ -352,3 +352,32 @@ async def test_never_oversell_under_a_storm_from_two_services(
     item = db.execute("SELECT quantity, reserved FROM products").fetchone()
     assert item is not None and item[1] == active and item[1] <= item[0]
     print({k: {c: v.count(c) for c in set(v)} for k, v in statuses.items()}, item)
+
+
+async def test_a_count_that_would_take_reserved_units_is_409_naming_the_line(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    await _stocked(client, "A-1", MAIN=5)
+    await _stocked(client, "B-1", MAIN=5)
+    assert (await _reserve(client, line("A-1", 3))).status_code == 201
+
+    response = await client.post(
+        "/products/import?on_conflict=update",
+        content=b"sku,quantity\nB-1,4\nA-1,1\n",
+        headers={"content-type": "text/csv"},
+    )
+
+    body = assert_problem(response, 409, "insufficient_stock")
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [(3, "quantity")]
+    assert "2 available" in body["errors"][0]["message"]
+    assert db.execute("SELECT sku, quantity FROM products ORDER BY sku").fetchall() == [
+        ("A-1", 5),
+        ("B-1", 5),
+    ]
+    # Down to what is reserved is allowed.
+    ok = await client.post(
+        "/products/import?on_conflict=update",
+        content=b"sku,quantity\nA-1,3\n",
+        headers={"content-type": "text/csv"},
+    )
+    assert ok.status_code == 201, ok.text

@@ -102,6 +102,18 @@ class InsufficientStock(ApiError, status=409, code="insufficient_stock"):
         )
 
 
+class CountsShort(ApiError, status=409, code="insufficient_stock"):
+    """A stock count (import) that would leave a location with fewer units than it has
+    reserved: the records, by line."""
+
+    def __init__(self, errors: Sequence[Mapping[str, Any]], **extra: Any) -> None:
+        super().__init__(
+            "A count would leave fewer units than are reserved; nothing was imported.",
+            errors=[dict(e) for e in errors],
+            **extra,
+        )
+
+
 class LinesShort(ApiError, status=409, code="insufficient_stock"):
     """A reservation that cannot hold every line: each short one, with what is available."""
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, array
 
-from app.core.errors import DuplicateSku, ValidationFailed, field_error
+from app.core.errors import CountsShort, DuplicateSku, ValidationFailed, field_error
 from app.database import Connection, compile_literal, compile_once
 from app.imports.parsing import IGNORED_FIELDS
 from app.imports.staging import (
@@ -41,7 +41,7 @@ from app.imports.staging import (
     same_sku,
     typed,
 )
-from app.models import Product
+from app.models import MAIN_LOCATION_ID, Product, ProductStock
 from app.products.queries import CREATE_FIELDS
 from app.rules import INT4_MAX, INT4_MIN, rule_for
 
@@ -249,6 +249,27 @@ def _field_of(constraint: str) -> str:
     return rule.field if rule else "line"
 
 
+# A count of a product's total takes the difference out of MAIN: records that would take
+# more than MAIN has available there (units reserved stay).
+_typed_quantity = typed("quantity")
+_SHORT = compile_literal(
+    select(
+        import_rows.c.n,
+        literal("quantity"),
+        literal("short:") + cast(ProductStock.available, Text),
+    )
+    .join_from(import_rows, Product, same_sku)
+    .join(
+        ProductStock,
+        and_(ProductStock.product_id == Product.id, ProductStock.location_id == MAIN_LOCATION_ID),
+    )
+    .where(
+        _typed_quantity.is_not(None),
+        Product.quantity - _typed_quantity > ProductStock.available,
+    )
+)
+
+
 async def diagnose(
     conn: Connection, line_of: LineNumbers, on_conflict: OnConflict, columns: list[str]
 ) -> None:
@@ -263,9 +284,18 @@ async def diagnose(
     await report(conn, invalid, line_of, existing=False)
     if on_conflict == "error":
         await report(conn, _EXISTING, line_of, existing=True)
+    if on_conflict == "update":
+        await report(conn, _SHORT, line_of, short=True)
 
 
-async def report(conn: Connection, rows_sql: str, line_of: LineNumbers, *, existing: bool) -> None:
+async def report(
+    conn: Connection,
+    rows_sql: str,
+    line_of: LineNumbers,
+    *,
+    existing: bool = False,
+    short: bool = False,
+) -> None:
     """Raise the problem listing the records that rows_sql finds, if it finds any."""
     cur = await conn.execute(_LISTED.format(rows=rows_sql, limit=MAX_LISTED))
     found = await cur.fetchall()
@@ -281,6 +311,8 @@ async def report(conn: Connection, rows_sql: str, line_of: LineNumbers, *, exist
     ]
     if existing:
         raise DuplicateSku(errors=errors, invalid_records=total)
+    if short:
+        raise CountsShort(errors, invalid_records=total)
     raise ValidationFailed(
         f"{total} records are invalid; nothing was imported.", errors, invalid_records=total
     )
@@ -297,6 +329,8 @@ def _message(problem: str, lines: dict[int, int]) -> str:
         return f"repeats the SKU of line {lines[int(value)]} (SKUs are unique ignoring case)"
     if kind == "exists":
         return f"a product with SKU '{value}' already exists"
+    if kind == "short":
+        return f"would leave MAIN with fewer units than it has reserved ({value} available)"
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     rule = rule_for(problem)
