@@ -671,14 +671,16 @@ BEGIN
     ), sums AS (
         SELECT x.product_id, sum(x.delta) AS delta FROM stocked x GROUP BY x.product_id
     ), before AS (
-        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        SELECT p.id, p AS product, t.delta FROM products p JOIN sums t ON t.product_id = p.id
         WHERE t.delta <> 0
     ), totals AS (
-        UPDATE products p SET quantity = p.quantity + t.delta
-        FROM sums t, before b
-        WHERE p.id = t.product_id AND b.id = p.id
+        UPDATE products p SET quantity = p.quantity + b.delta
+        FROM before b
+        WHERE p.id = b.id
         RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
     ), logged AS (
+        -- FULL JOIN: two row sets meet by hash or merge, never a nested loop (see the change
+        -- log's triggers: a plan made for one row also runs a million).
         INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
                                            movement_id)
         SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
@@ -686,7 +688,8 @@ BEGIN
                coalesce(t.product, (SELECT product_json(p) FROM products p
                                     WHERE p.id = m.product_id)),
                coalesce(t.changed, '{}'), m.id
-        FROM new_rows m LEFT JOIN totals t ON t.id = m.product_id
+        FROM new_rows m FULL JOIN totals t ON t.id = m.product_id
+        WHERE m.id IS NOT NULL
     )
     SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked) INTO groups, applied;
     IF applied <> groups THEN
@@ -1037,12 +1040,12 @@ BEGIN
     ), sums AS (
         SELECT x.product_id, sum(x.quantity) AS quantity FROM stocked x GROUP BY x.product_id
     ), before AS (
-        SELECT p.id, p AS product FROM products p JOIN sums t ON t.product_id = p.id
+        SELECT p.id, p AS product, t.quantity FROM products p JOIN sums t ON t.product_id = p.id
         WHERE t.quantity <> 0
     ), totals AS (
-        UPDATE products p SET reserved = p.reserved + t.quantity
-        FROM sums t, before b
-        WHERE p.id = t.product_id AND b.id = p.id
+        UPDATE products p SET reserved = p.reserved + b.quantity
+        FROM before b
+        WHERE p.id = b.id
         RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
     )
     INSERT INTO product_change_events (stmt, k, type, product_id, product, changed)
@@ -1076,7 +1079,7 @@ BEGIN
         SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
                                             'location_id', a.location_id,
                                             'quantity', -a.quantity))
-        FROM old_rows o JOIN new_rows n ON n.id = o.id
+        FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
         JOIN reservation_allocations a ON a.reservation_id = o.id
         WHERE o.status = 'active' AND n.status <> 'active'));
     RETURN NULL;
