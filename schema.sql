@@ -679,8 +679,10 @@ BEGIN
         WHERE p.id = b.id
         RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
     ), logged AS (
-        -- FULL JOIN: two row sets meet by hash or merge, never a nested loop (see the change
-        -- log's triggers: a plan made for one row also runs a million).
+        -- FULL JOIN, and nothing filtering either side (a filter would let the planner make
+        -- it a left join): two row sets meet by hash or merge, never a nested loop, as a plan
+        -- made for a session's first one-row statement also runs its million-row one. Every
+        -- product in totals has movements here, so no row lacks its movement.
         INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
                                            movement_id)
         SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
@@ -689,7 +691,6 @@ BEGIN
                                     WHERE p.id = m.product_id)),
                coalesce(t.changed, '{}'), m.id
         FROM new_rows m FULL JOIN totals t ON t.id = m.product_id
-        WHERE m.id IS NOT NULL
     )
     SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked) INTO groups, applied;
     IF applied <> groups THEN
@@ -1079,9 +1080,10 @@ BEGIN
         SELECT jsonb_agg(jsonb_build_object('product_id', a.product_id,
                                             'location_id', a.location_id,
                                             'quantity', -a.quantity))
+        -- FULL JOIN and a condition that is not strict (IS TRUE): never a nested loop.
         FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
-        JOIN reservation_allocations a ON a.reservation_id = o.id
-        WHERE o.status = 'active' AND n.status <> 'active'));
+        LEFT JOIN reservation_allocations a ON a.reservation_id = o.id
+        WHERE (o.status = 'active' AND n.status <> 'active' AND a.quantity > 0) IS TRUE));
     RETURN NULL;
 END
 $$;
