@@ -55,10 +55,28 @@ schemathesis.openapi.media_type("application/x-ndjson", _rows().map(_ndjson))
 # Opaque cursors: only one the server issued, for the same filters, is valid (422
 # otherwise, docs/api.md), which no pattern can say. Valid requests are sent without one; the
 # negative phase still sends made-up ones, and tests/test_pagination.py follows real ones.
-_CURSORED = {"listProducts", "listMovements", "listDeliveries"}
+_CURSORED = {
+    "listProducts",
+    "listMovements",
+    "listDeliveries",
+    "listLocations",
+    "listLocationStock",
+    "listReservations",
+}
 
 
-_KEYED = {"createProduct", "adjustStock", "importProducts", "createWebhook"}
+_KEYED = {
+    "createProduct",
+    "adjustStock",
+    "importProducts",
+    "createWebhook",
+    "createLocation",
+    "createTransfer",
+    "createReservation",
+    "fulfilReservation",
+    "releaseReservation",
+    "extendReservation",
+}
 _serial = itertools.count()
 
 
@@ -77,6 +95,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if operation in _KEYED and key:
         suffix = f"~{next(_serial)}"
         case.headers["Idempotency-Key"] = key[: 255 - len(suffix)] + suffix
+    # A transfer is between two locations (422 otherwise, docs/api.md): codes that differ
+    # only in case name one.
+    if operation == "createTransfer" and isinstance(case.body, dict):
+        source, target = case.body.get("from"), case.body.get("to")
+        if isinstance(source, str) and isinstance(target, str) and source.lower() == target.lower():
+            case.body["to"] = (target[:62] + "-2") if target[-1:] != "-" else target[:62] + "x2"
     # The host must resolve, and this machine has no DNS to speak of: the URL keeps its
     # path and goes to a closed port (the fuzzed server allows private addresses).
     if operation == "createWebhook" and isinstance(case.body, dict):

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.products.schemas import LocationCode, Name, Sku
+from app.products.schemas import Integral, LocationCode, Name, Sku
 from app.rules import NOTE_MAX, QUANTITY_MAX
 
 
@@ -67,7 +67,7 @@ class TransferCreate(BaseModel):
     sku: Sku
     from_: Annotated[LocationCode, Field(alias="from")]
     to: LocationCode
-    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)]
+    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX), Integral]
     note: Annotated[str, StringConstraints(max_length=NOTE_MAX)] | None = None
 
 

@@ -117,7 +117,7 @@ async def patch_product(
     "/{sku}",
     operation_id="deleteProduct",
     status_code=204,
-    responses=problems(404, 412),
+    responses=problems(404, 409, 412),
     summary="Delete a product",
 )
 async def delete_product(sku: ProductSku, db: DatabaseDep, accepted: IfMatch) -> Response:

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.products.schemas import LocationCode, Sku
+from app.products.schemas import Integral, LocationCode, Sku
 from app.rules import QUANTITY_MAX
 
 # Seconds a hold lasts: at most a week; 15 minutes unless asked.
@@ -13,7 +13,9 @@ EXPIRES_IN_MAX, EXPIRES_IN_DEFAULT = 604_800, 900
 LINES_MAX = 100
 Status = Literal["active", "fulfilled", "released", "expired"]
 ExpiresIn = Annotated[
-    int, Field(ge=1, le=EXPIRES_IN_MAX, description="Seconds from now until the hold ends")
+    int,
+    Field(ge=1, le=EXPIRES_IN_MAX, description="Seconds from now until the hold ends"),
+    Integral,
 ]
 
 
@@ -21,7 +23,7 @@ class ReservationLineIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     sku: Sku
-    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX)]
+    quantity: Annotated[int, Field(ge=1, le=QUANTITY_MAX), Integral]
     location: Annotated[
         LocationCode | None, Field(description="Hold it here; omitted: where units are")
     ] = None
