@@ -20,6 +20,17 @@ PREVIOUS_RELEASES = ["52af07a", "36dbe64"]
 TABLES = {"products": "id", "stock_movements": "id", "idempotency_keys": "scope, key"}
 
 
+def schema_of(release: str) -> str:
+    """schema.sql as a release shipped it (the repository's history)."""
+    return subprocess.run(
+        ["git", "show", f"{release}:schema.sql"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def apply(dsn: str, sql: str) -> None:
     """Apply a schema the way a deploy does: psql, stopping at the first error."""
     psql(dsn, "-f", "-", stdin=sql)
@@ -107,13 +118,7 @@ def _write_rows(db: Connection[Any]) -> None:
 def test_upgrade_keeps_every_row_and_ends_as_a_fresh_install(
     new_database: Any, release: str
 ) -> None:
-    old_schema = subprocess.run(
-        ["git", "show", f"{release}:schema.sql"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    ).stdout
+    old_schema = schema_of(release)
     assert "reorder_point" not in old_schema  # really the release before these changes
     upgraded, fresh = new_database(), new_database()
     apply(upgraded, old_schema)
@@ -150,13 +155,7 @@ BEFORE_LOCATIONS = "f121de7"
 def test_upgrade_from_before_locations_puts_every_quantity_and_movement_in_main(
     new_database: Any,
 ) -> None:
-    old_schema = subprocess.run(
-        ["git", "show", f"{BEFORE_LOCATIONS}:schema.sql"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    ).stdout
+    old_schema = schema_of(BEFORE_LOCATIONS)
     assert "product_stock" not in old_schema  # really the release before locations
     upgraded, fresh = new_database(), new_database()
     apply(upgraded, old_schema)
@@ -209,13 +208,7 @@ SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="
 def test_upgrade_from_the_log_of_one_table_keeps_every_event_and_delivery(
     new_database: Any,
 ) -> None:
-    old_schema = subprocess.run(
-        ["git", "show", f"{LOG_OF_ONE_TABLE}:schema.sql"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    ).stdout
+    old_schema = schema_of(LOG_OF_ONE_TABLE)
     assert "sequenced_at" in old_schema  # really that release
     upgraded, fresh = new_database(), new_database()
     apply(upgraded, old_schema)
