@@ -554,25 +554,3 @@ async def test_the_movement_stream_takes_a_bulk_slot_like_exports(
 
     assert_problem(second, 503, "database_unavailable")
     assert page.status_code == 200
-
-
-@pytest.mark.slow
-@pytest.mark.alone
-def test_a_large_movement_statement_after_a_one_row_one_stays_linear(db: Connection[Any]) -> None:
-    # PL/pgSQL keeps the plans it makes for a session's first call of the ledger's trigger (one
-    # movement) and runs them for every later statement: were two of its row sets joined by a
-    # nested loop, 20,000 movements would take about four minutes (quadratic: 300 took 56 ms
-    # in its event insert alone); linear, a few seconds. The bound sits far from both, and
-    # the test has the machine to itself.
-    db.execute(
-        "INSERT INTO products (sku, name, price, quantity) "
-        "SELECT 'S-' || g, 'n', 1, 1 FROM generate_series(1, 20000) g"
-    )
-    db.execute("SELECT adjust_stock('S-1', 1, 'received')")
-    db.execute("SET statement_timeout = '120s'")
-    db.execute(
-        "INSERT INTO stock_movements (product_id, delta, reason, quantity_after) "
-        "SELECT s.product_id, 1, 'received', s.quantity + 1 FROM product_stock s"
-    )
-    db.execute("RESET statement_timeout")
-    assert broken_ledgers(db) == []
