@@ -292,7 +292,7 @@ CREATE TABLE IF NOT EXISTS stock_movements (
     id             bigint      GENERATED ALWAYS AS IDENTITY
                                CONSTRAINT stock_movements_pkey PRIMARY KEY,
     -- The product it moved. No foreign key: movements outlive their product (docs/api.md, DELETE),
-    -- and ids are never reused; the trigger stock_movements_product_exists checks new rows.
+    -- and ids are never reused; the ledger's trigger checks that new rows name one.
     product_id     bigint      NOT NULL,
     delta          integer     NOT NULL
                                CONSTRAINT stock_movements_delta_check CHECK (delta <> 0),
@@ -328,26 +328,11 @@ BEGIN
 END
 $$;
 
--- What the foreign key checked, as it did: after the row's own constraints, with the same
--- lock (KEY SHARE: a concurrent DELETE of the product waits for this transaction, and this
--- insert fails if the delete won).
-CREATE OR REPLACE FUNCTION stock_movements_product_exists() RETURNS trigger
-    LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS
-$$
-BEGIN
-    PERFORM FROM products WHERE id = NEW.product_id FOR KEY SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'product % does not exist', NEW.product_id
-            USING ERRCODE = 'foreign_key_violation', TABLE = 'stock_movements',
-                  COLUMN = 'product_id', CONSTRAINT = 'stock_movements_product_exists';
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER stock_movements_product_exists
-    AFTER INSERT OR UPDATE OF product_id ON stock_movements
-    FOR EACH ROW EXECUTE FUNCTION stock_movements_product_exists();
+-- The ledger's trigger (stock_movements_apply, below) checks that new movements name products
+-- that exist, set-wise; a row-level trigger did before, and planned its lookup once per
+-- session, which could leave it scanning the products once per movement.
+DROP TRIGGER IF EXISTS stock_movements_product_exists ON stock_movements;
+DROP FUNCTION IF EXISTS stock_movements_product_exists();
 
 -- Locations came with the third release: a movement names where it happened by the code the
 -- location had (kept when the location is deleted: the stock really moved there). A constant
@@ -642,17 +627,47 @@ CREATE OR REPLACE TRIGGER products_stock_created_bulk
 --           guards: a location below what it has reserved violates product_stock_reserved_check.
 --   totals  products.quantity moves by each product's sum; a transfer's sum is 0, so the
 --           product row, its updated_at and its ETag stay.
-CREATE OR REPLACE FUNCTION stock_movements_apply() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+-- Whether the planner would take product_stock or products for smaller than the rows a
+-- statement of movements is about to update there (each one exists, or the statement fails):
+-- statistics gathered when the table was nearly empty, or mostly dead rows, and not since.
+-- It scales reltuples by the pages the table has now, as the planner does.
+CREATE OR REPLACE FUNCTION stock_tables_misjudged(stock_rows bigint, product_rows bigint)
+    RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS
 $$
+    SELECT bool_or(c.relpages > 0 AND c.reltuples >= 0
+                   AND c.reltuples / c.relpages
+                       * (pg_relation_size(c.oid) / current_setting('block_size')::integer)
+                       < CASE WHEN c.oid = 'products'::regclass THEN product_rows
+                              ELSE stock_rows END)
+    FROM pg_class c
+    WHERE c.oid IN ('product_stock'::regclass, 'products'::regclass)
+$$;
+
+-- The statement is written once and run two ways. PL/pgSQL keeps a static statement's plan
+-- for the session, made from the sizes the tables and the transition table had at its first
+-- call: made on near-empty tables (a new database, just analyzed), it scans a table once per
+-- movement, harmless for the API's few but quadratic for a statement of thousands. So up to
+-- 32 movements (an adjustment, a transfer, an order's fulfilment) it runs static, its plan
+-- kept (planning it costs more than applying a few movements); above, EXECUTE plans it for
+-- the statement in hand. A kept plan is dropped when ANALYZE (autovacuum's too) updates a
+-- table's statistics. Planned afresh, it is still planned from statistics: when those are
+-- provably stale (stock_tables_misjudged), a nested loop would put the table the planner
+-- thinks has one row outside and the movements inside, quadratic again, so the statement runs
+-- with hash or merge joins only (linear in the table and the movements).
+DO $do$
 DECLARE
-    groups bigint;
-    applied bigint;
-BEGIN
     -- One statement: every part reads the rows as they were before it (the products' old
     -- states for `changed` included), and the events carry the states the UPDATE returns.
-    WITH runs AS (
+    apply text := $sql$
+    WITH present AS (
+        -- What the foreign key checked, as it did, with the same lock (KEY SHARE: a
+        -- concurrent DELETE of the product waits for this transaction, and these movements
+        -- fail if the delete won).
+        SELECT p.id FROM products p
+        WHERE EXISTS (SELECT FROM new_rows m WHERE m.product_id = p.id)
+        FOR KEY SHARE OF p
+    ), runs AS (
         SELECT m.product_id, lower(m.location) AS location, m.delta,
                m.quantity_after::bigint - sum(m.delta) OVER (
                    PARTITION BY m.product_id, lower(m.location) ORDER BY m.id) AS base
@@ -686,13 +701,46 @@ BEGIN
         INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
                                            movement_id)
         SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),
-               'product.updated', m.product_id,
-               coalesce(t.product, (SELECT product_json(p) FROM products p
-                                    WHERE p.id = m.product_id)),
+               'product.updated', m.product_id, coalesce(t.product, product_json(p)),
                coalesce(t.changed, '{}'), m.id
         FROM new_rows m FULL JOIN totals t ON t.id = m.product_id
+            LEFT JOIN products p ON p.id = m.product_id AND t.id IS NULL
     )
-    SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked) INTO groups, applied;
+    SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM stocked),
+           (SELECT min(m.product_id) FROM new_rows m
+            WHERE NOT EXISTS (SELECT FROM present x WHERE x.id = m.product_id))
+$sql$;
+BEGIN
+    EXECUTE format($fn$
+CREATE OR REPLACE FUNCTION stock_movements_apply() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, public, pg_temp SET plan_cache_mode = force_generic_plan AS
+$body$
+DECLARE
+    groups bigint;
+    applied bigint;
+    missing bigint;
+    nestloop text;
+BEGIN
+    IF (SELECT count(*) FROM (SELECT FROM new_rows LIMIT 33) m) <= 32 THEN
+%1$s    INTO groups, applied, missing;
+    ELSE
+        IF (SELECT stock_tables_misjudged(count(DISTINCT (m.product_id, lower(m.location))),
+                                          count(DISTINCT m.product_id))
+            FROM new_rows m) THEN
+            nestloop := current_setting('enable_nestloop');
+            PERFORM set_config('enable_nestloop', 'off', true);
+        END IF;
+        EXECUTE %2$L INTO groups, applied, missing;
+        IF nestloop IS NOT NULL THEN
+            PERFORM set_config('enable_nestloop', nestloop, true);
+        END IF;
+    END IF;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'product %% does not exist', missing
+            USING ERRCODE = 'foreign_key_violation', TABLE = 'stock_movements',
+                  COLUMN = 'product_id', CONSTRAINT = 'stock_movements_product_exists';
+    END IF;
     IF applied <> groups THEN
         RAISE EXCEPTION 'stock movements that do not follow the stock they move'
             USING ERRCODE = 'integrity_constraint_violation', TABLE = 'stock_movements',
@@ -705,7 +753,10 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$$;
+$body$
+$fn$, apply, apply);
+END
+$do$;
 
 CREATE OR REPLACE TRIGGER stock_movements_apply
     AFTER INSERT ON stock_movements REFERENCING NEW TABLE AS new_rows

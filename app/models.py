@@ -106,7 +106,7 @@ class StockMovement(Base):
     __tablename__ = "stock_movements"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    # No foreign key: movements outlive their product (trigger stock_movements_product_exists).
+    # No foreign key: movements outlive their product (the ledger's trigger checks new ones).
     product_id: Mapped[int] = mapped_column(BigInteger)
     delta: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
