@@ -1,7 +1,9 @@
 """Locations, the stock at each (/products/{sku}/stock, /locations/{code}/stock), transfers."""
 
 import asyncio
+import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from httpx import AsyncClient
@@ -174,6 +176,41 @@ async def test_the_stock_at_a_location_pages_and_speaks_csv_and_ndjson(
         '{"sku":"S-0","quantity":1,"reserved":0,"available":1}\n'
         '{"sku":"S-1","quantity":2,"reserved":0,"available":2}\n'
     )
+
+
+async def test_the_whole_stock_at_a_location_is_streamed_in_every_format(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    db.execute(
+        "INSERT INTO products (sku, name, price, quantity) "
+        "SELECT 'P-' || lpad(g::text, 4, '0'), 'n', 1, g FROM generate_series(1, 2500) g"
+    )
+    paged: list[dict[str, Any]] = []
+    url: str | None = "/locations/MAIN/stock?limit=1000"
+    while url is not None:
+        page = await client.get(url)
+        paged += page.json()
+        url = page.headers["link"].split(">")[0][1:] if "link" in page.headers else None
+
+    whole = await client.get("/locations/main/stock")
+    as_ndjson = await client.get(
+        "/locations/MAIN/stock", headers={"accept": "application/x-ndjson"}
+    )
+    as_csv = await client.get("/locations/MAIN/stock", headers={"accept": "text/csv"})
+    first = await client.get("/locations/MAIN/stock?limit=1000")
+    after = parse_qs(urlsplit(first.headers["link"].split(">")[0][1:]).query)["after"][0]
+    rest = await client.get("/locations/MAIN/stock", params={"after": after})
+
+    assert "content-length" not in whole.headers  # streamed, not held
+    assert len(paged) == 2500 and whole.json() == paged
+    assert [json.loads(line) for line in as_ndjson.text.splitlines()] == paged
+    assert as_csv.text.split("\r\n") == [
+        "sku,quantity,reserved,available",
+        *(f"{r['sku']},{r['quantity']},0,{r['quantity']}" for r in paged),
+        "",
+    ]
+    assert rest.json() == paged[1000:]
+    assert_problem(await client.get("/locations/NOPE/stock"), 404, "location_not_found")
 
 
 async def test_a_transfer_moves_units_and_leaves_the_totals_and_etag(

@@ -17,14 +17,16 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    true,
     tuple_,
     update,
 )
+from sqlalchemy.sql import Select
 
 from app.core.errors import refused
-from app.database import Connection, Database, compile_once
+from app.database import Bound, Connection, Database, compile_once
 from app.models import Location, Product, ProductStock
-from app.products.statements import PRODUCT_ROW, sku_is
+from app.products.statements import COPY_CSV, COPY_JSON_ROWS, PRODUCT_ROW, sku_is
 
 LOCATION_ROW = Location.__table__.table_valued()  # type: ignore[attr-defined]
 STOCK_ROW = ProductStock.__table__.table_valued()  # type: ignore[attr-defined]
@@ -65,22 +67,41 @@ _LOCATION_ID = compile_once(select(Location.id).where(code_is()))
 # products, reads them by product_stock's location index and sorts them: either way a page
 # costs its rows, not the location's size.
 _key = func.lower(Product.sku)
-_location_stock = (
-    select(
+
+
+def _at_location(*columns: Any) -> Select[Any]:
+    return (
+        select(*columns)
+        .join_from(ProductStock, Product, Product.id == ProductStock.product_id)
+        .where(
+            ProductStock.location_id == bindparam("location_id"),
+            (ProductStock.quantity != 0) | (ProductStock.reserved != 0),
+        )
+        .order_by(literal_column("lower(products.sku) USING ~<~"))
+    )
+
+
+_after = _key.op("~>~")(bindparam("after", type_=Text))
+_LOCATION_STOCK_PAGE = compile_once(
+    _at_location(
         cast(func.location_stock_json(PRODUCT_ROW, STOCK_ROW), Text).label("json"),
         _key.label("key"),
     )
-    .join_from(ProductStock, Product, Product.id == ProductStock.product_id)
-    .where(
-        ProductStock.location_id == bindparam("location_id"),
-        (ProductStock.quantity != 0) | (ProductStock.reserved != 0),
+    .where(_after)
+    .limit(bindparam("limit"))
+)
+# Every row, for a stream: JSON rows, or the CSV columns (the JSON's keys, in its order).
+_EXPORT_COLUMNS = {
+    False: (cast(func.location_stock_json(PRODUCT_ROW, STOCK_ROW), Text),),
+    True: (Product.sku, ProductStock.quantity, ProductStock.reserved, ProductStock.available),
+}
+_EXPORTS = {
+    (csv, after): compile_once(
+        _at_location(*_EXPORT_COLUMNS[csv]).where(_after if after else true())
     )
-    .order_by(literal_column("lower(products.sku) USING ~<~"))
-)
-_LOCATION_STOCK_PAGE = compile_once(
-    _location_stock.where(_key.op("~>~")(bindparam("after", type_=Text))).limit(bindparam("limit"))
-)
-_LOCATION_STOCK_ALL = compile_once(_location_stock)
+    for csv in (False, True)
+    for after in (False, True)
+}
 _TRANSFER = compile_once(
     select(
         cast(
@@ -146,23 +167,38 @@ async def product_stock(db: Database, *, sku: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+async def location_id(db: Database, *, code: str) -> int | None:
+    async with db.connection() as conn:
+        cur = await conn.execute(_LOCATION_ID.sql, _LOCATION_ID.params(code=code))
+        found = await cur.fetchone()
+    return None if found is None else int(found[0])
+
+
 async def location_stock_page(
-    db: Database, *, code: str, after: str | None, limit: int | None
+    db: Database, *, code: str, after: str | None, limit: int
 ) -> list[tuple[str, str]] | None:
-    """(json, sort key) of the products with stock or holds at a location, by SKU; None when
-    no location has the code."""
+    """(json, sort key) of the products with stock or holds at a location, by SKU, at most
+    `limit` after the key `after`; None when no location has the code."""
     async with db.connection() as conn:
         cur = await conn.execute(_LOCATION_ID.sql, _LOCATION_ID.params(code=code))
         found = await cur.fetchone()
         if found is None:
             return None
-        params: dict[str, Any] = {"location_id": int(found[0])}
-        statement = _LOCATION_STOCK_ALL
-        if limit is not None:
-            statement = _LOCATION_STOCK_PAGE
-            params |= {"after": after or "", "limit": limit}
+        params = {"location_id": int(found[0]), "after": after or "", "limit": limit}
+        statement = _LOCATION_STOCK_PAGE
         rows = await (await conn.execute(statement.sql, statement.params(**params))).fetchall()
     return [(str(json), str(key)) for json, key in rows]
+
+
+def location_stock_export(location_id: int, *, after: str | None, csv: bool) -> Bound:
+    """A COPY of every product with stock or holds at the location (after the key `after`),
+    by SKU: CSV with a header, or JSON rows; for a response to stream."""
+    statement = _EXPORTS[csv, after is not None]
+    params: dict[str, Any] = {"location_id": location_id}
+    if after is not None:
+        params["after"] = after
+    copy = psycopg.sql.SQL(COPY_CSV if csv else COPY_JSON_ROWS)
+    return Bound(copy.format(psycopg.sql.SQL(statement.sql)), statement.params(**params))
 
 
 async def transfer(

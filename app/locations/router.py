@@ -6,9 +6,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from app.core.errors import LocationNotFound, ProductNotFound, ValidationFailed
-from app.core.http.formats import Format, csv_field, json_array, negotiate
+from app.core.http.formats import FRAMINGS, Format, csv_field, json_array, negotiate
 from app.core.http.limits import JsonRoute
 from app.core.http.pagination import After, Limit, decode_cursor, encode_cursor, next_link
+from app.core.http.streaming import CopyStream
 from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
@@ -157,15 +158,24 @@ async def list_location_stock(
 ) -> Response:
     fmt = negotiate(accept)
     start = decode_cursor(after, str)[0] if after is not None else None
-
-    size = None if limit is None else limit + 1
+    if limit is None:
+        # Every product there, streamed like an export of GET /products.
+        found = await reads.run(lambda db: locations.location_id(db, code=code))
+        if found is None:
+            raise LocationNotFound(code)
+        return CopyStream(
+            reads,
+            locations.location_stock_export(found, after=start, csv=fmt is Format.CSV),
+            framing=FRAMINGS[fmt],
+            media_type=fmt.content_type,
+        )
     rows = await reads.run(
-        lambda db: locations.location_stock_page(db, code=code, after=start, limit=size)
+        lambda db: locations.location_stock_page(db, code=code, after=start, limit=limit + 1)
     )
     if rows is None:
         raise LocationNotFound(code)
     headers = {}
-    if limit is not None and len(rows) > limit:
+    if len(rows) > limit:
         rows = rows[:limit]
         headers["Link"] = next_link(request, encode_cursor(rows[-1][1]))
     texts = [json for json, _ in rows]
