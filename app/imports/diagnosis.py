@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, array
 
 from app.core.errors import CountsShort, DuplicateSku, ValidationFailed, field_error
 from app.database import Connection, compile_literal, compile_once
-from app.imports.parsing import IGNORED_FIELDS
+from app.imports.parsing import LOCATION_FIELD, STAGED_FIELDS
 from app.imports.staging import (
     COLUMNS,
     INTEGER,
@@ -130,7 +130,7 @@ ANY_REPEATED = compile_once(select(exists(select(_sku).group_by(_sku).having(fun
 
 
 # Records whose SKU exists (on_conflict=error: 409).
-_EXISTING = compile_literal(
+EXISTING = compile_literal(
     select(import_rows.c.n, literal("sku"), literal("exists:") + Product.sku).join(
         Product, same_sku
     )
@@ -149,18 +149,19 @@ _LISTED = """
 
 # A CSV record can span lines (quoted newlines): its first line is 1 (the header) plus the
 # records before it plus every newline inside them.
-_CSV_LINES = f"""
-    SELECT n, line FROM (
-        SELECT n, (1 + n + coalesce(sum(newlines) OVER (
-            ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS line
-        FROM (
-            SELECT n, (SELECT coalesce(sum(length(v) - length(replace(v, e'\\n', ''))), 0)
-                       FROM unnest(ARRAY[{", ".join((*CREATE_FIELDS, *IGNORED_FIELDS))}]) v
-                      ) AS newlines
-            FROM import_rows
-        ) r
-    ) x WHERE n = ANY(%s)
+CSV_LINE_NUMBERS = f"""
+    SELECT n, (1 + n + coalesce(sum(newlines) OVER (
+        ORDER BY n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS line
+    FROM (
+        SELECT n, (SELECT coalesce(sum(length(v) - length(replace(v, e'\\n', ''))), 0)
+                   FROM unnest(ARRAY[{", ".join(STAGED_FIELDS)}]) v
+                  ) AS newlines
+        FROM import_rows
+    ) r
 """
+
+
+_CSV_LINES = f"SELECT n, line FROM ({CSV_LINE_NUMBERS}) x WHERE n = ANY(%s)"
 
 
 # Only on the failure path: import_is_json (schema.sql) is slow but finds every bad line.
@@ -192,10 +193,11 @@ WRONG_SHAPE = f"""
         UNION ALL
         SELECT k, 'unknown_field'
         FROM jsonb_object_keys(CASE jsonb_typeof(d.doc) WHEN 'object' THEN d.doc ELSE '{{}}' END) k
-        WHERE k <> ALL (ARRAY[{", ".join(f"'{f}'" for f in (*CREATE_FIELDS, *IGNORED_FIELDS))}])
+        WHERE k <> ALL (ARRAY[{", ".join(f"'{f}'" for f in STAGED_FIELDS)}])
         UNION ALL
         SELECT f.name, 'wrong_type'
-        FROM (VALUES {", ".join(f"('{f}', ARRAY{list(_json_types(f))!r})" for f in CREATE_FIELDS)})
+        FROM (VALUES {", ".join(f"('{f}', ARRAY{list(_json_types(f))!r})" for f in CREATE_FIELDS)},
+                     ('{LOCATION_FIELD}', ARRAY['string', 'null']))
              AS f(name, types)
         WHERE d.doc ? f.name AND jsonb_typeof(d.doc -> f.name) <> ALL (f.types)
         UNION ALL
@@ -270,20 +272,23 @@ _SHORT = compile_literal(
 )
 
 
+async def invalid_records(
+    conn: Connection, on_conflict: OnConflict, columns: list[str], repeated: str
+) -> str:
+    """The (record, field, problem) rows of every value a product cannot take, and of the
+    records `repeated` finds."""
+    return " UNION ALL ".join(
+        [_type_problems(on_conflict, columns), await _check_violations(conn, on_conflict), repeated]
+    )
+
+
 async def diagnose(
     conn: Connection, line_of: LineNumbers, on_conflict: OnConflict, columns: list[str]
 ) -> None:
     """After a failed write: raise the 422 or 409 naming the records at fault, if found."""
-    invalid = " UNION ALL ".join(
-        [
-            _type_problems(on_conflict, columns),
-            await _check_violations(conn, on_conflict),
-            REPEATED,
-        ]
-    )
-    await report(conn, invalid, line_of, existing=False)
+    await report(conn, await invalid_records(conn, on_conflict, columns, REPEATED), line_of)
     if on_conflict == "error":
-        await report(conn, _EXISTING, line_of, existing=True)
+        await report(conn, EXISTING, line_of, existing=True)
     if on_conflict == "update":
         await report(conn, _SHORT, line_of, short=True)
 
@@ -319,8 +324,9 @@ async def report(
 
 
 def _earlier(problem: str) -> int | None:
+    """The record a problem refers to as well (named by its line in the message)."""
     kind, _, value = problem.partition(":")
-    return int(value) if kind == "file" else None
+    return int(value) if kind in ("file", "at_repeat", "disagrees") else None
 
 
 def _message(problem: str, lines: dict[int, int]) -> str:
@@ -331,6 +337,18 @@ def _message(problem: str, lines: dict[int, int]) -> str:
         return f"a product with SKU '{value}' already exists"
     if kind == "short":
         return f"would leave MAIN with fewer units than it has reserved ({value} available)"
+    if kind == "reserved":
+        code, _, reserved = value.rpartition(":")
+        return f"would leave {code} with fewer units than it has reserved ({reserved})"
+    if kind == "no_location":
+        return f"'{value}' is not a location"
+    if kind == "at_repeat":
+        return f"repeats the SKU and location of line {lines[int(value)]}"
+    if kind == "disagrees":
+        return (
+            f"differs from line {lines[int(value)]}: the records of one SKU must agree on "
+            "every field but quantity and location"
+        )
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     rule = rule_for(problem)

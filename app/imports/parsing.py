@@ -23,6 +23,15 @@ NDJSON = "application/x-ndjson"
 IGNORED_FIELDS = ("id", "reserved", "available", "created_at", "updated_at")
 
 
+# Where a record's quantity is: a file that gives it is a stock count per location
+# (app.imports.located).
+LOCATION_FIELD = "location"
+
+
+# Every column a staged record may have.
+STAGED_FIELDS = (*CREATE_FIELDS, *IGNORED_FIELDS, LOCATION_FIELD)
+
+
 _COPY_LINE = re.compile(r"\bline (\d+)")
 
 
@@ -53,7 +62,7 @@ def csv_header(head: bytes, required: frozenset[str]) -> list[str]:
     problems = [
         field_error(n or "header", "is not a product field", line=1)
         for n in names
-        if n not in CREATE_FIELDS and n not in IGNORED_FIELDS
+        if n not in STAGED_FIELDS
     ]
     problems += [
         field_error(n, "appears more than once", line=1)
@@ -66,6 +75,7 @@ def csv_header(head: bytes, required: frozenset[str]) -> list[str]:
         raise ValidationFailed(
             "The CSV header must name product fields: "
             + ", ".join(CREATE_FIELDS)
+            + f", and {LOCATION_FIELD} (where each record's quantity is)"
             + " ("
             + ", ".join(sorted(required))
             + " required; "

@@ -23,6 +23,7 @@ import psycopg
 
 from app.changes import queries as changes
 from app.database import Connection, savepoint
+from app.imports import located
 from app.imports.diagnosis import (
     ANY_REPEATED,
     INVALID_JSON,
@@ -34,8 +35,17 @@ from app.imports.diagnosis import (
     ndjson_lines,
     report,
 )
-from app.imports.parsing import CSV, SPOOL_MEMORY, _head, csv_header, then, unspool
+from app.imports.parsing import (
+    CSV,
+    LOCATION_FIELD,
+    SPOOL_MEMORY,
+    _head,
+    csv_header,
+    then,
+    unspool,
+)
 from app.imports.staging import (
+    ANY_LOCATED,
     NO_BITMAP_SCANS,
     REQUIRED,
     Imported,
@@ -71,12 +81,17 @@ async def import_products(
     await conn.execute(NO_BITMAP_SCANS)
     if media_type != CSV:
         await _stage_ndjson(conn, body, given=on_conflict == "update")
+        if await _located(conn):
+            return await _counted(conn, on_conflict, [], csv=False)
         return await _staged_write(conn, on_conflict, [], ndjson_lines)
     stream = aiter(body)
     head = await _head(stream)
     # Every record of an `error` import creates a product; otherwise only new SKUs do, and
     # a file naming existing products (a stock count: sku,quantity) needs no more columns.
     columns = csv_header(head, REQUIRED if on_conflict == "error" else frozenset({"sku"}))
+    if LOCATION_FIELD in columns:
+        await copy_csv(conn, then(head, stream), columns)
+        return await _counted(conn, on_conflict, columns, csv=True)
     if on_conflict != "error" or not set(columns) <= set(CREATE_FIELDS):
         # skip/update are chosen for files that name existing products, where COPY into
         # the table fails; ignored columns cannot be left out of a COPY.
@@ -89,6 +104,12 @@ async def import_products(
         # Something in the file is wrong: the staging table and the diagnosis say what.
         await copy_csv(conn, unspool(spooled), columns)
     return await _staged_write(conn, on_conflict, columns, csv_lines)
+
+
+async def _located(conn: Connection) -> bool:
+    """Whether any staged NDJSON record gives a location (then all are counts by location)."""
+    row = await (await conn.execute(ANY_LOCATED.sql)).fetchone()
+    return bool(row and row[0])
 
 
 async def _staged_write(
@@ -107,6 +128,15 @@ async def _staged_write(
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
         await diagnose(conn, line_of, on_conflict, columns)
         raise
+
+
+async def _counted(
+    conn: Connection, on_conflict: OnConflict, columns: list[str], *, csv: bool
+) -> Imported:
+    """A file with locations: checked whole, its products written, then its counts."""
+    written = await located.reduce(conn, on_conflict, columns, csv=csv)
+    await _staged_write(conn, on_conflict, written, located.lines)
+    return await located.count(conn, on_conflict)
 
 
 async def _stage_ndjson(conn: Connection, body: AsyncIterator[bytes], *, given: bool) -> None:

@@ -35,7 +35,8 @@ from sqlalchemy.schema import CreateTable
 
 from app.database import Connection, compile_once, savepoint
 from app.imports.parsing import (
-    IGNORED_FIELDS,
+    LOCATION_FIELD,
+    STAGED_FIELDS,
     CsvRecords,
     EndMarkerGuard,
     bad_line,
@@ -80,7 +81,7 @@ import_rows = Table(
     "import_rows",
     MetaData(),
     Column("n", BigInteger, Identity(always=False), nullable=False),
-    *(Column(name, Text) for name in (*CREATE_FIELDS, *IGNORED_FIELDS)),
+    *(Column(name, Text) for name in STAGED_FIELDS),
     Column("given", ARRAY(Text)),
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DROP",
@@ -160,6 +161,13 @@ _INSERT_NEW = compile_once(insert(Product).from_select(list(CREATE_FIELDS), _new
 _COUNT = compile_once(select(func.count()).select_from(import_rows))
 
 
+ANY_LOCATED = compile_once(select(exists().where(import_rows.c[LOCATION_FIELD].is_not(None))))
+
+
+# A record that changes its product (a field it gives differs).
+EDITS = or_(*(Product.__table__.c[n].is_distinct_from(_new_value(n)) for n in UPDATE_FIELDS))
+
+
 # --- on_conflict=update: one statement, so a count's quantity and its movement go together.
 # The products to change, locked in id order (concurrent imports cannot deadlock), read as
 # they are once locked: the movement's delta is against the total the count replaces.
@@ -171,7 +179,7 @@ _changed = (
     )
     .join_from(import_rows, Product, same_sku)
     # Records identical to their product change nothing, not even updated_at.
-    .where(or_(*(Product.__table__.c[n].is_distinct_from(_new_value(n)) for n in UPDATE_FIELDS)))
+    .where(EDITS)
     .order_by(Product.id)
     .with_for_update(of=Product)
     .cte("changed")
@@ -277,8 +285,8 @@ _NDJSON_PARSE = """
 
 
 _FROM_DOCS = f"""
-    INSERT INTO import_rows (n, {", ".join(CREATE_FIELDS)}, given)
-    SELECT n, {", ".join(f"doc ->> '{f}'" for f in CREATE_FIELDS)}, {{given}}
+    INSERT INTO import_rows (n, {", ".join((*CREATE_FIELDS, LOCATION_FIELD))}, given)
+    SELECT n, {", ".join(f"doc ->> '{f}'" for f in (*CREATE_FIELDS, LOCATION_FIELD))}, {{given}}
     FROM import_docs
 """
 
