@@ -153,15 +153,22 @@ _REDUCE = compile_literal(
         import_rows.c.n.in_(select(_firsts.c.n).where(_firsts.c.n > _firsts.c.first))
     )
 )
+# A join, not a subquery per record: neither staging table has an index.
 _main_count = (
-    select(cast(import_at.c.quantity, Text))
-    .where(import_at.c.key == _sku, import_at.c.location_id == MAIN_LOCATION_ID)
-    .scalar_subquery()
+    select(import_rows.c.n, cast(import_at.c.quantity, Text).label("quantity"))
+    .outerjoin(
+        import_at,
+        and_(import_at.c.key == _sku, import_at.c.location_id == MAIN_LOCATION_ID),
+    )
+    .subquery()
 )
 _TO_PRODUCTS = compile_literal(
-    update(import_rows).values(
-        quantity=_main_count, given=func.array_remove(import_rows.c.given, "quantity")
+    update(import_rows)
+    .values(
+        quantity=_main_count.c.quantity,
+        given=func.array_remove(import_rows.c.given, "quantity"),
     )
+    .where(import_rows.c.n == _main_count.c.n)
 )
 # Products whose fields the write will change (before it does): their records count as
 # updated whatever their counts do.
