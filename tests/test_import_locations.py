@@ -1,6 +1,7 @@
 """POST /products/import with a `location` column: a stock count per location, new products
 landing where their records say, every record checked before anything is written."""
 
+import time
 from typing import Any
 
 import pytest
@@ -218,3 +219,29 @@ async def test_a_count_below_a_location_s_holds_is_409_naming_the_line(
         }
     ]
     assert (stock(db), movements(db)) == before
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+async def test_a_large_file_of_counts_takes_time_in_proportion_to_its_records(
+    client: AsyncClient, db: Connection[Any]
+) -> None:
+    # 100,000 records at two locations: about 10 s here. A statement that read a staging table
+    # once per record (neither has an index) made 100,000 take over ten minutes; this one
+    # would take minutes. The bound sits far from both.
+    await _locations(client, "WH-2")
+    body = "sku,name,price,quantity,location\n" + "".join(
+        f"L-{i // 2},Name {i // 2},1.50,{i % 7},{'MAIN' if i % 2 else 'WH-2'}\n"
+        for i in range(100_000)
+    )
+
+    started = time.monotonic()
+    done = await post(client, body)
+    took = time.monotonic() - started
+
+    assert counts(done) == (100_000, 0, 0)
+    assert took < 60, took
+    assert db.execute("SELECT count(*), sum(quantity) FROM products").fetchone() == (
+        50_000,
+        sum(i % 7 for i in range(100_000)),
+    )
