@@ -155,42 +155,35 @@ async def _change(
     )
 
 
-@router.post(
-    "/{id}/fulfil",
-    operation_id="fulfilReservation",
-    response_model=ReservationRead,
-    responses=problems(404, 409),
-    summary="The held units leave stock (one movement, reason sold, per allocation)",
-)
-async def fulfil_reservation(
-    reservation_id: ReservationId,
-    idempotency: IdempotencyDep,
-    credential: Credential,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    return await _change(
-        idempotency, credential, idempotency_key, reservation_id, "fulfil",
-        "POST /reservations/{id}/fulfil", (str(reservation_id),),
-    )  # fmt: skip
+def _ending(action: str, operation_id: str, summary: str) -> None:
+    """POST /reservations/{id}/<action>: fulfil and release differ only in the action."""
+
+    async def end_reservation(
+        reservation_id: ReservationId,
+        idempotency: IdempotencyDep,
+        credential: Credential,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response:
+        return await _change(
+            idempotency, credential, idempotency_key, reservation_id, action,
+            f"POST /reservations/{{id}}/{action}", (str(reservation_id),),
+        )  # fmt: skip
+
+    router.post(
+        f"/{{id}}/{action}",
+        operation_id=operation_id,
+        response_model=ReservationRead,
+        responses=problems(404, 409),
+        summary=summary,
+    )(end_reservation)
 
 
-@router.post(
-    "/{id}/release",
-    operation_id="releaseReservation",
-    response_model=ReservationRead,
-    responses=problems(404, 409),
-    summary="Give the held units back",
+_ending(
+    "fulfil",
+    "fulfilReservation",
+    "The held units leave stock (one movement, reason sold, per allocation)",
 )
-async def release_reservation(
-    reservation_id: ReservationId,
-    idempotency: IdempotencyDep,
-    credential: Credential,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    return await _change(
-        idempotency, credential, idempotency_key, reservation_id, "release",
-        "POST /reservations/{id}/release", (str(reservation_id),),
-    )  # fmt: skip
+_ending("release", "releaseReservation", "Give the held units back")
 
 
 @router.patch(
