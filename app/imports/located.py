@@ -43,16 +43,15 @@ from app.database import Connection, compile_literal, compile_once
 from app.imports.diagnosis import CSV_LINE_NUMBERS, EXISTING, invalid_records, report
 from app.imports.parsing import LOCATION_FIELD
 from app.imports.staging import (
-    COUNT_NOTE,
-    COUNT_REASON,
     EDITS,
     Imported,
     OnConflict,
+    count_movements,
     import_rows,
     same_sku,
     typed,
 )
-from app.models import MAIN_LOCATION_ID, Location, Product, ProductStock, StockMovement
+from app.models import MAIN_LOCATION_ID, Location, Product, ProductStock
 from app.products.queries import CREATE_FIELDS
 
 # The fields every record of one product must give alike.
@@ -246,21 +245,11 @@ def _counts(skip: bool) -> tuple[str, str, str, str]:
         .where(targets.c.quantity != ProductStock.quantity)
         .cte("moves")
     )
-    moved = (
-        insert(StockMovement)
-        .from_select(
-            ["product_id", "location", "delta", "reason", "note", "quantity_after"],
-            select(
-                moves.c.product_id,
-                moves.c.code,
-                moves.c.delta,
-                literal(COUNT_REASON),
-                literal(COUNT_NOTE),
-                moves.c.quantity,
-            ).order_by(moves.c.product_id, moves.c.location_id),
+    moved = count_movements(
+        select(moves.c.product_id, moves.c.code, moves.c.delta, moves.c.quantity).order_by(
+            moves.c.product_id, moves.c.location_id
         )
-        .cte("moved")
-    )
+    ).cte("moved")
     # (created, updated, records): per record, as every import counts.
     counted = compile_literal(
         select(

@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql import Insert, Select
 
 from app.database import Connection, compile_once, savepoint
 from app.imports.parsing import (
@@ -211,25 +212,31 @@ _updated = (
 )
 
 
-_counted = (
-    insert(StockMovement)
-    .from_select(
+def count_movements(moves: Select[Any]) -> Insert:
+    """A stock count's movements, one per changed quantity: `moves` selects (product id,
+    location code, delta, quantity after)."""
+    product_id, location, delta, after = moves.selected_columns
+    return insert(StockMovement).from_select(
         ["product_id", "location", "delta", "reason", "note", "quantity_after"],
-        select(
-            _changed.c.id,
-            literal(MAIN_LOCATION),
-            _changed.c.quantity - _changed.c.old_quantity,
-            literal(COUNT_REASON),
-            literal(COUNT_NOTE),
-            _main.c.quantity + _changed.c.quantity - _changed.c.old_quantity,
-        )
-        # Outer: a record that gives no quantity (NULL) fails on the movement's NOT NULL, so
-        # the diagnosis names it, as it does every other value a product cannot take.
-        .join_from(_changed, _main, _main.c.product_id == _changed.c.id, isouter=True)
-        .where(_recounted),
+        moves.with_only_columns(
+            product_id, location, delta, literal(COUNT_REASON), literal(COUNT_NOTE), after,
+            maintain_column_froms=True,
+        ),
+    )  # fmt: skip
+
+
+_counted = count_movements(
+    select(
+        _changed.c.id,
+        literal(MAIN_LOCATION),
+        _changed.c.quantity - _changed.c.old_quantity,
+        _main.c.quantity + _changed.c.quantity - _changed.c.old_quantity,
     )
-    .cte("counted")
-)
+    # Outer: a record that gives no quantity (NULL) fails on the movement's NOT NULL, so
+    # the diagnosis names it, as it does every other value a product cannot take.
+    .join_from(_changed, _main, _main.c.product_id == _changed.c.id, isouter=True)
+    .where(_recounted)
+).cte("counted")
 # (edited, updated, matched): products whose fields changed, products changed at all, and
 # records naming an existing product. The edits are counted first, so each product is locked
 # as the statement reaches it, after the edits of those before it: what a count changes is
