@@ -56,7 +56,7 @@ class Cluster:
 
     `host` is the directory of the superuser's unix socket (the superuser has no password
     and no TCP access); the service role connects over TCP on `app_host`. `script` is the
-    command line of the checkout it runs from (a copied checkout in tests/test_deploy.py).
+    command line of the checkout it runs from (a copied checkout in tests/test_migrate.py).
     """
 
     data_dir: Path

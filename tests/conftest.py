@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,16 @@ from pytest_postgresql import factories
 
 from app.config import Settings
 from app.main import create_app
-from tests.cluster import REPO, Cluster, bouncer, new_cluster, remove_cluster, via
+from tests.cluster import (
+    REPO,
+    Cluster,
+    bouncer,
+    make_checkout,
+    new_cluster,
+    new_data_dir,
+    remove_cluster,
+    via,
+)
 from tests.databases import Databases
 from tests.stock_helpers import Overlap, broken_ledgers
 
@@ -199,3 +209,15 @@ def analyst_dsn(db: Connection[Any], pg_server: Cluster) -> Iterator[str]:
         yield f"postgresql://{name}:{password}@{host}/{db.info.dbname}"
     finally:
         db.execute(f"DROP ROLE {name}")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of its own, run from a copied checkout (its schema.sql may be edited)."""
+    cluster = Cluster(
+        data_dir=new_data_dir(), script=make_checkout(tmp_path / "checkout") / "db" / "cluster.sh"
+    )
+    try:
+        yield cluster
+    finally:
+        remove_cluster(cluster)

@@ -182,3 +182,85 @@ def test_status_and_stop_cover_a_scale_topology_left_on_disk(
     assert "API instance 2: not running" in status.stdout
     stopped = checkout.run("stop")
     assert stopped.returncode == 0, stopped.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# ./run.sh: one server per data dir
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_second_run_sh_is_refused_and_stop_still_stops_the_first(tmp_path: Path) -> None:
+    data_dir = new_data_dir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "INVENTORY_PG_PORT": str(free_port()),
+        "INVENTORY_DATA_DIR": str(data_dir),
+        "INVENTORY_PG_FAST": "1",
+        "INVENTORY_NO_DOCKER": "1",
+        "CI": "true",
+    }
+    for key in ("DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR", "HOST"):
+        env.pop(key, None)
+    readyz = f"http://127.0.0.1:{port}/readyz"
+    metrics = data_dir / "metrics"
+
+    def run_sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(REPO / "run.sh"), *args], env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen(
+            ["bash", str(REPO / "run.sh")], env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while get(readyz) != 200:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()
+            time.sleep(0.5)
+        assert get(f"http://127.0.0.1:{port}/healthz") == 200
+        counters = sorted(metrics.glob("*.db"))
+        assert counters
+
+        second = run_sh()
+        assert second.returncode != 0
+        assert "the API is already running" in second.stderr
+        assert str(data_dir) in second.stderr
+        assert f"pid {first.pid}" in second.stderr
+        assert f"http://127.0.0.1:{port}" in second.stderr
+
+        assert first.poll() is None
+        assert get(readyz) == 200
+        api_pid = (data_dir / "uvicorn.pid").read_text().strip()
+        assert "uvicorn" in Path(f"/proc/{api_pid}/cmdline").read_text()
+        assert set(counters) <= set(metrics.glob("*.db"))
+
+        stopped = run_sh("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert first.wait(timeout=30) is not None
+        assert get(readyz) == 0
+        status = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "status"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert status.returncode == 3, status.stdout
+    finally:
+        if first.poll() is None:
+            first.terminate()
+            first.wait(timeout=30)
+        run_sh("destroy", "--yes")
+        # Whatever run.sh did, the cluster must not outlive its data dir.
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "destroy", "--yes"], env=env, check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)
