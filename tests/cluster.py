@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,6 +133,22 @@ class Cluster:
 
 def new_cluster() -> Cluster:
     return Cluster(data_dir=new_data_dir())
+
+
+@contextmanager
+def watched(cluster: Cluster) -> Iterator[Cluster]:
+    """`cluster` removed however this process ends: a watchdog in a session of its own
+    (tests/cluster_watchdog.py) removes it if this process dies without doing so."""
+    dog = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster_watchdog", str(os.getpid()),
+         str(cluster.data_dir), str(cluster.port)],
+        cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield cluster
+    finally:
+        dog.terminate()
+        dog.wait()
 
 
 def remove_cluster(cluster: Cluster) -> None:

@@ -32,6 +32,7 @@ from tests.cluster import (
     new_data_dir,
     remove_cluster,
     via,
+    watched,
 )
 from tests.databases import Databases
 from tests.stock_helpers import Overlap, broken_ledgers
@@ -45,11 +46,12 @@ ClientFactory = Callable[..., AbstractAsyncContextManager[AsyncClient]]
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Cluster]:
     cluster = new_cluster()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        remove_cluster(cluster)
+    with watched(cluster):
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            remove_cluster(cluster)
 
 
 # schema.sql is loaded once per run into a template database; tests get clones of it.
