@@ -354,6 +354,29 @@ async def test_never_oversell_under_a_storm_from_two_services(
     print({k: {c: v.count(c) for c in set(v)} for k, v in statuses.items()}, item)
 
 
+@pytest.mark.parametrize(
+    "count",
+    [b"sku,quantity\nA-1,1\n", b"sku,quantity,location\nA-1,1,MAIN\n"],
+    ids=["total", "per-location"],
+)
+async def test_a_count_is_never_refused_for_units_only_expired_holds_had(
+    client: AsyncClient, db: Connection[Any], count: bytes
+) -> None:
+    await _stocked(client, "A-1", MAIN=5)
+    held = (await _reserve(client, line("A-1", 3))).json()
+    # Past its expiry, and the sweep (not running here) has not reached it.
+    db.execute("UPDATE reservations SET expires_at = now() - interval '1 second'")
+
+    response = await client.post(
+        "/products/import?on_conflict=update", content=count, headers={"content-type": "text/csv"}
+    )
+
+    assert response.status_code == 201, response.text
+    assert (await client.get(f"/reservations/{held['id']}")).json()["status"] == "expired"
+    assert db.execute("SELECT quantity, reserved FROM products").fetchone() == (1, 0)
+    assert db.execute(BROKEN_HOLDS).fetchall() == []
+
+
 async def test_a_count_that_would_take_reserved_units_is_409_naming_the_line(
     client: AsyncClient, db: Connection[Any]
 ) -> None:

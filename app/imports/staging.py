@@ -212,6 +212,20 @@ _updated = (
 )
 
 
+# Before a count: the holds on the file's products that are past their expiry end now, so
+# that no count is refused for units only they held (the sweep may not have reached them).
+EXPIRE_HELD = compile_once(
+    select(
+        func.reservations_expire_for(
+            select(func.array_agg(Product.id))
+            .join_from(import_rows, Product, same_sku)
+            .where(Product.reserved > 0)
+            .scalar_subquery()
+        )
+    )
+)
+
+
 def count_movements(moves: Select[Any]) -> Insert:
     """A stock count's movements, one per changed quantity: `moves` selects (product id,
     location code, delta, quantity after)."""
@@ -323,6 +337,7 @@ async def write(conn: Connection, on_conflict: OnConflict, columns: list[str]) -
         created = (await conn.execute(_INSERT_NEW.sql)).rowcount
         assert total is not None
         return Imported(created, 0, int(total[0]) - created)
+    await conn.execute(EXPIRE_HELD.sql, EXPIRE_HELD.params())
     await conn.execute(_STOCK_MAIN.sql, _STOCK_MAIN.params(columns=columns))
     cur = await conn.execute(_UPDATE.sql, _UPDATE.params(columns=columns))
     counts = await cur.fetchone()
