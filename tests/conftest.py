@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -223,3 +224,25 @@ def scratch(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         remove_cluster(cluster)
+
+
+@pytest.fixture
+def connect(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[Any]:
+    """Opens more superuser sessions on the test's database; closes them afterwards."""
+    opened: list[Connection[Any]] = []
+
+    def _connect(autocommit: bool = False) -> Connection[Any]:
+        conn = psycopg.connect(pg_server.admin_dsn(postgresql.info.dbname), autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield _connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def app_db(postgresql: Connection[Any], pg_server: Cluster) -> Iterator[Connection[Any]]:
+    """A session as the service's role."""
+    with psycopg.connect(pg_server.app_dsn(postgresql.info.dbname), autocommit=True) as conn:
+        yield conn
