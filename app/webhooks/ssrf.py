@@ -124,6 +124,11 @@ class Resolver:
         late = AddressRefused(f"the host did not resolve within {self._timeout:g} s")
         with anyio.move_on_after(self._timeout) as waiting:
             async with self._slots:
+                # A slot freed near the deadline (the lookups before timed out): too late to
+                # be answered in time, so nobody asks the nameserver a question whose answer
+                # no one would wait for.
+                if waiting.deadline - anyio.current_time() < self._timeout / 4:
+                    raise late
                 try:
                     result = await self._dns.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
                 except aiodns.error.DNSError as exc:
