@@ -695,9 +695,10 @@ DECLARE
         RETURNING p.id, product_json(p) AS product, product_changed_fields(b.product, p) AS changed
     ), logged AS (
         -- FULL JOIN, and nothing filtering either side (a filter would let the planner make
-        -- it a left join): two row sets meet by hash or merge, never a nested loop, as a plan
-        -- made for a session's first one-row statement also runs its million-row one. Every
-        -- product in totals has movements here, so no row lacks its movement.
+        -- it a left join): two row sets meet by hash or merge, never a nested loop, as the
+        -- plan kept from a session's first one-row statement also runs statements of up to
+        -- 32 movements. Every product in totals has movements here, so no row lacks its
+        -- movement.
         INSERT INTO product_change_events (stmt, k, type, product_id, product, changed,
                                            movement_id)
         SELECT (SELECT nextval('product_change_statements')), row_number() OVER (ORDER BY m.id),

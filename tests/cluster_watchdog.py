@@ -23,7 +23,7 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process now has the number: ours is gone, but rare
+        return False  # another user's process has the number now: ours is gone
     return True
 
 

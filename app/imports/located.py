@@ -51,7 +51,7 @@ from app.imports.staging import (
     same_sku,
     typed,
 )
-from app.models import MAIN_LOCATION_ID, Location, Product, ProductStock
+from app.models import MAIN_LOCATION, MAIN_LOCATION_ID, Location, Product, ProductStock
 from app.products.queries import CREATE_FIELDS
 
 # The fields every record of one product must give alike.
@@ -76,7 +76,7 @@ import_at = Table(
 _CREATE = compile_literal(CreateTable(import_at))
 
 _sku = func.lower(import_rows.c.sku)
-_code = func.coalesce(func.nullif(import_rows.c[LOCATION_FIELD], ""), literal("MAIN"))
+_code = func.coalesce(func.nullif(import_rows.c[LOCATION_FIELD], ""), literal(MAIN_LOCATION))
 
 
 def _places(lines: Any) -> str:
@@ -185,8 +185,6 @@ def _targets(skip: bool) -> Any:
         select(
             import_at.c.n,
             import_at.c.quantity,
-            import_at.c.existed,
-            import_at.c.edited,
             import_at.c.location_id,
             Product.id.label("product_id"),
         )
