@@ -93,14 +93,35 @@ async def require_writer(request: Request, credentials: _Bearer) -> str:
 # request, so the router's check is not run twice.
 Credential = Annotated[str, Depends(require_token)]
 
+
+def shortcut_credential(request: Request) -> str | None:
+    """What require_token returns, for a shortcut (app.core.http.shortcuts) of a guarded
+    route; None when the token has not been checked yet (the route's dependencies will).
+
+    Raises Forbidden as require_token does.
+    """
+    access: Access = request.state.access
+    caller: Caller | None = request.scope.get(CALLER_KEY)
+    if caller is None:
+        if not access.open:
+            return None
+        caller = access.authenticate(None)
+    return access.authorize(caller, request.method)
+
+
 _SKU = re.compile(SKU_PATTERN)
 # bigint, as the id columns are.
 _ID = re.compile(r"^[0-9]{1,18}$")
 
 
+def is_name(value: str) -> bool:
+    """Whether a path segment can be a SKU or a location code."""
+    return len(value) <= SKU_MAX and _SKU.match(value) is not None
+
+
 def _named(value: str, missing: Callable[[str], Exception]) -> str:
     # A path segment that cannot be a SKU or a code names nothing: 404 without a query.
-    if len(value) > SKU_MAX or not _SKU.match(value):
+    if not is_name(value):
         raise missing(value)
     return value
 

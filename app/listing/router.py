@@ -1,14 +1,16 @@
 """GET /products: every product (streamed) or one page, filtered; JSON, CSV or NDJSON."""
 
+import re
 from dataclasses import replace
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from app.core.errors import ValidationFailed
 from app.core.http.formats import FRAMINGS, Format, negotiate
 from app.core.http.pagination import (
+    PAGE_MAX,
     After,
     Limit,
     decode_cursor,
@@ -16,15 +18,18 @@ from app.core.http.pagination import (
     invalid_cursor,
     next_link,
 )
+from app.core.http.shortcuts import ShortcutRoute, shortcut
 from app.core.http.streaming import CopyStream
 from app.core.openapi import problems
-from app.deps import ReadsDep
+from app.deps import ReadsDep, shortcut_credential
 from app.listing import queries as listing
 from app.listing.rendering import render_page
 from app.products.schemas import ProductRead
 from app.rules import QUANTITY_MAX, SKU_CHARS_PATTERN, SKU_MAX
 
-router = APIRouter(prefix="/products", tags=["products"], responses=problems(503))
+router = APIRouter(
+    prefix="/products", tags=["products"], responses=problems(503), route_class=ShortcutRoute
+)
 
 SkuPrefix = Annotated[
     str | None,
@@ -76,6 +81,25 @@ def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
         raise invalid_cursor() from None
 
 
+_PAGE_SIZE = re.compile(r"[1-9][0-9]{0,3}")
+
+
+async def _plain_page(request: Request) -> dict[str, Any] | None:
+    # The common page: `?limit=N` alone, N within Limit's bounds.
+    query = request.query_params.multi_items()
+    if len(query) != 1 or query[0][0] != "limit" or not _PAGE_SIZE.fullmatch(query[0][1]):
+        return None
+    limit = int(query[0][1])
+    if limit > PAGE_MAX or shortcut_credential(request) is None:
+        return None
+    return {
+        "request": request,
+        "reads": request.state.reads,
+        "limit": limit,
+        "accept": request.headers.get("accept"),
+    }
+
+
 @router.get(
     "",
     operation_id="listProducts",
@@ -86,6 +110,7 @@ def _position(cursor: str, query: listing.Listing) -> tuple[datetime, int]:
     },
     summary="List products oldest first: everything (streamed) or one page; JSON, CSV, NDJSON",
 )
+@shortcut(_plain_page)
 async def list_products(
     request: Request,
     reads: ReadsDep,

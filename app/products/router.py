@@ -1,12 +1,14 @@
 """/products: add, list, look up, change and delete products."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import ValidationError
 
 from app.core.errors import ProductNotFound
 from app.core.http import etags
 from app.core.http.limits import JsonRoute
+from app.core.http.shortcuts import shortcut
 from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
@@ -15,6 +17,8 @@ from app.deps import (
     IdempotencyDep,
     IdempotencyKey,
     ProductSku,
+    is_name,
+    shortcut_credential,
 )
 from app.products import queries as products
 from app.products.schemas import ProductCreate, ProductRead, ProductUpdate
@@ -52,6 +56,25 @@ def _json(
     )
 
 
+async def _plain_create(request: Request) -> dict[str, Any] | None:
+    # The common create: no query string, no Idempotency-Key, a valid body.
+    if request.scope["query_string"] or "idempotency-key" in request.headers:
+        return None
+    credential = shortcut_credential(request)
+    if credential is None:
+        return None
+    try:
+        body = ProductCreate.model_validate(await request.json())
+    except ValidationError:
+        return None
+    return {
+        "body": body,
+        "idempotency": request.state.idempotency,
+        "credential": credential,
+        "idempotency_key": None,
+    }
+
+
 @router.post(
     "",
     operation_id="createProduct",
@@ -60,6 +83,7 @@ def _json(
     responses=problems(409, 422),
     summary="Add a product",
 )
+@shortcut(_plain_create)
 async def create_product(
     body: ProductCreate,
     idempotency: IdempotencyDep,
@@ -79,6 +103,20 @@ async def create_product(
     )
 
 
+async def _plain_lookup(request: Request) -> dict[str, Any] | None:
+    # The common lookup: a well-formed SKU, no query string.
+    sku: str = request.path_params["sku"]
+    if request.scope["query_string"] or not is_name(sku):
+        return None
+    if shortcut_credential(request) is None:
+        return None
+    return {
+        "sku": sku,
+        "db": request.state.database,
+        "if_none_match": request.headers.get("if-none-match"),
+    }
+
+
 @router.get(
     "/{sku}",
     operation_id="getProduct",
@@ -86,6 +124,7 @@ async def create_product(
     responses={**problems(404), 304: {"description": "Not modified: your ETag is current"}},
     summary="Look up one product by SKU, ignoring case",
 )
+@shortcut(_plain_lookup)
 async def get_product(
     sku: ProductSku, db: DatabaseDep, if_none_match: IfNoneMatch = None
 ) -> Response:

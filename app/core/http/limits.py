@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +34,7 @@ from app.core.errors import (
     ValidationFailed,
 )
 from app.core.http.matching import route_methods
+from app.core.http.shortcuts import ShortcutRoute
 from app.core.observability import REQUEST_ID_KEY
 
 logger = logging.getLogger("app.limits")
@@ -396,11 +396,12 @@ class _ParsedJsonRequest(Request):
         return self._parsed
 
 
-class JsonRoute(APIRoute):
+class JsonRoute(ShortcutRoute):
     """A route whose JSON body is parsed here, once, as strict JSON (exact decimals).
 
     Parsed before FastAPI looks at it: FastAPI would answer the ValidationFailed that
-    parse_json raises as a bare 400.
+    parse_json raises as a bare 400. A shortcut (app.core.http.shortcuts) gets the parsed
+    body from `request.json()`.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -15,7 +15,10 @@ from app.core.http.formats import json_array
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,512}$"
 
 # Shared by every paged listing (docs/api.md: limit 1-1000, after an opaque cursor).
-Limit = Annotated[int | None, Query(ge=1, le=1000, description="Page size; omit for everything")]
+PAGE_MAX = 1000
+Limit = Annotated[
+    int | None, Query(ge=1, le=PAGE_MAX, description="Page size; omit for everything")
+]
 After = Annotated[
     str | None,
     Query(
