@@ -71,12 +71,13 @@ async def test_pool_exhausted_past_its_timeout_is_503_with_retry_after(
     client: AsyncClient, db: Connection[Any], settings: Settings
 ) -> None:
     await client.post("/products", json=product("HELD-1"))
-    # Hold every pooled connection: lookups queue behind an exclusive table lock.
+    # Hold every pooled connection: pages queue behind an exclusive table lock (one
+    # connection each; lookups would share one, app.products.queries.Lookups).
     db.autocommit = False
     db.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
     try:
         holders = [
-            asyncio.create_task(client.get("/products/HELD-1")) for _ in range(settings.pool_size)
+            asyncio.create_task(client.get("/products?limit=1")) for _ in range(settings.pool_size)
         ]
         await asyncio.sleep(0.3)
         started = time.monotonic()

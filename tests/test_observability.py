@@ -84,12 +84,13 @@ async def test_pool_gauges_show_size_available_and_waiting(
     assert idle[sample("inventory_db_pool_available")] == settings.pool_size
     assert idle[sample("inventory_db_pool_waiting")] == 0
 
-    # Every connection stuck behind a lock, and two more requests queued for one.
+    # Every connection stuck behind a lock, and two more requests queued for one (pages:
+    # lookups made together would share one connection, app.products.queries.Lookups).
     db.autocommit = False
     db.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
     try:
         held = [
-            asyncio.create_task(client.get("/products/HELD-1"))
+            asyncio.create_task(client.get("/products?limit=1"))
             for _ in range(settings.pool_size + 2)
         ]
         for _ in range(250):  # until the requests are in (bounded: 5 s)

@@ -23,6 +23,7 @@ from app.imports import queries as imports
 from app.listing.queries import SCAN_BUDGET, Listing, prefix_range
 from app.locations import queries as locations
 from app.main import create_app
+from app.products.queries import _GET_MANY
 from app.reports import queries as reports
 from tests.cluster import Cluster
 from tests.conftest import SCHEMA
@@ -407,3 +408,22 @@ def test_a_location_s_stock_pages_answer_from_indexes(big: Connection[Any]) -> N
             assert not [n for n in nodes if n["Node Type"] == "Sort"]
             assert returned(nodes) == 51
             assert ms < PAGE_BOUND_MS
+
+
+def test_coalesced_lookups_probe_the_sku_index_once_per_sku(big: Connection[Any]) -> None:
+    # The statement runs prepared (psycopg prepares it from its fifth run): its generic
+    # plan is the one to check, for a batch of any size.
+    skus = [f"sku-{i:07d}" for i in range(1, 1_000_001, 15_873)] + ["NO-SUCH-SKU"]
+    query = _GET_MANY.sql.replace("%(skus)s", "$1")
+    big.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        big.execute(f"PREPARE coalesced(text[]) AS {query}")  # type: ignore[arg-type]
+        execute = ClientCursor(big).mogrify("EXECUTE coalesced(%s)", [skus])
+        nodes, ms = explain(big, f"{len(skus)} lookups in one statement", execute)
+    finally:
+        big.execute("DEALLOCATE ALL")
+        big.execute("RESET plan_cache_mode")
+    assert seq_scans(nodes) == []
+    assert "products_sku_lower_key" in indexes_used(nodes)
+    assert returned(nodes) == len(skus) - 1
+    assert ms < PAGE_BOUND_MS

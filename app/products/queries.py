@@ -7,13 +7,15 @@ cannot be split by a concurrent change. Only when no row comes back does a secon
 say why (404 or 412).
 """
 
+from collections.abc import Sequence
 from functools import cache
 from typing import NamedTuple
 
 from psycopg import errors
-from sqlalchemy import Text, any_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Text, any_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from app.core.coalescing import Coalescer
 from app.core.errors import PreconditionFailed, ProductNotFound, refused
 from app.database import Connection, Database, Statement, compile_once
 from app.models import Product
@@ -31,7 +33,17 @@ class ProductJson(NamedTuple):
 # Clients may set these on create; the database sets the rest (id, timestamps).
 CREATE_FIELDS = ("sku", "name", "description", "price", "quantity", "reorder_point")
 
-_GET = compile_once(select(PRODUCT_JSON, PRODUCT_ETAG).where(sku_is()))
+# Many lookups in one statement: each asked SKU with its place in the batch (1-based).
+_ASKED = (
+    func.unnest(bindparam("skus", type_=ARRAY(Text)))
+    .table_valued("sku", with_ordinality="place")
+    .render_derived(name="asked")
+)
+_GET_MANY = compile_once(
+    select(_ASKED.c.place, PRODUCT_JSON, PRODUCT_ETAG).join_from(
+        _ASKED, Product, sku_is(_ASKED.c.sku)
+    )
+)
 _INSERT = compile_once(
     insert(Product)
     .values({name: bindparam(name) for name in CREATE_FIELDS})
@@ -59,11 +71,26 @@ def _patch(fields: frozenset[str]) -> Statement:
     )
 
 
-async def get_product(db: Database, *, sku: str) -> ProductJson | None:
-    """The product whose SKU matches ignoring case, or None."""
-    async with db.connection() as conn:
-        row = await (await conn.execute(_GET.sql, _GET.params(sku=sku))).fetchone()
-    return None if row is None else ProductJson(*row)
+class Lookups:
+    """Products by SKU, ignoring case. The lookups a process makes in one turn of its event
+    loop run as one statement (app.core.coalescing)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._coalescer = Coalescer[str, ProductJson](self._fetch)
+
+    async def get(self, sku: str) -> ProductJson | None:
+        """The product whose SKU matches ignoring case, or None."""
+        return await self._coalescer.get(sku)
+
+    async def _fetch(self, skus: Sequence[str]) -> list[ProductJson | None]:
+        async with self._db.connection() as conn:
+            cur = await conn.execute(_GET_MANY.sql, _GET_MANY.params(skus=list(skus)))
+            rows = await cur.fetchall()
+        found: list[ProductJson | None] = [None] * len(skus)
+        for place, json, etag in rows:
+            found[place - 1] = ProductJson(json, etag)
+        return found
 
 
 async def create_product(conn: Connection, *, new: ProductCreate) -> ProductJson:

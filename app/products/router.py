@@ -16,6 +16,7 @@ from app.deps import (
     DatabaseDep,
     IdempotencyDep,
     IdempotencyKey,
+    LookupsDep,
     ProductSku,
     is_name,
     shortcut_credential,
@@ -112,7 +113,7 @@ async def _plain_lookup(request: Request) -> dict[str, Any] | None:
         return None
     return {
         "sku": sku,
-        "db": request.state.database,
+        "lookups": request.state.lookups,
         "if_none_match": request.headers.get("if-none-match"),
     }
 
@@ -126,9 +127,9 @@ async def _plain_lookup(request: Request) -> dict[str, Any] | None:
 )
 @shortcut(_plain_lookup)
 async def get_product(
-    sku: ProductSku, db: DatabaseDep, if_none_match: IfNoneMatch = None
+    sku: ProductSku, lookups: LookupsDep, if_none_match: IfNoneMatch = None
 ) -> Response:
-    product = await products.get_product(db, sku=sku)
+    product = await lookups.get(sku)
     if product is None:
         raise ProductNotFound(sku)
     if etags.none_match(if_none_match, product.etag):

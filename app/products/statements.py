@@ -17,9 +17,11 @@ PRODUCT_ETAG: ColumnElement[str] = func.product_etag(PRODUCT_ROW).label("etag")
 MOVEMENT_JSON: ColumnElement[str] = cast(func.movement_json(MOVEMENT_ROW), Text).label("json")
 
 
-def sku_is(name: str = "sku") -> ColumnElement[bool]:
-    """`lower(products.sku) = lower(:name)`: served by the unique index products_sku_lower_key."""
-    return func.lower(Product.sku) == func.lower(bindparam(name))
+def sku_is(sku: str | ColumnElement[str] = "sku") -> ColumnElement[bool]:
+    """`lower(products.sku) = lower(:sku)`, or against a column: served by the unique index
+    products_sku_lower_key."""
+    value = bindparam(sku) if isinstance(sku, str) else sku
+    return func.lower(Product.sku) == func.lower(value)
 
 
 # COPY's text format would escape every backslash of JSON text; CSV format with a quote and
