@@ -2,6 +2,7 @@
 tests make it) only answers requests."""
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -45,3 +46,13 @@ async def test_an_app_without_background_holds_its_request_pool_only(
             counts.append(sessions(db))
             await asyncio.sleep(0.05)
     assert set(counts) == {settings.pool_size}
+
+
+async def test_what_start_up_made_is_frozen_out_of_the_collectors_passes_until_it_stops(
+    settings: Settings,
+) -> None:
+    gc.unfreeze()
+    async with LifespanManager(create_app(settings, background=False)):
+        # The app's modules, routes, models and pools: tens of thousands of objects.
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
