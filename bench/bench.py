@@ -279,7 +279,8 @@ def pgbench_scripts() -> dict[str, str]:
     page_sql = listing.Listing(limit=50).page().sql
     return {
         "lookup": "\\set i random(1, ROWS)\n"
-        + numbered(products._GET.sql, {"sku": "'bench-' || :i"})
+        # The coalesced lookup's statement, one SKU a time: what a lone lookup runs.
+        + numbered(products._GET_MANY.sql, {"skus": "ARRAY['bench-' || :i]"})
         + ";\n",
         "create": "\\set r random(1, 9000000000000000000)\n"
         + numbered(
@@ -290,6 +291,7 @@ def pgbench_scripts() -> dict[str, str]:
                 "description": "NULL",
                 "price": "19.99",
                 "quantity": "3",
+                "reorder_point": "NULL",
             },
         )
         + ";\n",

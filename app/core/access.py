@@ -7,6 +7,7 @@ INVENTORY_ALLOW_OPEN=1 says that is intended: the check runs at start-up on the 
 the process already listens on, and on every request's local address.
 """
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -244,6 +245,8 @@ class Access:
             )
 
 
+# Asked on every request of an open API for the address it came in on: a server has few.
+@functools.lru_cache(maxsize=64)
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback

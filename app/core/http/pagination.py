@@ -5,6 +5,7 @@ import binascii
 import json
 from collections.abc import Iterable
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Query, Request, Response
 
@@ -61,8 +62,10 @@ def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
 
 def next_link(request: Request, cursor: str) -> str:
     """A Link header value pointing at the next page: same URL, `after` replaced."""
-    url = request.url.include_query_params(after=cursor)
-    return f'<{url.path}?{url.query}>; rel="next"'
+    # As Starlette's URL.include_query_params would put it, without parsing the URL again.
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+    query.append(("after", cursor))
+    return f'<{request.url.path}?{urlencode(query)}>; rel="next"'
 
 
 def page_response(request: Request, rows: Iterable[str], cursor: str | None) -> Response:
