@@ -26,7 +26,7 @@ from app.core.reads import Reads
 from app.core.recent import Recent
 from app.database import Database
 from app.idempotency.runner import Idempotency
-from app.products.queries import Lookups
+from app.products.queries import Creates, Lookups
 from app.reports.queries import StockSummary
 from app.rules import IDEMPOTENCY_KEY_PATTERN, SKU_MAX, SKU_PATTERN
 from app.webhooks.ssrf import Resolver
@@ -46,8 +46,9 @@ def _from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
 
 DatabaseDep = Annotated[Database, Depends(_from_state("database"))]
 SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
-# Products by SKU, concurrent lookups coalesced into one statement.
+# Products by SKU, and new products: concurrent ones coalesced into one statement.
 LookupsDep = Annotated[Lookups, Depends(_from_state("lookups"))]
+CreatesDep = Annotated[Creates, Depends(_from_state("creates"))]
 IdempotencyDep = Annotated[Idempotency, Depends(_from_state("idempotency"))]
 MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 FeedDep = Annotated[Feed, Depends(_from_state("feed"))]

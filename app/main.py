@@ -23,7 +23,7 @@ from app.core.recent import Recent
 from app.database import open_database
 from app.embedded import start_embedded
 from app.idempotency.runner import Idempotency
-from app.products.queries import Lookups
+from app.products.queries import Creates, Lookups
 from app.reports.queries import StockSummary
 from app.reports.router import STOCK_REPORT_SECONDS
 from app.reservations.expiry import Expiry
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
                     "stock_report": Recent[StockSummary](STOCK_REPORT_SECONDS),
                     "database": database,
                     "lookups": Lookups(database),
+                    "creates": Creates(database),
                     "idempotency": idempotency,
                     "settings": settings,
                     "access": access,

@@ -1,10 +1,13 @@
-"""app/core/coalescing.py, and the product lookups built on it (app.products.queries.Lookups)."""
+"""app/core/coalescing.py, and the product lookups and creates built on it
+(app.products.queries.Lookups, Creates)."""
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from httpx import AsyncClient
+from psycopg import Connection
 
 from app.core.coalescing import Coalescer
 from tests.helpers import product
@@ -93,3 +96,44 @@ async def test_concurrent_lookups_each_get_their_own_product(wide_client: AsyncC
         assert body["sku"] == sku.upper()
         assert body["quantity"] == int(sku.split("-")[1])
         assert response.headers["etag"] == (await client.get(f"/products/{sku}")).headers["etag"]
+
+
+async def test_concurrent_creates_answer_as_if_made_one_by_one(
+    wide_client: AsyncClient, db: Connection[Any]
+) -> None:
+    client = wide_client
+    # A rule only the database knows: a batch holding a product it refuses fails whole.
+    db.execute("ALTER TABLE products ADD CONSTRAINT products_test_refused CHECK (name <> 'No')")
+    assert (await client.post("/products", json=product("OLD-1"))).status_code == 201
+    refused_alone = await client.post("/products", json=product("NO-0", name="No"))
+    bodies = [product(f"NC-{i}", quantity=i) for i in range(12)]
+    bodies += [product("NC-3"), product("nc-4"), product("NC-0", name="Second")]
+    bodies += [product("NO-1", name="No"), product("OLD-1"), product("old-1")]
+    responses = await asyncio.gather(*(client.post("/products", json=b) for b in bodies))
+
+    by_sku: dict[str, list[int]] = {}
+    for body, response in zip(bodies, responses, strict=True):
+        by_sku.setdefault(body["sku"].lower(), []).append(response.status_code)
+        if response.status_code == 201:
+            assert response.json()["sku"] == body["sku"]
+            assert response.json()["quantity"] == body.get("quantity", 0)
+    for sku, statuses in by_sku.items():
+        if sku == "no-1":
+            assert statuses == [refused_alone.status_code], refused_alone.text
+        elif sku == "old-1":
+            assert statuses == [409, 409]
+        else:
+            assert sorted(statuses) == [201] + [409] * (len(statuses) - 1), sku
+    rows = db.execute(
+        "SELECT lower(sku), count(*), count(DISTINCT created_at) FROM products GROUP BY 1"
+    ).fetchall()
+    assert {sku: n for sku, n, _ in rows} == {s: 1 for s in by_sku if s != "no-1"} | {"old-1": 1}
+    # Without a refused product, the batch is written by one statement: its products
+    # share its transaction's time.
+    clean = [product(f"TOGETHER-{i}") for i in range(10)]
+    responses = await asyncio.gather(*(client.post("/products", json=b) for b in clean))
+    assert [r.status_code for r in responses] == [201] * 10
+    (times,) = db.execute(
+        "SELECT count(DISTINCT created_at) FROM products WHERE sku LIKE 'TOGETHER-%'"
+    ).fetchone() or (0,)
+    assert times < 10

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from functools import cache
 from typing import NamedTuple
 
+import psycopg
 from psycopg import errors
 from sqlalchemy import Text, any_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.core.coalescing import Coalescer
 from app.core.errors import PreconditionFailed, ProductNotFound, refused
@@ -48,6 +50,24 @@ _INSERT = compile_once(
     insert(Product)
     .values({name: bindparam(name) for name in CREATE_FIELDS})
     .returning(PRODUCT_JSON, PRODUCT_ETAG)
+)
+# Many creates in one statement, in the order given: a SKU that exists, or came earlier in
+# the same statement, is skipped rather than refused (the one given first wins).
+_NEW = (
+    func.unnest(
+        *(bindparam(name, type_=ARRAY(Product.__table__.c[name].type)) for name in CREATE_FIELDS)
+    )
+    .table_valued(*CREATE_FIELDS, with_ordinality="place")
+    .render_derived(name="new")
+)
+_INSERT_MANY = compile_once(
+    pg_insert(Product)
+    .from_select(
+        list(CREATE_FIELDS),
+        select(*(_NEW.c[name] for name in CREATE_FIELDS)).order_by(_NEW.c.place),
+    )
+    .on_conflict_do_nothing(index_elements=[func.lower(Product.sku)])
+    .returning(Product.sku, PRODUCT_JSON, PRODUCT_ETAG)
 )
 _QUANTITY = compile_once(select(Product.quantity).where(sku_is()))
 
@@ -91,6 +111,52 @@ class Lookups:
         for place, json, etag in rows:
             found[place - 1] = ProductJson(json, etag)
         return found
+
+
+class Creates:
+    """Products added one request at a time. The creates a process receives in one turn of
+    its event loop are written by one statement (app.core.coalescing), committed together.
+
+    Only what that statement writes comes from it. A create it skipped (its SKU exists, or
+    came twice), or all of them when it fails (a CHECK refuses one product), run again on
+    their own (create_product), each with its own answer or error; so a batch never
+    answers differently from its creates made one by one in the order they came.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._coalescer = Coalescer[ProductCreate, ProductJson](self._insert_many)
+
+    async def create(self, new: ProductCreate) -> ProductJson:
+        """Insert one product and return it. Raises what create_product raises."""
+        made = await self._coalescer.get(new)
+        if made is None:
+            made = await self._db.write(
+                lambda conn: create_product(conn, new=new), transaction=False
+            )
+        return made
+
+    async def _insert_many(self, news: Sequence[ProductCreate]) -> list[ProductJson | None]:
+        made: list[ProductJson | None] = [None] * len(news)
+        if len(news) == 1:
+            return made  # alone: the plain INSERT
+        # In SKU order: two batches creating the same new SKUs lock them in one order,
+        # never in opposite ones (a deadlock).
+        order = sorted(range(len(news)), key=lambda i: news[i].sku.lower())
+        values = {name: [getattr(news[i], name) for i in order] for name in CREATE_FIELDS}
+
+        async def insert_all(conn: Connection) -> list[tuple[str, str, str]]:
+            cur = await conn.execute(_INSERT_MANY.sql, _INSERT_MANY.params(**values))
+            return await cur.fetchall()
+
+        try:
+            rows = await self._db.write(insert_all, transaction=False)
+        except psycopg.Error:
+            return made
+        written = {sku: ProductJson(json, etag) for sku, json, etag in rows}
+        for i in order:
+            made[i] = written.pop(news[i].sku, None)
+        return made
 
 
 async def create_product(conn: Connection, *, new: ProductCreate) -> ProductJson:

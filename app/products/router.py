@@ -12,6 +12,7 @@ from app.core.http.shortcuts import shortcut
 from app.core.openapi import problems
 from app.database import Connection
 from app.deps import (
+    CreatesDep,
     Credential,
     DatabaseDep,
     IdempotencyDep,
@@ -71,6 +72,7 @@ async def _plain_create(request: Request) -> dict[str, Any] | None:
     return {
         "body": body,
         "idempotency": request.state.idempotency,
+        "creates": request.state.creates,
         "credential": credential,
         "idempotency_key": None,
     }
@@ -88,12 +90,18 @@ async def _plain_create(request: Request) -> dict[str, Any] | None:
 async def create_product(
     body: ProductCreate,
     idempotency: IdempotencyDep,
+    creates: CreatesDep,
     credential: Credential,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    async def operation(conn: Connection) -> Response:
-        product = await products.create_product(conn, new=body)
+    def created(product: products.ProductJson) -> Response:
         return _json(product, 201, {"Location": f"/products/{body.sku}"})
+
+    if idempotency_key is None:
+        return created(await creates.create(body))
+
+    async def operation(conn: Connection) -> Response:
+        return created(await products.create_product(conn, new=body))
 
     return await idempotency.run(
         operation,
