@@ -97,14 +97,6 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             metrics.replica.replica = reads.replica
             # POST /webhooks looks its URL's host up here (app.webhooks.ssrf).
             resolver = await stack.enter_async_context(ssrf.resolving())
-            # What start-up made lives as long as the process. Frozen, the collector's full
-            # passes no longer walk it; each such pass stalled every request in the worker
-            # for the time it took (docs/performance.md).
-            gc.collect()
-            gc.freeze()
-            # Stopped in a process that goes on (the tests make hundreds of apps), an app's
-            # objects become collectable again.
-            stack.callback(gc.unfreeze)
             try:
                 # What app.deps hands to handlers; nothing else reads this state.
                 yield {
@@ -186,3 +178,8 @@ def _request_id(request: Request) -> str | None:
 
 
 app = create_app()
+# What importing the service made (modules, routes, models, compiled statements) lives as
+# long as the process. Frozen, the collector's full passes no longer walk it; each such
+# pass stalled every request of the worker for the time it took (docs/performance.md).
+gc.collect()
+gc.freeze()
