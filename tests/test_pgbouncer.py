@@ -93,8 +93,12 @@ async def test_prepared_statements_are_off_exactly_when_needed(
             AsyncClient(transport=ASGITransport(app=manager.app), base_url="http://t") as client,
         ):
             statuses = []
+            # Pages: each takes a connection of its own (lookups made together would share
+            # one, app.products.queries.Lookups) and runs the same statement.
             for _ in range(10):
-                answers = await asyncio.gather(*(client.get("/products/P-1") for _ in range(12)))
+                answers = await asyncio.gather(
+                    *(client.get("/products?limit=1") for _ in range(12))
+                )
                 statuses += [a.status_code for a in answers]
     if pgbouncer:
         assert set(statuses) == {200}

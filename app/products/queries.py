@@ -113,14 +113,21 @@ class Lookups:
         return found
 
 
+# SQLSTATE classes of a statement refused for the data it carries (data exception,
+# integrity constraint violation, a trigger's RAISE): one product of a batch can cause them.
+_REFUSED_DATA = ("22", "23", "P0")
+
+
 class Creates:
     """Products added one request at a time. The creates a process receives in one turn of
     its event loop are written by one statement (app.core.coalescing), committed together.
 
     Only what that statement writes comes from it. A create it skipped (its SKU exists, or
-    came twice), or all of them when it fails (a CHECK refuses one product), run again on
-    their own (create_product), each with its own answer or error; so a batch never
-    answers differently from its creates made one by one in the order they came.
+    came twice), or all of them when the database refuses the statement for its data (a
+    CHECK refuses one product), run again on their own (create_product), each with its own
+    answer or error; so a batch never answers differently from its creates made one by one
+    in the order they came. Any other failure (the database is down, the pool timed out)
+    is every caller's answer at once: running each again would only wait as long again.
     """
 
     def __init__(self, db: Database) -> None:
@@ -151,7 +158,9 @@ class Creates:
 
         try:
             rows = await self._db.write(insert_all, transaction=False)
-        except psycopg.Error:
+        except psycopg.Error as exc:
+            if (exc.sqlstate or "")[:2] not in _REFUSED_DATA:
+                raise  # the database is failing, not refusing a product: tell every caller
             return made
         written = {sku: ProductJson(json, etag) for sku, json, etag in rows}
         for i in order:
