@@ -2,6 +2,7 @@
 (app.products.queries.Lookups, Creates)."""
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from httpx import AsyncClient
 from psycopg import Connection
 
 from app.core.coalescing import Coalescer
+from tests.conftest import ClientFactory
 from tests.helpers import product
 
 
@@ -137,3 +139,24 @@ async def test_concurrent_creates_answer_as_if_made_one_by_one(
         "SELECT count(DISTINCT created_at) FROM products WHERE sku LIKE 'TOGETHER-%'"
     ).fetchone() or (0,)
     assert times < 10
+
+
+async def test_two_services_creating_the_same_skus_at_once_never_deadlock(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each service's batch comes in the opposite order; written in that order, each would
+    # hold the SKU the other waits for (40P01, retried by the write runner and logged).
+    caplog.set_level(logging.INFO, logger="app.database")
+    async with (
+        make_client(pool_size=4, pool_timeout=30.0) as one,
+        make_client(pool_size=4, pool_timeout=30.0) as two,
+    ):
+        for round_ in range(15):
+            skus = [f"R{round_}-{i}" for i in range(8)]
+            responses = await asyncio.gather(
+                *(one.post("/products", json=product(sku)) for sku in skus),
+                *(two.post("/products", json=product(sku)) for sku in reversed(skus)),
+            )
+            statuses = sorted(r.status_code for r in responses)
+            assert statuses == [201] * 8 + [409] * 8, statuses
+    assert "40P01" not in caplog.text
