@@ -285,7 +285,9 @@ async def page(db: Database, listing: Listing) -> Page:
         )
         fetched = await cur.fetchall()
     rows = [Row(json, at, id_) for json, at, id_, end in fetched if not end]
-    rows.sort(key=lambda row: (row.created_at, row.id))
+    if listing.scans:
+        # A union: its rows come in no promised order (a plain page's come sorted).
+        rows.sort(key=lambda row: (row.created_at, row.id))
     window_end = next(((at, id_) for _, at, id_, end in fetched if end), None)
     if len(rows) > listing.limit:
         rows = rows[: listing.limit]
