@@ -105,12 +105,9 @@ def shortcut_credential(request: Request) -> str | None:
     Raises Forbidden as require_token does.
     """
     access: Access = request.state.access
-    caller: Caller | None = request.scope.get(CALLER_KEY)
-    if caller is None:
-        if not access.open:
-            return None
-        caller = access.authenticate(None)
-    return access.authorize(caller, request.method)
+    if CALLER_KEY not in request.scope and not access.open:
+        return None
+    return access.authorize(_caller(request, None), request.method)
 
 
 _SKU = re.compile(SKU_PATTERN)

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import cProfile
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from app.main import create_app  # noqa: E402
 from bench import cluster, load  # noqa: E402  (bench/bench.py, this folder)
 
 
@@ -103,11 +105,7 @@ async def measure(
 
 
 async def main(args: argparse.Namespace, url: str) -> None:
-    import os
-
     os.environ["DATABASE_URL"] = url
-    from app.main import create_app
-
     app = create_app()
     lifespan_messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     started = asyncio.Event()
